@@ -1,0 +1,130 @@
+"""Finding, safely loading and checking MiDaS_small checkpoints."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from runtime.errors import MidasOnnxError
+from runtime.files import sha256_file
+
+from .model import MidasNetSmall
+
+OFFICIAL_URL = "https://github.com/isl-org/MiDaS/releases/download/v2_1/midas_v21_small_256.pt"
+OFFICIAL_FILENAME = "midas_v21_small_256.pt"
+# Where tests and benchmarks look for the real weights (first match wins).
+WEIGHTS_ENV = "MIDAS_SMALL_WEIGHTS"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_WEIGHTS = _REPO_ROOT.parent / "shared" / "weights" / OFFICIAL_FILENAME
+
+
+class CheckpointError(MidasOnnxError):
+    """A checkpoint is missing, not a PyTorch file, or not MiDaS_small."""
+
+
+def find_real_weights() -> Path | None:
+    """The official checkpoint on local disk, if any: $MIDAS_SMALL_WEIGHTS, then ../shared/weights."""
+    env = os.environ.get(WEIGHTS_ENV)
+    for candidate in (Path(env) if env else None, SHARED_WEIGHTS):
+        if candidate is not None and candidate.is_file():
+            return candidate
+    return None
+
+
+def download_official() -> Path:
+    """The official checkpoint through torch.hub's download cache (``$TORCH_HOME/hub/checkpoints``).
+
+    A cached copy is reused, so only the first call needs the network.
+    """
+    target = Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_FILENAME
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(OFFICIAL_URL, str(target), progress=True)
+        except Exception as exc:  # URLError, HTTPError, timeouts, SSL: all mean "no download"
+            raise CheckpointError(
+                f"could not download the official MiDaS_small weights from {OFFICIAL_URL} "
+                f"({type(exc).__name__}: {exc}). Offline? Download {OFFICIAL_FILENAME} elsewhere "
+                "and pass it with --checkpoint PATH."
+            ) from None
+    return target
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint with ``weights_only=True``: tensors only, never arbitrary pickles.
+
+    Accepts a bare state dict (the official file) or upstream's ``{"model": ..., "optimizer":
+    ...}`` training format, as upstream's ``BaseModel.load`` does.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a loadable PyTorch checkpoint (torch.load with weights_only=True "
+            f"refused it: {first_line[:300]})"
+        ) from None
+    if isinstance(obj, dict) and "model" in obj and "optimizer" in obj:
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+    return obj
+
+
+def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
+    """Refuse a state dict that is not MiDaS_small, naming what is missing, extra or misshapen."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    misshapen = [
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or misshapen:
+        def head(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" ... (+{len(items) - 5} more)" if len(items) > 5 else "")
+
+        parts = [f"{source} is not a MiDaS v2.1 small checkpoint:"]
+        if missing:
+            parts.append(f"{len(missing)} missing keys ({head(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys ({head(unexpected)})")
+        if misshapen:
+            parts.append(f"{len(misshapen)} keys of the wrong shape ({head(misshapen)})")
+        raise CheckpointError("; ".join(parts))
+
+
+def build_model(checkpoint: str | Path | None = None) -> tuple[MidasNetSmall, str]:
+    """MidasNetSmall in eval mode with weights loaded strictly, and the checkpoint's sha256.
+
+    ``checkpoint=None`` uses the official weights via torch.hub's cache (network on first use).
+    """
+    path = Path(checkpoint) if checkpoint is not None else download_official()
+    state = load_state_dict(path)
+    model = MidasNetSmall()
+    check_keys(state, model, str(path))
+    model.load_state_dict(state, strict=True)
+    return model.eval(), sha256_file(path)
+
+
+def build_hub_model() -> tuple[torch.nn.Module, str]:
+    """Upstream's own code path: ``torch.hub.load("intel-isl/MiDaS", "MiDaS_small")``.
+
+    Needs the network (GitHub code + weights); useful to cross-check this re-implementation.
+    """
+    try:
+        model = torch.hub.load("intel-isl/MiDaS", "MiDaS_small", trust_repo=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"torch.hub.load('intel-isl/MiDaS', 'MiDaS_small') failed ({type(exc).__name__}: "
+            f"{str(exc)[:300]}). It needs internet access; offline, use --checkpoint PATH."
+        ) from None
+    return model.eval(), "torch.hub:intel-isl/MiDaS:MiDaS_small"

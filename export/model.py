@@ -1,0 +1,131 @@
+"""MidasNet_small (MiDaS v2.1 small), re-implemented on timm.
+
+The module tree mirrors upstream isl-org/MiDaS ``MidasNet_small`` so that the official
+``midas_v21_small_256.pt`` state dict loads with ``strict=True`` under its own key names:
+``pretrained.layer1..4`` slice the EfficientNet-Lite3 backbone, ``scratch.*`` is the
+RefineNet-style decoder. Only the backbone comes from a library (timm); nothing here
+needs the MiDaS GitHub code or gen-efficientnet.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FEATURES = 64
+# Channel counts of the four backbone taps (EfficientNet-Lite3 stages 1, 2, 4, 6).
+BACKBONE_CHANNELS = (32, 48, 136, 384)
+
+
+def _efficientnet_lite3() -> nn.Module:
+    """timm's TF-ported EfficientNet-Lite3 with TF "same" padding, exportable to ONNX.
+
+    ``tf_`` matters: the upstream weights were trained with TF-style asymmetric padding
+    and batch-norm eps 1e-3; timm's non-``tf_`` variant would load but compute another
+    function.
+    """
+    import timm  # imported here so `export.model` can be imported to read constants
+
+    return timm.create_model("tf_efficientnet_lite3", pretrained=False, exportable=True)
+
+
+class _Backbone(nn.Module):
+    """The four encoder stages exactly as upstream slices gen-efficientnet.
+
+    Upstream's ``layer1`` is ``Sequential(conv_stem, bn1, act1, blocks[0], blocks[1])``. timm
+    fuses the activation into ``bn1`` (BatchNormAct2d), so an ``nn.Identity`` holds index 2:
+    that keeps ``pretrained.layer1.3.*`` / ``layer1.4.*`` at upstream's indices and the
+    checkpoint needs no key renaming at all.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        net = _efficientnet_lite3()
+        self.layer1 = nn.Sequential(net.conv_stem, net.bn1, nn.Identity(), *net.blocks[0:2])
+        self.layer2 = nn.Sequential(*net.blocks[2:3])
+        self.layer3 = nn.Sequential(*net.blocks[3:5])
+        self.layer4 = nn.Sequential(*net.blocks[5:9])
+
+
+class _ResidualConvUnit(nn.Module):
+    """ReLU-conv-ReLU-conv with a skip connection (upstream ResidualConvUnit_custom, bn=False)."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True)
+        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(F.relu(self.conv1(F.relu(x))))
+        return out + x
+
+
+class _FusionBlock(nn.Module):
+    """Upstream FeatureFusionBlock_custom: fuse the skip, refine, upsample x2, project.
+
+    Upsampling is bilinear with ``align_corners=True`` as upstream's MiDaS_small sets it.
+    """
+
+    def __init__(self, features: int, expand: bool) -> None:
+        super().__init__()
+        out_features = features // 2 if expand else features
+        self.out_conv = nn.Conv2d(features, out_features, 1, bias=True)
+        self.resConfUnit1 = _ResidualConvUnit(features)
+        self.resConfUnit2 = _ResidualConvUnit(features)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        if skip is not None:
+            x = x + self.resConfUnit1(skip)
+        x = self.resConfUnit2(x)
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+class _Upsample2x(nn.Module):
+    """Bilinear x2 inside the output head; upstream's ``Interpolate`` uses align_corners=False."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+
+
+class MidasNetSmall(nn.Module):
+    """MiDaS v2.1 small: input ``(N, 3, H, W)`` normalised RGB, output ``(N, H, W)`` relative
+    inverse depth (larger is nearer). H and W must be multiples of 32.
+
+    Configuration is fixed to upstream's ``MiDaS_small`` hub entry: features=64, expand=True,
+    non_negative=True, exportable backbone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        f = FEATURES
+        widths = (f, f * 2, f * 4, f * 8)  # "expand": each deeper level is twice as wide
+        self.pretrained = _Backbone()
+        self.scratch = nn.Module()
+        for i, (cin, cout) in enumerate(zip(BACKBONE_CHANNELS, widths), start=1):
+            setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(cin, cout, 3, padding=1, bias=False))
+        self.scratch.refinenet4 = _FusionBlock(widths[3], expand=True)
+        self.scratch.refinenet3 = _FusionBlock(widths[2], expand=True)
+        self.scratch.refinenet2 = _FusionBlock(widths[1], expand=True)
+        self.scratch.refinenet1 = _FusionBlock(widths[0], expand=False)
+        self.scratch.output_conv = nn.Sequential(
+            nn.Conv2d(f, f // 2, 3, padding=1),
+            _Upsample2x(),
+            nn.Conv2d(f // 2, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 1, 1),
+            nn.ReLU(),  # non_negative: inverse depth is never below zero
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p, s = self.pretrained, self.scratch
+        l1 = p.layer1(x)
+        l2 = p.layer2(l1)
+        l3 = p.layer3(l2)
+        l4 = p.layer4(l3)
+        path = s.refinenet4(s.layer4_rn(l4))
+        path = s.refinenet3(path, s.layer3_rn(l3))
+        path = s.refinenet2(path, s.layer2_rn(l2))
+        path = s.refinenet1(path, s.layer1_rn(l1))
+        return s.output_conv(path).squeeze(1)

@@ -1,0 +1,44 @@
+"""``midas-onnx`` command line: one small module per command, imported only when run.
+
+Lazy loading keeps ``midas-onnx --version`` and ``--help`` fast and lets the runtime-only
+install use ``heatmap``/``info`` without torch: ``export`` imports torch only when called.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from midas_onnx import __version__
+
+# command name -> (module under midas_onnx.cli, one-line help shown by --help)
+COMMANDS = {
+    "export": ("export_cmd", "Build MiDaS_small from a checkpoint and write a verified ONNX model."),
+    "quantize": ("quantize_cmd", "Write an INT8 model (static QDQ or dynamic) with a fidelity report."),
+    "heatmap": ("heatmap_cmd", "Depth heatmaps for images, folders, globs and videos."),
+    "bench": ("bench_cmd", "Benchmark model variants side by side."),
+    "info": ("info_cmd", "Show a model's metadata, inputs/outputs, size and sha256."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
+        return module.command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup)
+@click.version_option(__version__, prog_name="midas-onnx")
+def main() -> None:
+    """MiDaS_small monocular depth heatmaps with onnxruntime, no PyTorch needed at run time."""

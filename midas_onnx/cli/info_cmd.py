@@ -1,0 +1,48 @@
+"""``midas-onnx info``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import friendly_errors
+
+
+@click.command("info")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def command(model: Path, as_json: bool) -> None:
+    """Show MODEL's midas-onnx metadata, inputs/outputs, file size and sha256."""
+    from runtime.files import sha256_file
+    from runtime.metadata import PREFIX
+    from runtime.session import create_session
+
+    with friendly_errors():
+        session = create_session(model, threads=1)
+        meta = session.get_modelmeta()
+        props = dict(meta.custom_metadata_map)
+        report = {
+            "file": str(model),
+            "size_bytes": model.stat().st_size,
+            "sha256": sha256_file(model),
+            "producer": meta.producer_name,
+            "inputs": [{"name": i.name, "shape": i.shape, "type": i.type} for i in session.get_inputs()],
+            "outputs": [{"name": o.name, "shape": o.shape, "type": o.type} for o in session.get_outputs()],
+            "metadata": {k.removeprefix(PREFIX): v for k, v in sorted(props.items())},
+            "midas_onnx_model": any(k.startswith(PREFIX) for k in props),
+        }
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"file:      {report['file']}")
+    click.echo(f"size:      {report['size_bytes'] / 1e6:.2f} MB ({report['size_bytes']:,} bytes)")
+    click.echo(f"sha256:    {report['sha256']}")
+    for kind in ("inputs", "outputs"):
+        for io in report[kind]:
+            click.echo(f"{kind[:-1]:<10} {io['name']} {io['shape']} {io['type']}")
+    if not report["midas_onnx_model"]:
+        click.echo("metadata:  none from midas-onnx (not exported by this toolkit)")
+    for key, value in report["metadata"].items():
+        click.echo(f"  {key}: {value}")

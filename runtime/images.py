@@ -1,0 +1,130 @@
+"""Decoding and normalising input images: every accepted form becomes float32 RGB in [0, 1].
+
+Accepted: file paths, encoded bytes (JPEG, PNG, TIFF, WebP, BMP ... what OpenCV decodes),
+and numpy arrays that are grayscale (HxW or HxWx1), 3-channel (BGR or RGB, as the caller
+says) or 4-channel (alpha dropped), of dtype uint8, uint16, or float in [0, 1]. Files are
+decoded as an image viewer shows them: EXIF orientation applied, 16-bit kept at 16 bits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .errors import ImageError
+
+# Decompression-bomb guard: refuse images above this many pixels (100 MP: a 12,000 x 8,000
+# photo still passes). OpenCV is told the same limit *before* it is imported, so it refuses
+# from the header instead of allocating; callers can lower it per DepthHeatmapper.
+MAX_PIXELS = int(os.environ.get("MIDAS_ONNX_MAX_PIXELS", 100_000_000))
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+
+import cv2  # noqa: E402  (must follow the environment set-up above)
+
+ImageInput = Union[str, Path, bytes, bytearray, memoryview, np.ndarray]
+# IMREAD_COLOR applies EXIF orientation and gives 3 channels; ANYDEPTH keeps 16-bit data.
+_DECODE_FLAGS = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH
+
+
+def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Encoded bytes -> BGR array (uint8 or uint16), or an ImageError naming ``name``."""
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageError(f"{name}: empty file")
+    if buf[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in buf[-64:].tobytes():
+        # libjpeg decodes a cut-off JPEG "successfully" with grey rows and a stderr warning.
+        raise ImageError(f"{name}: truncated JPEG (no end-of-image marker); the file is incomplete")
+    try:
+        image = cv2.imdecode(buf, _DECODE_FLAGS)
+    except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
+            raise ImageError(f"{name}: image exceeds the pixel limit ({max_pixels:,} pixels); refused") from None
+        raise ImageError(f"{name}: cannot be decoded as an image ({str(exc).strip().splitlines()[-1][:200]})") from None
+    if image is None:
+        raise ImageError(f"{name}: not a decodable image (unknown format, corrupt or truncated)")
+    check_pixels(image, name, max_pixels)
+    return image
+
+
+def read(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read and decode a file; errors name the file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{path}: is a directory, not an image") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    return decode(data, str(path), max_pixels)
+
+
+def check_pixels(image: np.ndarray, name: str, max_pixels: int) -> None:
+    pixels = int(image.shape[0]) * int(image.shape[1]) if image.ndim >= 2 else 0
+    if pixels > max_pixels:
+        raise ImageError(
+            f"{name}: {image.shape[1]}x{image.shape[0]} is {pixels:,} pixels, above the limit "
+            f"of {max_pixels:,}; refused (decompression-bomb guard)"
+        )
+
+
+def to_rgb01(image: ImageInput, order: str = "bgr", max_pixels: int = MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Any accepted input -> float32 HxWx3 RGB in [0, 1].
+
+    ``order`` says how a 3/4-channel *array* is laid out ("bgr" as OpenCV gives it, or
+    "rgb" as PIL/scikit-image give it); decoded files are always handled correctly.
+    """
+    if isinstance(image, (str, Path)):
+        name, image, order = str(image), read(image, max_pixels), "bgr"
+    elif isinstance(image, (bytes, bytearray, memoryview)):
+        image, order = decode(image, name, max_pixels), "bgr"
+    elif not isinstance(image, np.ndarray):
+        raise ImageError(f"{name}: expected a path, bytes or numpy array, got {type(image).__name__}")
+    if order not in ("bgr", "rgb"):
+        raise ValueError(f"order must be 'bgr' or 'rgb', got {order!r}")
+    return _array_to_rgb01(image, order, name, max_pixels)
+
+
+def _array_to_rgb01(image: np.ndarray, order: str, name: str, max_pixels: int) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ImageError(
+            f"{name}: unsupported array shape {image.shape}; expected HxW, HxWx1, HxWx3 or HxWx4"
+        )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"{name}: empty image (shape {image.shape})")
+    check_pixels(image, name, max_pixels)
+    scaled = _scale01(image, name)
+    if scaled.ndim == 2:
+        return cv2.cvtColor(scaled, cv2.COLOR_GRAY2RGB)
+    if scaled.shape[2] == 4:
+        code = cv2.COLOR_BGRA2RGB if order == "bgr" else cv2.COLOR_RGBA2RGB
+        return cv2.cvtColor(scaled, code)
+    return cv2.cvtColor(scaled, cv2.COLOR_BGR2RGB) if order == "bgr" else np.ascontiguousarray(scaled)
+
+
+def _scale01(image: np.ndarray, name: str) -> np.ndarray:
+    """uint8 / 255, uint16 / 65535; float arrays must already lie in [0, 1]."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1 / 255)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(1 / 65535)
+    if image.dtype in (np.float32, np.float64, np.float16):
+        out = image.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ImageError(f"{name}: float image contains NaN or infinity")
+        lo, hi = float(out.min()), float(out.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ImageError(f"{name}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
+        return out
+    raise ImageError(f"{name}: unsupported dtype {image.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+def to_bgr8(rgb01: np.ndarray) -> np.ndarray:
+    """float RGB [0, 1] -> uint8 BGR, for overlays drawn on the input."""
+    return cv2.cvtColor(np.clip(rgb01 * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)

@@ -1,0 +1,49 @@
+"""The one place that opens onnxruntime sessions (as fastembed's ``onnx_model.py``).
+
+Exporter checks, quantizer reports, benchmarks, the server and bulk workers all come here,
+so threads, providers and memory settings are decided once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from .errors import ModelError
+
+PROVIDER = "CPUExecutionProvider"
+
+
+def create_session(
+    model_path: str | Path,
+    threads: int | None = None,
+    memory_arena: bool = False,
+) -> ort.InferenceSession:
+    """A CPU session for ``model_path``.
+
+    threads: intra-op threads. ``None`` leaves it to onnxruntime, which uses one per
+        *physical* core: hyper-threads only slow a compute-bound CNN down.
+    memory_arena: onnxruntime's CPU arena keeps freed buffers for reuse. With dynamic shapes
+        it grows with every new input size; for this model it measured no faster on a fixed
+        shape, so it is off unless asked for.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}. Export one with `midas-onnx export`.")
+    if PROVIDER not in ort.get_available_providers():
+        raise ModelError(f"this onnxruntime build has no {PROVIDER}: {ort.get_available_providers()}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of convs: no branches to overlap
+    options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads or 0
+    options.enable_cpu_mem_arena = memory_arena
+    options.log_severity_level = 3  # errors only: its warnings are not the user's business
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=[PROVIDER])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
+        detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path} is not a usable ONNX model ({detail})") from None
