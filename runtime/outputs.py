@@ -1,0 +1,70 @@
+"""Where outputs go and how they are written: shared by ``heatmap``, ``bulk`` and benchmarks.
+
+Naming rule (no two inputs can share an output): an input's path relative to the common
+root of all inputs is mirrored under the output folder, and its *full* file name, extension
+included, is kept before the suffix: ``x/a.jpg`` -> ``OUT/x/a.jpg.heatmap.png``,
+``y/a.jpg`` -> ``OUT/y/a.jpg.heatmap.png``, ``a.png`` -> ``OUT/a.png.heatmap.png``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from .errors import ImageError
+from .files import write_atomic
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm"}
+VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
+SUFFIXES = {"heatmap": ".heatmap.png", "depth": ".depth.png", "overlay": ".overlay.png"}
+
+
+def expand_inputs(specs: Iterable[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (recursively: images and videos by extension) and globs -> sorted
+    unique files, plus the specs that matched nothing (reported, not fatal)."""
+    found: dict[Path, None] = {}
+    unmatched: list[str] = []
+    known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in known)
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+        if not matches:
+            unmatched.append(spec)
+        for m in matches:
+            found.setdefault(m.resolve(), None)
+    return list(found), unmatched
+
+
+def common_root(paths: list[Path]) -> Path:
+    if not paths:
+        return Path(".")
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def output_path(src: Path, root: Path, outdir: Path, kind: str) -> Path:
+    """The output file for ``src`` of ``kind`` ("heatmap", "depth", "overlay" or a video suffix)."""
+    rel = src.relative_to(root) if src.is_relative_to(root) else Path(src.name)
+    suffix = SUFFIXES.get(kind, kind)
+    return outdir / rel.parent / (rel.name + suffix)
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """PNG (8- or 16-bit) written atomically: an interrupted run never leaves half a file."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ImageError(f"{path}: PNG encoding failed")
+    write_atomic(path, buf.tobytes())

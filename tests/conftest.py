@@ -1,0 +1,114 @@
+"""Shared fixtures: checkpoints the tests write themselves, models exported once per session,
+and real photos from scikit-image. Nothing here downloads anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+def photos() -> dict[str, np.ndarray]:
+    """scikit-image's bundled photos, RGB uint8 (grayscale 'camera' stays 2-D)."""
+    import skimage.data
+
+    return {
+        "astronaut": skimage.data.astronaut(),  # 512x512x3
+        "coffee": skimage.data.coffee(),  # 400x600x3
+        "chelsea": skimage.data.chelsea(),  # 300x451x3
+        "rocket": skimage.data.rocket(),  # 427x640x3
+        "camera": skimage.data.camera(),  # 512x512 grayscale
+    }
+
+
+@pytest.fixture(scope="session")
+def photo_set() -> dict[str, np.ndarray]:
+    return photos()
+
+
+def random_state_dict(seed: int):
+    """A MiDaS_small state dict of He-scaled random weights in upstream key layout."""
+    import torch
+
+    from export.model import MidasNetSmall
+
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, ref in MidasNetSmall().state_dict().items():
+        if not ref.is_floating_point():
+            out[key] = torch.zeros_like(ref)
+            continue
+        z = torch.randn(ref.shape, generator=gen)
+        if key.endswith("running_var"):
+            z = z.abs() + 0.5
+        elif key.endswith(("running_mean", "bias")):
+            z = z * 0.1
+        elif key.endswith(".weight") and ref.ndim == 1:
+            z = 1.0 + 0.1 * z
+        else:
+            z = z * (2.0 / max(1, int(np.prod(ref.shape[1:])))) ** 0.5
+        out[key] = z
+    return out
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    path = tmp_path_factory.mktemp("ckpt") / "random_midas_small.pt"
+    torch.save(random_state_dict(seed=1), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def recipe_checkpoint(tmp_path_factory) -> Path:
+    """The shared golden recipe (upstream layout, numpy PCG64 seed 0), saved as a .pt file."""
+    if not (FIXTURES / "golden_recipe.py").is_file():
+        pytest.skip(f"needs the shared golden fixtures at {FIXTURES}")
+    import torch
+
+    sys.path.insert(0, str(FIXTURES))
+    from golden_recipe import recipe_state_dict
+
+    path = tmp_path_factory.mktemp("ckpt") / "recipe_seed0.pt"
+    torch.save(recipe_state_dict(), path)
+    return path
+
+
+def _export(checkpoint: Path, out: Path, input_hw):
+    from export.checkpoint import build_model
+    from export.onnx_export import check_parity, export_onnx, parity_inputs
+
+    model, sha = build_model(checkpoint)
+    export_onnx(model, out, input_hw, sha)
+    check_parity(out, model, parity_inputs(input_hw))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fixed_model(tmp_path_factory, random_checkpoint) -> Path:
+    """256x256 fp32 export of the random checkpoint."""
+    return _export(random_checkpoint, tmp_path_factory.mktemp("models") / "fixed.onnx", (256, 256))
+
+
+@pytest.fixture(scope="session")
+def dynamic_model(tmp_path_factory, recipe_checkpoint) -> Path:
+    """Dynamic-size fp32 export of the golden recipe checkpoint."""
+    return _export(recipe_checkpoint, tmp_path_factory.mktemp("models") / "dynamic.onnx", None)
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint() -> Path:
+    from export.checkpoint import find_real_weights
+
+    path = find_real_weights()
+    if path is None:
+        pytest.skip("real MiDaS v2.1 small weights not present in ../shared/weights/ "
+                    "or $MIDAS_SMALL_WEIGHTS (cannot be downloaded here)")
+    return path

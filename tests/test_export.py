@@ -1,0 +1,259 @@
+"""Export: the network is upstream's, checkpoints load strictly and safely, the ONNX file
+computes what PyTorch computes, and the CLI behaves."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from export.checkpoint import CheckpointError, build_model, load_state_dict
+from export.model import MidasNetSmall
+from export.onnx_export import ExportError, check_parity, export_onnx, parity_inputs
+from midas_onnx.cli import main
+from runtime import ModelInfo
+from runtime.files import sha256_file
+from runtime.images import to_rgb01
+from runtime.preprocess import preprocess
+from runtime.session import create_session
+
+from .conftest import FIXTURES, random_state_dict
+
+
+def test_state_dict_layout_is_upstreams():
+    """Every upstream key with its exact shape, nothing more (482 keys, 21,394,657 float values)."""
+    if not (FIXTURES / "midas_small_state_dict_keys.json").is_file():
+        pytest.skip("needs ../shared/fixtures")
+    upstream = json.loads((FIXTURES / "midas_small_state_dict_keys.json").read_text())
+    ours = MidasNetSmall().state_dict()
+    assert [e["key"] for e in upstream] == list(ours)
+    assert all(list(ours[e["key"]].shape) == e["shape"] for e in upstream)
+    assert sum(v.numel() for v in ours.values() if v.is_floating_point()) == 21_394_657
+
+
+def test_random_checkpoint_loads_strictly(random_checkpoint):
+    model, sha = build_model(random_checkpoint)
+    expected = random_state_dict(seed=1)
+    loaded = model.state_dict()
+    assert set(loaded) == set(expected)
+    assert all(torch.equal(loaded[k], expected[k]) for k in expected)
+    assert sha == sha256_file(random_checkpoint)
+    assert not model.training
+
+
+def test_training_format_checkpoint_loads(tmp_path):
+    """Upstream's own training checkpoints wrap the weights as {"model": ..., "optimizer": ...}."""
+    path = tmp_path / "train.pt"
+    torch.save({"model": random_state_dict(seed=2), "optimizer": {"lr": torch.tensor(1e-4)}}, path)
+    model, _ = build_model(path)
+    assert torch.equal(model.state_dict()["scratch.output_conv.4.bias"], random_state_dict(seed=2)["scratch.output_conv.4.bias"])
+
+
+def test_wrong_checkpoint_names_the_keys(tmp_path):
+    state = random_state_dict(seed=3)
+    del state["scratch.output_conv.4.weight"]
+    state["decoder.extra.weight"] = torch.zeros(3)
+    state["scratch.layer1_rn.weight"] = torch.zeros(1, 2, 3, 3)
+    path = tmp_path / "wrong.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as err:
+        build_model(path)
+    msg = str(err.value)
+    assert "not a MiDaS v2.1 small checkpoint" in msg
+    assert "1 missing keys (scratch.output_conv.4.weight)" in msg
+    assert "1 unexpected keys (decoder.extra.weight)" in msg
+    assert "scratch.layer1_rn.weight (1, 2, 3, 3) != (64, 32, 3, 3)" in msg
+
+
+def test_other_model_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "resnet.pt"
+    torch.save(torch.nn.Conv2d(3, 8, 3).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"482 missing keys .*2 unexpected keys \(weight, bias\)"):
+        build_model(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"definitely not a checkpoint", b"PK\x03\x04broken zip"])
+def test_non_checkpoint_file_is_refused(tmp_path, content):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="is not a loadable PyTorch checkpoint"):
+        load_state_dict(path)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickle_payload_is_never_executed(tmp_path, capsys):
+    """weights_only=True: a checkpoint carrying code is refused without running it."""
+    path = tmp_path / "evil.pt"
+    torch.save({"x": _Payload()}, path, pickle_module=pickle)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_state_dict(path)
+    assert "this must never run" not in capsys.readouterr().out
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        build_model(tmp_path / "nope.pt")
+
+
+def _golden():
+    if not (FIXTURES / "midas_small_golden_recipe_seed0.npz").is_file():
+        pytest.skip("needs ../shared/fixtures")
+    return np.load(FIXTURES / "midas_small_golden_recipe_seed0.npz")
+
+
+@pytest.mark.parametrize("pair", [("input_256", "output_256"), ("input_256x384", "output_256x384")])
+def test_pytorch_matches_upstream_golden(recipe_checkpoint, pair):
+    """Upstream isl-org/MiDaS computed these outputs with the same checkpoint: float32
+    rounding is the only difference allowed (measured 2.3e-5 and 3.8e-5 of the range)."""
+    golden = _golden()
+    model, _ = build_model(recipe_checkpoint)
+    with torch.no_grad():
+        out = model(torch.from_numpy(golden[pair[0]])).numpy()
+    want = golden[pair[1]]
+    assert out.shape == want.shape
+    assert np.abs(out - want).max() / np.ptp(want) < 1e-4
+
+
+@pytest.mark.parametrize("pair", [("input_256", "output_256"), ("input_256x384", "output_256x384")])
+def test_onnx_matches_upstream_golden(dynamic_model, pair):
+    golden = _golden()
+    session = create_session(dynamic_model)
+    out = session.run(None, {"image": golden[pair[0]]})[0]
+    want = golden[pair[1]]
+    assert out.shape == want.shape
+    assert np.abs(out - want).max() / np.ptp(want) < 1e-4
+
+
+def test_fixed_export_parity_on_photos(fixed_model, random_checkpoint, photo_set):
+    model, _ = build_model(random_checkpoint)
+    info = ModelInfo(input_hw=(256, 256))
+    inputs = [preprocess(to_rgb01(img, "rgb"), info) for img in photo_set.values()]
+    results = check_parity(fixed_model, model, inputs + [np.concatenate(inputs[:3])])
+    assert [r.shape for r in results][-1] == (3, 3, 256, 256)
+    assert max(r.max_rel for r in results) < 1e-4
+
+
+def test_dynamic_export_parity_on_photos_and_sizes(dynamic_model, recipe_checkpoint, photo_set):
+    """Photos at their own aspect ratio (upstream resize) and random inputs of several sizes."""
+    model, _ = build_model(recipe_checkpoint)
+    info = ModelInfo(input_hw=None)
+    inputs = [preprocess(to_rgb01(img, "rgb"), info) for img in photo_set.values()]
+    assert {x.shape[2:] for x in inputs} >= {(256, 256), (160, 256), (160, 256)}
+    rng = np.random.default_rng(7)
+    inputs += [rng.standard_normal((1, 3, h, w)).astype(np.float32) for h, w in [(128, 448), (384, 96), (64, 64)]]
+    results = check_parity(dynamic_model, model, inputs)
+    assert len(results) == 8
+    assert max(r.max_rel for r in results) < 1e-4
+
+
+def test_parity_check_fails_on_a_different_model(fixed_model, recipe_checkpoint):
+    other, _ = build_model(recipe_checkpoint)
+    with pytest.raises(ExportError, match="does not match PyTorch"):
+        check_parity(fixed_model, other, parity_inputs((256, 256)))
+
+
+def test_metadata_round_trip(fixed_model, dynamic_model, random_checkpoint, recipe_checkpoint):
+    import onnx
+
+    for path, ckpt, size in [(fixed_model, random_checkpoint, (256, 256)), (dynamic_model, recipe_checkpoint, None)]:
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        info = ModelInfo.from_props(props)
+        assert info.input_hw == size
+        assert info.mean == (0.485, 0.456, 0.406) and info.std == (0.229, 0.224, 0.225)
+        assert info.checkpoint_sha256 == sha256_file(ckpt)
+        assert info.precision == "fp32"
+        versions = json.loads(info.extra["export_versions"])
+        assert versions["torch"] == torch.__version__ and versions["opset"] == "17"
+
+
+def test_export_refuses_to_overwrite(tmp_path, random_checkpoint):
+    model, sha = build_model(random_checkpoint)
+    target = tmp_path / "taken.onnx"
+    target.write_bytes(b"user data")
+    with pytest.raises(ExportError, match="exists; pass --force"):
+        export_onnx(model, target, (256, 256), sha)
+    assert target.read_bytes() == b"user data"
+
+
+def test_cli_export_other_size_then_info(tmp_path, random_checkpoint):
+    out = tmp_path / "m320x448.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(random_checkpoint), "-o", str(out), "--size", "320x448"])
+    assert result.exit_code == 0, result.output
+    assert "input 1x3x320x448: max abs" in result.output and "verified" in result.output
+    assert not list(tmp_path.glob("*.unverified")) and not list(tmp_path.glob("*.tmp"))
+    session = create_session(out)
+    assert session.get_inputs()[0].shape == ["batch", 3, 320, 448]
+
+    again = CliRunner().invoke(main, ["export", "--checkpoint", str(random_checkpoint), "-o", str(out), "--size", "320x448"])
+    assert again.exit_code == 1 and "exists; pass --force" in again.output
+
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    assert f"sha256:    {sha256_file(out)}" in info.output
+    assert "input_size: 320x448" in info.output
+    assert f"checkpoint_sha256: {sha256_file(random_checkpoint)}" in info.output
+    as_json = json.loads(CliRunner().invoke(main, ["info", "--json", str(out)]).output)
+    assert as_json["outputs"][0] == {"name": "depth", "shape": ["batch", 320, 448], "type": "tensor(float)"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "250x256"], "multiples of 32"),
+    (["--size", "big"], "size must be HxW"),
+    (["--hub", "--checkpoint", "x.pt"], "alternatives"),
+])
+def test_cli_export_bad_options(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "m.onnx"), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_export_bad_checkpoint_is_one_clean_line(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("hello")
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(bad), "-o", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1
+    assert result.output.startswith("checkpoint:") and "Error: " in result.output
+    assert "is not a loadable PyTorch checkpoint" in result.output
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_info_on_foreign_and_broken_files(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    result = CliRunner().invoke(main, ["info", str(foreign)])
+    assert result.exit_code == 0 and "not exported by this toolkit" in result.output
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    result = CliRunner().invoke(main, ["info", str(junk)])
+    assert result.exit_code == 1 and "is not a usable ONNX model" in result.output
+
+
+def test_real_checkpoint_strict_load_and_export(real_checkpoint, tmp_path, photo_set):
+    """With the official weights: strict load, export parity, and a sensible depth map."""
+    model, _ = build_model(real_checkpoint)
+    out = export_onnx(model, tmp_path / "real.onnx", (256, 256), sha256_file(real_checkpoint))
+    info = ModelInfo(input_hw=(256, 256))
+    inputs = [preprocess(to_rgb01(img, "rgb"), info) for img in photo_set.values()]
+    assert max(r.max_rel for r in check_parity(out, model, inputs)) < 1e-4
+    from runtime import DepthHeatmapper
+
+    # skimage's rocket: the launch tower and rocket in front stand nearer than the sky.
+    depth = DepthHeatmapper(out).predict(photo_set["rocket"], order="rgb").depth
+    assert depth[-40:, :].mean() > depth[:40, :].mean()

@@ -1,0 +1,255 @@
+"""DepthHeatmapper on real exported models and real photos."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+import pytest
+
+from runtime import DepthHeatmapper, ImageError, ModelError
+from runtime.postprocess import COLORMAPS, normalise
+
+from .conftest import FIXTURES, REPO
+
+
+@pytest.fixture(scope="module")
+def hm(fixed_model):
+    return DepthHeatmapper(fixed_model, threads=2)
+
+
+@pytest.fixture(scope="module")
+def hm_dyn(dynamic_model):
+    return DepthHeatmapper(dynamic_model, threads=2)
+
+
+def test_importing_and_running_the_runtime_never_imports_torch(fixed_model):
+    """Production installs have no torch; with torch installed, the runtime must still not touch it."""
+    code = (
+        "import sys, numpy as np\n"
+        "from runtime import DepthHeatmapper\n"
+        f"hm = DepthHeatmapper({str(fixed_model)!r})\n"
+        "hm.predict(np.zeros((64, 80, 3), np.uint8))\n"
+        "import midas_onnx.cli, midas_onnx.cli.heatmap_cmd, midas_onnx.cli.info_cmd\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'timm', 'onnx'))\n"
+        "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    import importlib.util
+
+    assert importlib.util.find_spec("torch") is not None  # the check above means something
+
+
+def test_shapes_dtypes_ranges_on_photos(hm, photo_set):
+    for name, photo in photo_set.items():
+        result = hm.predict(photo, order="rgb")
+        h, w = photo.shape[:2]
+        assert result.depth.shape == (h, w) and result.depth.dtype == np.float32, name
+        assert result.heatmap.shape == (h, w, 3) and result.heatmap.dtype == np.uint8, name
+        assert np.isfinite(result.depth).all()
+        # the network ends in ReLU; bicubic resizing back (as upstream) may ring below zero
+        assert result.depth.min() >= -0.15 * np.ptp(result.depth), name
+        assert result.heatmap.std() > 0, name
+
+
+def test_network_output_is_non_negative(hm, photo_set):
+    from runtime.images import to_rgb01
+    from runtime.preprocess import preprocess
+
+    out = hm._run(preprocess(to_rgb01(photo_set["astronaut"], "rgb"), hm.info))
+    assert out.shape == (1, 256, 256) and out.min() >= 0.0 and out.max() > 0.0
+
+
+def test_heatmap_is_the_colormap_of_the_depth(hm, photo_set):
+    photo = photo_set["coffee"]
+    result = hm.predict(photo, order="rgb")
+    d = result.depth
+    levels = np.clip((d - d.min()) / (d.max() - d.min()) * 255 + 0.5, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(result.heatmap, cv2.applyColorMap(levels, cv2.COLORMAP_INFERNO))
+    turbo = DepthHeatmapper(hm.model_path, colormap="TURBO").heatmap(photo, order="rgb")
+    np.testing.assert_array_equal(turbo, cv2.applyColorMap(levels, cv2.COLORMAP_TURBO))
+    assert {"inferno", "turbo", "viridis", "jet"} <= set(COLORMAPS)
+
+
+def test_unknown_colormap(fixed_model):
+    with pytest.raises(ValueError, match="unknown colormap 'rainbowz'; choose from .*inferno"):
+        DepthHeatmapper(fixed_model, colormap="rainbowz")
+
+
+def test_upstream_pipeline_golden(hm_dyn):
+    """Photos -> depth exactly as upstream's hub transform + network + bicubic resize back."""
+    path = FIXTURES / "midas_small_pipeline_golden_seed0.npz"
+    if not path.is_file():
+        pytest.skip("needs ../shared/fixtures")
+    golden = np.load(path)
+    index = json.loads(str(golden["index"]))
+    assert len(index["items"]) == 3
+    for item in index["items"]:
+        i = item["i"]
+        depth = hm_dyn.predict(golden[f"rgb_{i}"], order="rgb").depth
+        want = golden[f"depth_{i}"]
+        assert depth.shape == want.shape
+        err = np.abs(depth - want).max() / np.ptp(want)
+        assert err < 1e-4, (item["photo"], err)
+
+
+def test_dynamic_network_sizes_follow_upstream(hm_dyn):
+    from runtime.preprocess import network_size
+
+    info = hm_dyn.info
+    assert network_size(480, 640, info) == (192, 256)
+    assert network_size(427, 640, info) == (160, 256)
+    assert network_size(640, 427, info) == (256, 160)
+    assert network_size(1080, 1920, info) == (128, 256)
+    assert network_size(20, 30, info) == (160, 256)  # upstream scales small photos up too
+    assert network_size(100, 4000, info) == (32, 256)  # never below one multiple of 32
+
+
+def test_batch_equals_one_by_one(hm, hm_dyn, photo_set):
+    batch = list(photo_set.values())
+    for model in (hm, hm_dyn):
+        together = model.predict_batch(batch, order="rgb")
+        for photo, res in zip(batch, together):
+            alone = model.predict(photo, order="rgb")
+            assert res.depth.shape == photo.shape[:2]
+            np.testing.assert_allclose(res.depth, alone.depth, rtol=0, atol=1e-4 * np.ptp(alone.depth))
+
+
+def test_concurrent_calls_from_threads(hm, photo_set):
+    photos = list(photo_set.values())
+    expected = [hm.predict(p, order="rgb").depth for p in photos]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: hm.predict(p, order="rgb").depth, photos * 4))
+    for i, depth in enumerate(results):
+        np.testing.assert_allclose(depth, expected[i % len(photos)], rtol=0, atol=1e-5 * np.ptp(depth))
+
+
+def test_input_forms_agree(hm, photo_set, tmp_path):
+    rgb = photo_set["chelsea"]
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    ok, png = cv2.imencode(".png", bgr)
+    path = tmp_path / "chelsea.png"
+    path.write_bytes(png.tobytes())
+    reference = hm.predict(rgb, order="rgb").depth
+    for form, kw in [(bgr, {}), (png.tobytes(), {}), (str(path), {}), (path, {}),
+                     (rgb.astype(np.float32) / 255, {"order": "rgb"}),
+                     (np.dstack([bgr, np.full(rgb.shape[:2], 255, np.uint8)]), {}),
+                     ((rgb.astype(np.uint16) * 257), {"order": "rgb"})]:
+        np.testing.assert_allclose(hm.predict(form, **kw).depth, reference, rtol=0, atol=1e-4 * np.ptp(reference))
+
+
+def test_grayscale_and_16bit_files(hm, photo_set, tmp_path):
+    gray = photo_set["camera"]
+    for arr in (gray, gray[:, :, None]):
+        assert hm.predict(arr).depth.shape == gray.shape
+    path16 = tmp_path / "gray16.png"
+    cv2.imwrite(str(path16), gray.astype(np.uint16) * 257)
+    reference = hm.predict(gray).depth
+    np.testing.assert_allclose(hm.predict(path16).depth, reference, rtol=0, atol=1e-4 * np.ptp(reference))
+
+
+def test_exif_orientation_is_applied(hm, photo_set, tmp_path):
+    from PIL import Image
+
+    rgb = photo_set["coffee"]  # 400x600 landscape
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": viewers show it portrait
+    path = tmp_path / "rotated.jpg"
+    Image.fromarray(rgb).save(path, exif=exif.tobytes())
+    result = hm.predict(path)
+    assert result.depth.shape == (600, 400)
+    assert result.image.shape == (600, 400, 3)
+
+
+def test_constant_image_does_not_divide_by_zero(hm):
+    result = hm.predict(np.full((100, 120, 3), 128, np.uint8))
+    assert np.isfinite(result.depth).all()
+    assert (normalise(np.ones((5, 5), np.float32)) == 0).all()
+    assert result.heatmap.shape == (100, 120, 3)
+
+
+def test_overlay_and_depth16(hm, photo_set):
+    result = hm.predict(photo_set["astronaut"], order="rgb")
+    d16 = result.depth_png16()
+    assert d16.dtype == np.uint16 and d16.min() == 0 and d16.max() == 65535
+    ov = result.overlay(0.5)
+    assert ov.shape == result.heatmap.shape and ov.dtype == np.uint8
+    expected = cv2.addWeighted(result.heatmap, 0.5, result.image, 0.5, 0)
+    np.testing.assert_array_equal(ov, expected)
+    with pytest.raises(ValueError, match="alpha"):
+        result.overlay(1.5)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (b"", "empty file"),
+    (b"GIF89a not really", "not a decodable image"),
+    (b"\xff\xd8\xff\xe0" + b"\x00" * 100, "truncated JPEG"),
+    (np.zeros((10, 10, 2), np.uint8), "unsupported array shape"),
+    (np.zeros((0, 10, 3), np.uint8), "empty image"),
+    (np.zeros((10, 10, 3), np.int32), "unsupported dtype int32"),
+    (np.full((10, 10, 3), 3.0, np.float32), "must lie in \\[0, 1\\]"),
+    (np.full((10, 10), np.nan, np.float32), "NaN"),
+    (12345, "expected a path, bytes or numpy array"),
+])
+def test_bad_inputs_get_clear_errors(hm, bad, message):
+    with pytest.raises(ImageError, match=message):
+        hm.predict(bad)
+
+
+def test_truncated_photo_file_is_refused(hm, photo_set, tmp_path):
+    ok, jpg = cv2.imencode(".jpg", photo_set["astronaut"])
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(jpg.tobytes()[: len(jpg) * 3 // 4])
+    with pytest.raises(ImageError, match=f"{path}: truncated JPEG"):
+        hm.predict(path)
+    with pytest.raises(ImageError, match="no such file"):
+        hm.predict(tmp_path / "missing.jpg")
+
+
+def test_pixel_limit(fixed_model, photo_set):
+    small = DepthHeatmapper(fixed_model, max_pixels=100_000)
+    with pytest.raises(ImageError, match="above the limit of 100,000"):
+        small.predict(photo_set["astronaut"], order="rgb")  # 262,144 pixels
+
+
+def test_decompression_bomb_refused_from_the_header(tmp_path, fixed_model):
+    """With the limit in force before OpenCV loads, the decoder refuses from the header."""
+    path = tmp_path / "bomb.png"
+    cv2.imwrite(str(path), np.zeros((3000, 3000), np.uint8))  # 9 MP, a few KB compressed
+    code = (
+        "from runtime import DepthHeatmapper, ImageError\n"
+        f"hm = DepthHeatmapper({str(fixed_model)!r})\n"
+        f"try:\n    hm.predict({str(path)!r})\nexcept ImageError as e:\n    print(e)\n"
+    )
+    env = {**os.environ, "MIDAS_ONNX_MAX_PIXELS": "1000000"}
+    env.pop("OPENCV_IO_MAX_IMAGE_PIXELS", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert "exceeds the pixel limit (1,000,000 pixels); refused" in out.stdout
+
+
+def test_model_that_is_not_ours(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    with pytest.raises(ModelError, match="is not a midas-onnx model"):
+        DepthHeatmapper(foreign)
+    with pytest.raises(ModelError, match="expected one NCHW input named 'image'"):
+        DepthHeatmapper(foreign, input_size="256x256")
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    with pytest.raises(ModelError, match="is not a usable ONNX model"):
+        DepthHeatmapper(text)
+    with pytest.raises(ModelError, match="model file not found"):
+        DepthHeatmapper(tmp_path / "absent.onnx")
