@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from runtime.errors import MidasOnnxError
-from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo
+from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +129,6 @@ def export_onnx(
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
-
-
-def set_metadata(proto, props: dict[str, str]) -> None:
-    """Replace ``metadata_props`` entries with ``props`` (others are kept)."""
-    keep = [p for p in proto.metadata_props if p.key not in props]
-    del proto.metadata_props[:]
-    proto.metadata_props.extend(keep)
-    for key, value in props.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 def check_parity(

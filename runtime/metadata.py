@@ -108,3 +108,15 @@ def parse_size(text: str) -> tuple[int, int] | None:
     if h <= 0 or w <= 0 or h % MULTIPLE_OF or w % MULTIPLE_OF:
         raise ValueError(f"height and width must be positive multiples of {MULTIPLE_OF}, got {h}x{w}")
     return h, w
+
+
+def set_metadata(proto, props: Mapping[str, str]) -> None:
+    """Write ``props`` into an ``onnx.ModelProto``'s ``metadata_props``, replacing same keys.
+
+    Works on the protobuf object alone, so this module never imports ``onnx``.
+    """
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    for key, value in [*keep, *props.items()]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)

@@ -1,0 +1,61 @@
+"""``midas-onnx quantize``."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import click
+
+from .common import DEFAULT_MODEL, friendly_errors, require_extra
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path(path_type=Path), default=DEFAULT_MODEL)
+@click.option("--int8", is_flag=True, required=True, help="Quantize to INT8 (the only precision offered).")
+@click.option("--static/--dynamic", "static", default=True, show_default=True,
+              help="Static QDQ calibrated on images (fast), or dynamic (no images needed; slower than fp32 on CPUs).")
+@click.option("--calibration", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of calibration photos (static). Every 5th is held out for the report unless --eval.")
+@click.option("--eval", "eval_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of held-out photos for the fidelity report.")
+@click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
+              help="Calibration method (static). Default: the preset's (percentile).")
+@click.option("--keep-float", default="", help="Layer roles kept in fp32, comma-separated: stem, head.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Default: MODEL's name with .int8 (static) or .int8-dynamic (dynamic).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency report.")
+@click.option("--force", is_flag=True, help="Overwrite the output model and report.")
+def command(model: Path, int8: bool, static: bool, calibration: Path | None, eval_dir: Path | None,
+            method: str | None, keep_float: str, output: Path | None, threads: int | None, force: bool) -> None:
+    """Write an INT8 version of MODEL and a fidelity/speed report against it (<out>.report.json).
+
+    \b
+    Static INT8 is the variant to use on CPUs:
+      midas-onnx quantize --int8 --calibration photos/ models/midas_small.onnx
+    Dynamic INT8 must be asked for; it is slower than fp32 for this model on CPUs:
+      midas-onnx quantize --int8 --dynamic --eval photos/
+    """
+    require_extra("quantize", "onnx")
+    from quantize import PRESETS, describe, quantize_model
+
+    with friendly_errors():
+        config = PRESETS["static" if static else "dynamic"]
+        if method:
+            if not static:
+                raise click.UsageError("--method applies to static quantization only")
+            config = config.with_(calibration=method)
+        roles = tuple(r.strip() for r in keep_float.split(",") if r.strip())
+        config = config.with_(keep_float=roles)
+        if output is None:
+            output = model.with_name(model.name.removesuffix(".onnx") + (".int8.onnx" if static else ".int8-dynamic.onnx"))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            result = quantize_model(model, output, config, calibration, eval_dir, force=force, threads=threads)
+        for w in caught:
+            if issubclass(w.category, UserWarning) and "calibrating on" in str(w.message):
+                click.echo(f"warning: {w.message}", err=True)
+    for message in result.report["unreadable_images"]:
+        click.echo(f"warning: skipped {message}", err=True)
+    click.echo(describe(result.report))
+    click.echo(f"report: {result.report_path}")
