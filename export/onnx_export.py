@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from runtime.errors import MidasOnnxError
+from runtime.files import temp_path_beside
 from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def export_onnx(
             INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
             OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"},
         }
-    fd, tmp_name = tempfile.mkstemp(suffix=".onnx.tmp", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temp_path_beside(out_path)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter is chosen on purpose (see module docstring).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -16,15 +16,25 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def temp_path_beside(path: Path) -> Path:
+    """A unique, not yet existing name in ``path``'s folder (same filesystem: rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
 def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write beside ``path`` then rename: readers never see half a file, crashes leave none."""
+    """Write beside ``path`` then rename: readers never see half a file, crashes leave none.
+
+    Created with mode 0666 less the umask, like any file (``mkstemp``'s 0600 would make
+    models unreadable to a service running as another user).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_path_beside(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise

@@ -112,3 +112,44 @@ def real_checkpoint() -> Path:
         pytest.skip("real MiDaS v2.1 small weights not present in ../shared/weights/ "
                     "or $MIDAS_SMALL_WEIGHTS (cannot be downloaded here)")
     return path
+
+
+def write_crops(folder: Path, photos: dict, per_photo: int, seed: int) -> Path:
+    """Random crops (some mirrored) of photos as JPEGs: calibration / evaluation sets."""
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for name, rgb in photos.items():
+        img = rgb[:, :, ::-1] if rgb.ndim == 3 else rgb
+        for k in range(per_photo):
+            h, w = img.shape[:2]
+            ch, cw = int(h * rng.uniform(0.5, 0.9)), int(w * rng.uniform(0.5, 0.9))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = img[y:y + ch, x:x + cw]
+            cv2.imwrite(str(folder / f"{name}_{k}.jpg"), crop[:, ::-1] if k % 2 else crop)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory, photo_set) -> Path:
+    return write_crops(tmp_path_factory.mktemp("calib"), {k: photo_set[k] for k in ("astronaut", "coffee", "chelsea")}, 3, 0)
+
+
+@pytest.fixture(scope="session")
+def eval_dir(tmp_path_factory, photo_set) -> Path:
+    return write_crops(tmp_path_factory.mktemp("eval"), {k: photo_set[k] for k in ("rocket", "camera")}, 2, 1)
+
+
+@pytest.fixture(scope="session")
+def static_int8(tmp_path_factory, fixed_model, calib_dir, eval_dir):
+    """(QuantizeResult, warnings raised) for static INT8 of the fixed random model."""
+    import warnings
+
+    from quantize import PRESETS, quantize_model
+
+    out = tmp_path_factory.mktemp("q") / "fixed.int8.onnx"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = quantize_model(fixed_model, out, PRESETS["static"], calib_dir, eval_dir, threads=2, latency_runs=3)
+    return result, [str(w.message) for w in caught]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -17,36 +16,13 @@ from runtime.files import sha256_file
 from runtime.session import create_session
 
 
-def _write_crops(folder, photos, per_photo, seed):
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    n = 0
-    for name, rgb in photos.items():
-        img = rgb[:, :, ::-1] if rgb.ndim == 3 else rgb
-        for k in range(per_photo):
-            h, w = img.shape[:2]
-            ch, cw = int(h * rng.uniform(0.5, 0.9)), int(w * rng.uniform(0.5, 0.9))
-            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-            cv2.imwrite(str(folder / f"{name}_{k}.jpg"), img[y:y + ch, x:x + cw])
-            n += 1
-    return folder
-
-
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory, photo_set):
-    return _write_crops(tmp_path_factory.mktemp("calib"), {k: photo_set[k] for k in ("astronaut", "coffee", "chelsea")}, 3, 0)
+def static_result(static_int8):
+    return static_int8[0]
 
 
-@pytest.fixture(scope="module")
-def eval_dir(tmp_path_factory, photo_set):
-    return _write_crops(tmp_path_factory.mktemp("eval"), {k: photo_set[k] for k in ("rocket", "camera")}, 2, 1)
-
-
-@pytest.fixture(scope="module")
-def static_result(tmp_path_factory, fixed_model, calib_dir, eval_dir):
-    out = tmp_path_factory.mktemp("q") / "m.int8.onnx"
-    with pytest.warns(UserWarning, match="calibrating on 9 images; use at least 32"):
-        return quantize_model(fixed_model, out, PRESETS["static"], calib_dir, eval_dir, threads=2, latency_runs=3)
+def test_few_calibration_images_warn(static_int8):
+    assert any("calibrating on 9 images; use at least 32" in w for w in static_int8[1])
 
 
 def test_static_int8_model_and_report(static_result, fixed_model, photo_set):

@@ -18,6 +18,7 @@ COMMANDS = {
     "quantize": ("quantize_cmd", "Write an INT8 model (static QDQ or dynamic) with a fidelity report."),
     "heatmap": ("heatmap_cmd", "Depth heatmaps for images, folders, globs and videos."),
     "bench": ("bench_cmd", "Benchmark model variants side by side."),
+    "serve": ("serve_cmd", "Serve heatmaps over HTTP: upload page, API, jobs, metrics."),
     "info": ("info_cmd", "Show a model's metadata, inputs/outputs, size and sha256."),
 }
 

@@ -1,0 +1,453 @@
+"""fp32 vs INT8 vs the PyTorch path, side by side in one process run.
+
+    python -m benchmarks.bench                       # or: midas-onnx bench
+    python -m benchmarks.bench --quick               # CI-sized, under 2 minutes
+
+Variants are data (``Variant``), their runs interleaved so machine drift hits all alike.
+Writes ``benchmarks/results/<machine>.md`` (the table), ``.json`` (raw figures) and ``.png``
+(a chart). PyTorch rows appear when the ``export`` extra is installed; OpenVINO rows when
+``openvino`` is, with ``INFERENCE_PRECISION_HINT=f32`` (its default on bf16-capable CPUs
+runs "fp32" models in bf16, which measured 19% max error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results"
+MODELS = REPO / "models"
+Runner = Callable[[np.ndarray], np.ndarray]
+
+# Bars from the issue, checked as ratios from this run.
+BARS = {
+    "onnx_fp32_vs_torch_eager": 2.0,
+    "static_int8_vs_onnx_fp32": 2.0,
+    "static_int8_vs_openvino_int8_max": 1.1,
+    "runtime_peak_rss_mb_max": 200.0,
+    "cold_start_s_max": 1.5,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row: how to run it is decided by ``engine``; variants are data, not subclasses."""
+
+    name: str
+    engine: str  # "torch-eager", "torch-trace", "onnxruntime", "openvino"
+    path: Path | None = None  # ONNX file for onnxruntime/openvino rows
+    precision: str = "fp32"
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int
+    batch_runs: int
+    photos: int
+    threads: tuple[int, ...]
+    sizes: tuple[tuple[int, int], ...]  # (width, height) of end-to-end photos
+    subprocess_checks: bool
+
+
+FULL = Settings(runs=30, batch_runs=6, photos=12, threads=(1, os.cpu_count() or 1),
+                sizes=((640, 480), (1920, 1080)), subprocess_checks=True)
+QUICK = Settings(runs=6, batch_runs=2, photos=3, threads=(os.cpu_count() or 1,),
+                 sizes=((640, 480),), subprocess_checks=True)
+
+
+# --- machine -------------------------------------------------------------------------------
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+        isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f" {f}" in flags]
+    except (OSError, StopIteration):
+        isa = []
+    import onnxruntime
+
+    versions = {"python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+    for mod in ("cv2", "torch", "openvino"):
+        if importlib.util.find_spec(mod):
+            versions[mod] = getattr(__import__(mod), "__version__", "?")
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{cpu}-{os.cpu_count()}c".lower()).strip("-")
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "isa": " ".join(isa), "slug": slug,
+            "date": dt.date.today().isoformat(), **{f"v_{k}": str(v) for k, v in versions.items()}}
+
+
+# --- runners -------------------------------------------------------------------------------
+def make_runner(v: Variant, threads: int, checkpoint: Path | None) -> Runner:
+    if v.engine == "onnxruntime":
+        from runtime.metadata import INPUT_NAME
+        from runtime.session import create_session
+
+        session = create_session(v.path, threads=threads)
+        return lambda x: session.run(None, {INPUT_NAME: x})[0]
+    if v.engine == "openvino":
+        import openvino as ov
+
+        core = ov.Core()
+        compiled = core.compile_model(str(v.path), "CPU", {
+            "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+        return lambda x: request.infer({0: x})[0].copy()
+    import torch
+
+    torch.set_num_threads(threads)
+    model = _torch_model(checkpoint)
+    if v.engine == "torch-trace":
+        with torch.no_grad():
+            model = torch.jit.trace(model, torch.zeros(1, 3, 256, 256), check_trace=False)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+_TORCH_MODEL = None
+
+
+def _torch_model(checkpoint: Path | None):
+    """The upstream-layout network with the checkpoint's weights (random if none is given:
+    latency does not depend on weight values; fidelity is then not reported)."""
+    global _TORCH_MODEL
+    if _TORCH_MODEL is None:
+        from export.checkpoint import build_model
+        from export.model import MidasNetSmall
+
+        _TORCH_MODEL = build_model(checkpoint)[0] if checkpoint else MidasNetSmall().eval()
+    return _TORCH_MODEL
+
+
+def timed(runners: dict[str, Runner], x: np.ndarray, runs: int, block: int = 5, pause_s: float = 0.3,
+          budget_s: float = 8.0, min_runs: int = 5) -> dict[str, dict]:
+    """Interleaved timing in rounds: each variant runs ``block`` timed runs in turn.
+
+    Not one run at a time: torch's OpenMP, OpenVINO's and onnxruntime's own pools keep their
+    threads spinning after a run, and on 2 cores those spinning threads stole the CPU from
+    whichever variant ran next (static INT8 measured 82 ms interleaved run-by-run, 54 ms
+    alone). A pause and one discarded run at every switch let them go idle, while rounds
+    still spread machine drift over all variants alike. A slow variant (dynamic INT8 takes
+    ~1 s a run) gets fewer runs, as many as fit ``budget_s`` but never under ``min_runs``.
+    """
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    target = {n: runs for n in runners}
+    block = max(1, min(block, runs))
+    while any(len(times[n]) < target[n] for n in runners):
+        for n, r in runners.items():
+            if len(times[n]) >= target[n]:
+                continue
+            time.sleep(pause_s)
+            t = time.perf_counter()
+            r(x)  # discarded: wakes this engine's threads, warms caches
+            if not times[n]:
+                first_s = time.perf_counter() - t
+                target[n] = max(min(min_runs, runs), min(runs, int(budget_s / max(first_s, 1e-6))))
+            for _ in range(min(block, target[n] - len(times[n]))):
+                t = time.perf_counter()
+                r(x)
+                times[n].append((time.perf_counter() - t) * 1000)
+    return {n: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)),
+                "min_ms": float(np.min(v)), "runs": len(v)} for n, v in times.items()}
+
+
+# --- measurements --------------------------------------------------------------------------
+def measure_latency(variants, settings, checkpoint, photos_256) -> dict:
+    """Per thread count: batch-1 latency and batch-4 throughput at 256x256."""
+    out: dict = {}
+    x1 = photos_256[:1]
+    x4 = np.concatenate([photos_256] * 4)[:4]
+    for threads in settings.threads:
+        runners = {v.name: make_runner(v, threads, checkpoint) for v in variants}
+        lat = timed(runners, x1, settings.runs)
+        b4 = timed(runners, x4, settings.batch_runs, block=2, min_runs=3)
+        for name in runners:
+            lat[name]["batch4_images_per_s"] = 4000.0 / b4[name]["median_ms"]
+        out[str(threads)] = lat
+    return out
+
+
+def measure_fidelity(variants, checkpoint, inputs) -> dict:
+    """AbsRel and delta<1.25 of each variant against ONNX fp32, after scale-and-shift alignment."""
+    from quantize.report import compare
+
+    threads = os.cpu_count() or 1
+    ref_variant = next((v for v in variants if v.engine == "onnxruntime" and v.precision == "fp32"), None)
+    if ref_variant is None:
+        return {}
+    ref = make_runner(ref_variant, threads, checkpoint)
+    refs = [ref(x) for x in inputs]
+    out = {}
+    for v in variants:
+        if v.engine.startswith("torch") and checkpoint is None:
+            out[v.name] = None  # other (random) weights: no comparison possible
+            continue
+        run = make_runner(v, threads, checkpoint)
+        scores = [compare(run(x), r) for x, r in zip(inputs, refs)]
+        out[v.name] = {"absrel": float(np.mean([s[0] for s in scores])), "delta1": float(np.mean([s[1] for s in scores]))}
+    return out
+
+
+def measure_end_to_end(onnx_variants, settings, workdir: Path) -> dict:
+    """Photos on disk -> heatmap PNGs: DepthHeatmapper in a plain loop, and the CLI pipeline."""
+    from benchmarks.photos import write
+    from runtime import DepthHeatmapper
+    from runtime.outputs import write_png
+
+    out: dict = {}
+    for w, h in settings.sizes:
+        folder = workdir / f"photos_{w}x{h}"
+        paths = write(folder, (w, h), settings.photos)
+        for v in onnx_variants:
+            hm = DepthHeatmapper(v.path)
+            hm.predict(paths[0])
+            dest = workdir / f"loop_{v.name}_{w}x{h}"
+            dest.mkdir()
+            t = time.perf_counter()
+            for p in paths:
+                write_png(dest / (p.name + ".png"), hm.predict(p).heatmap)
+            loop = len(paths) / (time.perf_counter() - t)
+            cli_dest = workdir / f"cli_{v.name}_{w}x{h}"
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(folder), "-o", str(cli_dest),
+                            "--model", str(v.path)], check=True, capture_output=True, cwd=REPO)
+            cli = len(paths) / (time.perf_counter() - t)
+            out.setdefault(f"{w}x{h}", {})[v.name] = {"loop_images_per_s": loop, "cli_images_per_s": cli}
+    return out
+
+
+# Peak RSS from VmHWM: unlike ru_maxrss it is reset by exec, so the parent's (torch-sized)
+# footprint before the fork does not leak into the child's figure.
+COLD_START = """
+import sys, time
+t0 = float(sys.argv[1])
+from runtime import DepthHeatmapper
+hm = DepthHeatmapper(sys.argv[2])
+hm.heatmap(sys.argv[3])
+import json
+print(json.dumps({"cold_start_s": time.time() - t0,
+                  "peak_rss_mb": next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024,
+                  "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def measure_cold_start(onnx_variants, photo: Path) -> dict:
+    """A fresh runtime-only process per variant: process start to first heatmap, peak RSS."""
+    out = {}
+    for v in onnx_variants:
+        runs = []
+        for _ in range(2):  # the second run has a warm page cache, as a service restart would
+            proc = subprocess.run([sys.executable, "-c", COLD_START, repr(time.time()), str(v.path), str(photo)],
+                                  check=True, capture_output=True, text=True, cwd=REPO)
+            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        out[v.name] = min(runs, key=lambda r: r["cold_start_s"])
+    return out
+
+
+# --- report --------------------------------------------------------------------------------
+def bars(results: dict) -> list[dict]:
+    all_threads = str(max(int(t) for t in results["latency"]))
+    lat = {n: r["median_ms"] for n, r in results["latency"][all_threads].items()}
+    rows = []
+
+    def ratio(name, slow, fast, bar, cmp=">="):
+        if slow in lat and fast in lat:
+            value = lat[slow] / lat[fast]
+            ok = value >= bar if cmp == ">=" else value <= bar
+            rows.append({"bar": name, "value": round(value, 2), "target": f"{cmp} {bar}", "met": ok})
+
+    ratio("ONNX fp32 speed-up over PyTorch eager", "pytorch-eager", "onnx-fp32", BARS["onnx_fp32_vs_torch_eager"])
+    ratio("static INT8 speed-up over ONNX fp32", "onnx-fp32", "onnx-int8-static", BARS["static_int8_vs_onnx_fp32"])
+    if "openvino-int8-static" in lat and "onnx-int8-static" in lat:
+        value = lat["onnx-int8-static"] / lat["openvino-int8-static"]
+        rows.append({"bar": "static INT8 latency vs OpenVINO on the same file", "value": round(value, 2),
+                     "target": f"<= {BARS['static_int8_vs_openvino_int8_max']}",
+                     "met": value <= BARS["static_int8_vs_openvino_int8_max"]})
+    cold = results.get("cold_start", {}).get("onnx-int8-static")
+    if cold:
+        rows.append({"bar": "INT8 runtime process peak RSS (MB)", "value": round(cold["peak_rss_mb"], 1),
+                     "target": f"<= {BARS['runtime_peak_rss_mb_max']:.0f}", "met": cold["peak_rss_mb"] <= BARS["runtime_peak_rss_mb_max"]})
+        rows.append({"bar": "INT8 cold start to first heatmap (s)", "value": round(cold["cold_start_s"], 2),
+                     "target": f"<= {BARS['cold_start_s_max']}", "met": cold["cold_start_s"] <= BARS["cold_start_s_max"]})
+    return rows
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"# midas-onnx benchmark: {m['cpu']}, {m['cores']} cores ({m['isa'] or 'no AVX2'}), {m['date']}", "",
+             "Versions: " + ", ".join(f"{k[2:]} {v}" for k, v in m.items() if k.startswith("v_")),
+             f"Settings: {results['settings']}", ""]
+    threads = sorted(results["latency"], key=int)
+    head = "| variant | size MB | " + " | ".join(f"{t} thr median ms | {t} thr p95 | {t} thr b4 img/s" for t in threads)
+    head += " | AbsRel vs fp32 | δ<1.25 | cold start s | peak RSS MB |"
+    lines += ["## Model at 256x256", "", head, "|" + "---|" * (head.count("|") - 1)]
+    for v in results["variants"]:
+        n = v["name"]
+        cells = [n, f"{v['size_mb']:.1f}" if v["size_mb"] else "-"]
+        for t in threads:
+            r = results["latency"][t].get(n)
+            cells += [f"{r['median_ms']:.1f}", f"{r['p95_ms']:.1f}", f"{r['batch4_images_per_s']:.1f}"] if r else ["-"] * 3
+        f = results["fidelity"].get(n)
+        cells += [f"{f['absrel']:.4f}", f"{f['delta1']:.4f}"] if f else ["n/a", "n/a"]
+        c = results.get("cold_start", {}).get(n)
+        cells += [f"{c['cold_start_s']:.2f}", f"{c['peak_rss_mb']:.0f}"] if c else ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if results.get("end_to_end"):
+        lines += ["", "## End to end: JPEG photos -> heatmap PNGs (images/s)", "",
+                  "| photos | variant | DepthHeatmapper loop | `midas-onnx heatmap` CLI (incl. start-up) |", "|---|---|---|---|"]
+        for size, rows in results["end_to_end"].items():
+            for n, r in rows.items():
+                lines.append(f"| {size} | {n} | {r['loop_images_per_s']:.2f} | {r['cli_images_per_s']:.2f} |")
+    lines += ["", "## Bars (ratios from this run, all cores)", "", "| bar | value | target | met |", "|---|---|---|---|"]
+    for b in results["bars"]:
+        lines.append(f"| {b['bar']} | {b['value']} | {b['target']} | {'yes' if b['met'] else '**no**'} |")
+    if results["fidelity"] and all(v is None for k, v in results["fidelity"].items() if k.startswith("pytorch")):
+        lines += ["", "PyTorch rows ran random weights (no --checkpoint): latency only."]
+    if results.get("weights_note"):
+        lines += ["", results["weights_note"]]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = str(max(int(k) for k in results["latency"]))
+    names = [v["name"] for v in results["variants"] if v["name"] in results["latency"][t]]
+    med = [results["latency"][t][n]["median_ms"] for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    bars_ = axes[0].barh(names, med, color=["#c0504d" if n.startswith("pytorch") else "#4f81bd" for n in names])
+    axes[0].bar_label(bars_, fmt="%.0f ms", padding=3)
+    axes[0].set_xlabel(f"median latency at 256x256, batch 1, {t} threads (lower is better)")
+    axes[0].invert_yaxis()
+    fid = [(n, results["fidelity"].get(n)) for n in names]
+    fid = [(n, f["delta1"]) for n, f in fid if f]
+    if fid:
+        b2 = axes[1].barh([n for n, _ in fid], [d for _, d in fid], color="#9bbb59")
+        axes[1].bar_label(b2, fmt="%.3f", padding=3)
+        axes[1].set_xlim(0, 1.1)
+        axes[1].invert_yaxis()
+    axes[1].set_xlabel("δ<1.25 vs ONNX fp32, scale/shift aligned (higher is better)")
+    m = results["machine"]
+    fig.suptitle(f"midas-onnx: {m['cpu']}, {m['cores']} cores, {m['date']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- main ----------------------------------------------------------------------------------
+def discover(args) -> list[Variant]:
+    variants: list[Variant] = []
+    have_torch = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
+    if have_torch and not args.no_torch:
+        variants += [Variant("pytorch-eager", "torch-eager"), Variant("pytorch-trace", "torch-trace")]
+    onnx_files = [("onnx-fp32", args.fp32, "fp32"), ("onnx-int8-dynamic", args.int8_dynamic, "int8-dynamic"),
+                  ("onnx-int8-static", args.int8, "int8-static")]
+    for name, path, precision in onnx_files:
+        if path and Path(path).is_file():
+            variants.append(Variant(name, "onnxruntime", Path(path), precision))
+        else:
+            print(f"note: {name} skipped: {path} not found", file=sys.stderr)
+    if importlib.util.find_spec("openvino") and not args.no_openvino:
+        variants += [Variant("openvino-" + v.name.removeprefix("onnx-"), "openvino", v.path, v.precision)
+                     for v in list(variants) if v.engine == "onnxruntime" and v.precision != "int8-dynamic"]
+    return variants
+
+
+def run(args) -> dict:
+    from benchmarks.photos import load
+    from runtime.images import to_rgb01
+    from runtime.metadata import ModelInfo
+    from runtime.preprocess import preprocess
+
+    settings = QUICK if args.quick else FULL
+    variants = discover(args)
+    if not any(v.engine == "onnxruntime" for v in variants):
+        raise SystemExit(f"no ONNX model found ({args.fp32}); run `midas-onnx export` first")
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    info = ModelInfo(input_hw=(256, 256))
+    photos = [p for p in load().values() if p.ndim == 3]
+    inputs = [preprocess(to_rgb01(p, "rgb"), info) for p in photos]
+    x256 = np.concatenate(inputs[:4])
+    t0 = time.perf_counter()
+    results: dict = {"machine": machine(), "settings": asdict(settings), "quick": args.quick,
+                     "variants": [{"name": v.name, "engine": v.engine, "precision": v.precision,
+                                   "path": str(v.path) if v.path else None,
+                                   "size_mb": v.path.stat().st_size / 1e6 if v.path else None} for v in variants]}
+    print(f"latency ({len(variants)} variants, threads {settings.threads}) ...", file=sys.stderr)
+    results["latency"] = measure_latency(variants, settings, checkpoint, x256)
+    print("fidelity ...", file=sys.stderr)
+    results["fidelity"] = measure_fidelity(variants, checkpoint, inputs[: max(2, settings.photos)])
+    ort_variants = [v for v in variants if v.engine == "onnxruntime"]
+    with tempfile.TemporaryDirectory(prefix="midas-bench-") as tmp:
+        print("end to end ...", file=sys.stderr)
+        results["end_to_end"] = measure_end_to_end(ort_variants, settings, Path(tmp))
+        if settings.subprocess_checks:
+            print("cold start and memory ...", file=sys.stderr)
+            photo = next(Path(tmp).glob("photos_*/*.jpg"))
+            results["cold_start"] = measure_cold_start(ort_variants, photo)
+    results["bars"] = bars(results)
+    results["elapsed_s"] = time.perf_counter() - t0
+    from runtime.session import create_session
+
+    meta = dict(create_session(ort_variants[0].path, threads=1).get_modelmeta().custom_metadata_map)
+    if checkpoint is None:
+        results["weights_note"] = (f"Weights: ONNX models from checkpoint sha256 "
+                                   f"{meta.get('midas_onnx.checkpoint_sha256', '?')[:12]}; fidelity of INT8 "
+                                   "is only meaningful for the official weights.")
+    return results
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fp32", default=str(MODELS / "midas_small.onnx"))
+    parser.add_argument("--int8", default=str(MODELS / "midas_small.int8.onnx"), help="static INT8 model")
+    parser.add_argument("--int8-dynamic", default=str(MODELS / "midas_small.int8-dynamic.onnx"))
+    parser.add_argument("--checkpoint", help="weights for the PyTorch rows (default: found in ../shared/weights)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (< 2 minutes)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
+    parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
+    parser.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md/.json/.png")
+    args = parser.parse_args(argv)
+    if args.checkpoint is None and importlib.util.find_spec("torch"):
+        from export.checkpoint import find_real_weights
+
+        found = find_real_weights()
+        args.checkpoint = str(found) if found else None
+    results = run(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = results["machine"]["slug"] + ("-quick" if args.quick else "")
+    text = markdown(results)
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    chart(results, out / f"{stem}.png")
+    print(text)
+    print(f"wrote {out / stem}.md/.json/.png in {results['elapsed_s']:.0f} s", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    main()

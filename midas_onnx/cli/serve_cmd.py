@@ -1,0 +1,40 @@
+"""``midas-onnx serve``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import DEFAULT_MODEL, require_extra
+
+
+@click.command("serve")
+@click.option("--model", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: physical cores).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="How long a request waits for others to share its batch.")
+@click.option("--queue-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images allowed to wait; beyond it requests get 503 + Retry-After.")
+@click.option("--timeout", "request_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True)
+@click.option("--job-ttl", "job_ttl_s", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
+              help="Seconds a finished job's result is kept.")
+def command(model: Path, host: str, port: int, threads: int | None, max_batch: int, max_wait_ms: float,
+            queue_size: int, request_timeout_s: float, max_body_mb: float, max_pixels: int, job_ttl_s: float) -> None:
+    """Serve depth heatmaps over HTTP, with an upload page at / and the API under /v1."""
+    require_extra("serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
+    import uvicorn
+
+    from serve import ServeSettings, create_app
+
+    if not model.is_file():
+        raise click.ClickException(f"model file not found: {model}. Export one with `midas-onnx export`.")
+    settings = ServeSettings(model=model, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                             queue_size=queue_size, request_timeout_s=request_timeout_s,
+                             max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, job_ttl_s=job_ttl_s)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)

@@ -1,0 +1,345 @@
+"""The HTTP service, built by ``create_app(settings)`` so tests and the CLI run the same app.
+
+Endpoints: ``/`` (upload page), ``/healthz``, ``/readyz``, ``POST /v1/depth``,
+``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``/metrics``. The model loads once, in a background
+thread at start-up; inference runs in one worker thread fed by the micro-batcher; decoding and
+PNG encoding run in Starlette's thread pool; the event loop only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import cv2
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from runtime import DepthHeatmapper, ImageError, MidasOnnxError
+from runtime.images import to_rgb01
+from runtime.postprocess import colorize, colormap_id, depth_png16
+from runtime.postprocess import overlay as blend
+
+from .batcher import Batcher, QueueFull
+from .jobs import JobStore, TooManyJobs
+
+log = logging.getLogger("midas_onnx.serve")
+FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png"}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Service limits and tuning; every bound here keeps memory and latency bounded."""
+
+    model: Path
+    threads: int | None = None
+    colormap: str = "inferno"
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_batch: int = 4
+    max_wait_ms: float = 10.0
+    queue_size: int = 32
+    request_timeout_s: float = 30.0
+    job_ttl_s: float = 600.0
+    max_jobs: int = 256
+    max_images_per_job: int = 16
+    retry_after_s: int = 1
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("midas_requests_total", "HTTP requests", ["route", "status"], registry=self.registry)
+        self.latency = Histogram("midas_request_seconds", "Request latency", ["route"], registry=self.registry,
+                                 buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.queue_depth = Gauge("midas_queue_depth", "Images waiting for inference", registry=self.registry)
+        self.batch_size = Histogram("midas_batch_size", "Images per inference call", registry=self.registry,
+                                    buckets=(1, 2, 3, 4, 6, 8, 16))
+        self.jobs = Gauge("midas_jobs_stored", "Jobs held (queued, running or awaiting expiry)", registry=self.registry)
+
+
+class Service:
+    """Everything the routes share: the model (once loaded), the batcher, jobs and metrics."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.hm: DepthHeatmapper | None = None
+        self.load_error: str | None = None
+        self.loaded = threading.Event()
+        self.batcher: Batcher | None = None
+        self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs)
+        self.metrics = _Metrics()
+        self._tasks: set[asyncio.Task] = set()
+
+    def load(self) -> None:
+        try:
+            self.hm = DepthHeatmapper(self.settings.model, threads=self.settings.threads,
+                                      colormap=self.settings.colormap, max_pixels=self.settings.max_pixels)
+            self.hm.predict(np.zeros((64, 64, 3), np.uint8))  # warm-up: first run allocates
+        except MidasOnnxError as exc:
+            self.load_error = str(exc)
+            log.error("model failed to load: %s", exc)
+        finally:
+            self.loaded.set()
+
+    def ready(self) -> bool:
+        return self.hm is not None and self.batcher is not None
+
+    def require_ready(self) -> Batcher:
+        if not self.ready():
+            if self.load_error:
+                raise ApiError(503, "model_failed", f"model failed to load: {self.load_error}")
+            raise ApiError(503, "loading", "the model is still loading", retry_after=self.settings.retry_after_s)
+        return self.batcher  # type: ignore[return-value]
+
+    def spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def infer(self, data: bytes, name: str):
+        """Bytes -> DepthResult through the batcher, with the request timeout."""
+        batcher = self.require_ready()
+        try:
+            rgb = await run_in_threadpool(to_rgb01, data, "bgr", self.settings.max_pixels, name)
+        except ImageError as exc:
+            status, code = (413, "too_many_pixels") if "pixel limit" in str(exc) or "above the limit" in str(exc) else (422, "bad_image")
+            raise ApiError(status, code, str(exc)) from None
+        try:
+            return await asyncio.wait_for(batcher.submit(rgb), self.settings.request_timeout_s)
+        except QueueFull:
+            raise ApiError(503, "busy", "the inference queue is full; retry shortly",
+                           retry_after=self.settings.retry_after_s) from None
+        except asyncio.TimeoutError:
+            raise ApiError(504, "timeout", f"no result within {self.settings.request_timeout_s:g} s") from None
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    svc = Service(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async def load_then_start() -> None:
+            await asyncio.to_thread(svc.load)
+            if svc.hm is not None:
+                hm = svc.hm
+                svc.batcher = Batcher(lambda rgbs: hm.predict_batch(rgbs, order="rgb"), settings.max_batch,
+                                      settings.max_wait_ms / 1000, settings.queue_size,
+                                      on_batch=svc.metrics.batch_size.observe)
+                svc.batcher.start()
+                svc.metrics.queue_depth.set_function(svc.batcher.depth)
+
+        async def expire_jobs() -> None:
+            while True:
+                await asyncio.sleep(min(5.0, max(0.05, settings.job_ttl_s / 4)))
+                svc.jobs.expire()
+
+        svc.spawn(load_then_start())
+        svc.spawn(expire_jobs())
+        svc.metrics.jobs.set_function(lambda: len(svc.jobs))
+        yield
+        for task in list(svc._tasks):
+            task.cancel()
+        if svc.batcher:
+            await svc.batcher.stop()
+
+    app = FastAPI(title="midas-onnx", version=_version(), lifespan=lifespan)
+    app.state.service = svc
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+        return JSONResponse({"error": {"status": exc.status, "code": exc.code, "message": exc.message}},
+                            status_code=exc.status, headers=headers)
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        svc.metrics.requests.labels(path, str(response.status_code)).inc()
+        svc.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(files("serve").joinpath("static/index.html").read_text(encoding="utf-8"))
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if not svc.ready():
+            body = {"ready": False, "error": svc.load_error} if svc.load_error else {"ready": False}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
+        info = svc.hm.info  # type: ignore[union-attr]
+        return JSONResponse({"ready": True, "model": str(settings.model), "input_size": info.input_size_text,
+                             "precision": info.precision})
+
+    @app.post("/v1/depth", responses={200: {"content": {"image/png": {}, "application/json": {}}}})
+    async def depth(request: Request, format: str | None = None, colormap: str | None = None,
+                    overlay: bool = False, alpha: float = 0.5) -> Response:
+        """One image (multipart field ``file`` or the raw body) -> heatmap PNG, JSON or 16-bit depth PNG.
+
+        The format comes from ``?format=png|json|depth16``, else from ``Accept``."""
+        fmt = _choose_format(format, request.headers.get("accept", ""))
+        cmap = _check_render(colormap or settings.colormap, alpha)
+        uploads = await _read_images(request, settings, max_count=1)
+        name, data = uploads[0]
+        result = await svc.infer(data, name)
+        return await run_in_threadpool(_render, result, fmt, cmap, overlay, alpha, svc)
+
+    @app.post("/v1/jobs", status_code=202)
+    async def create_job(request: Request, colormap: str | None = None) -> JSONResponse:
+        """Queue one or more images (multipart ``file`` fields, or the raw body); returns at once."""
+        svc.require_ready()
+        cmap = _check_render(colormap or settings.colormap, 0.5)
+        uploads = await _read_images(request, settings, max_count=settings.max_images_per_job)
+        try:
+            job = svc.jobs.create(len(uploads))
+        except TooManyJobs:
+            raise ApiError(503, "too_many_jobs", f"{settings.max_jobs} jobs are held; retry later",
+                           retry_after=settings.retry_after_s) from None
+        svc.spawn(_run_job(svc, job, uploads, cmap))
+        return JSONResponse({"id": job.id, "status": job.status, "url": f"/v1/jobs/{job.id}"}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{job.id}"})
+
+    @app.get("/v1/jobs/{job_id}")
+    async def get_job(job_id: str) -> dict:
+        job = svc.jobs.get(job_id)
+        if job is None:
+            raise ApiError(404, "no_such_job", f"job {job_id} does not exist or has expired")
+        return job.view(settings.job_ttl_s)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# --- helpers ---------------------------------------------------------------------------------
+def _version() -> str:
+    from midas_onnx import __version__
+
+    return __version__
+
+
+def _choose_format(fmt: str | None, accept: str) -> str:
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ApiError(422, "bad_format", f"format must be one of {sorted(FORMATS)}, got {fmt!r}")
+        return fmt
+    return "json" if "application/json" in accept and "image/png" not in accept else "png"
+
+
+def _check_render(cmap: str, alpha: float) -> int:
+    if not 0.0 <= alpha <= 1.0:
+        raise ApiError(422, "bad_alpha", f"alpha must be in [0, 1], got {alpha}")
+    try:
+        return colormap_id(cmap)
+    except ValueError as exc:
+        raise ApiError(422, "bad_colormap", str(exc)) from None
+
+
+async def _read_images(request: Request, settings: ServeSettings, max_count: int) -> list[tuple[str, bytes]]:
+    """Uploaded images as (name, bytes): multipart ``file`` fields or the raw body, size-capped."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise ApiError(413, "body_too_large", f"request body of {int(declared):,} bytes exceeds the limit of "
+                                              f"{settings.max_body_bytes:,}")
+    ctype = request.headers.get("content-type", "")
+    if ctype.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=max_count, max_part_size=settings.max_body_bytes)
+        except Exception as exc:  # Starlette's MultiPartException and parser errors
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+        uploads = [v for k, v in form.multi_items() if k == "file" and hasattr(v, "read")]
+        if not uploads:
+            raise ApiError(400, "no_file", "multipart body has no 'file' field")
+        return [(u.filename or "upload", await u.read()) for u in uploads]
+    if ctype and not (ctype.startswith("image/") or ctype.startswith("application/octet-stream")):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send an image as multipart/form-data (field 'file') or as image/*, not {ctype}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > settings.max_body_bytes:
+            raise ApiError(413, "body_too_large", f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
+    if not body:
+        raise ApiError(400, "empty_body", "no image in the request body")
+    return [("upload", bytes(body))]
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ApiError(500, "encode_failed", "PNG encoding failed")
+    return buf.tobytes()
+
+
+def _heatmap(result, cmap: int, with_overlay: bool, alpha: float) -> np.ndarray:
+    heat = colorize(result.depth, cmap)
+    return blend(result.image, heat, alpha) if with_overlay else heat
+
+
+def _summary(result, cmap: int, svc: Service) -> dict:
+    d = result.depth
+    info = svc.hm.info  # type: ignore[union-attr]
+    return {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": info.precision,
+            "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
+            "heatmap_png_base64": base64.b64encode(_png(colorize(d, cmap))).decode()}
+
+
+def _render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, svc: Service) -> Response:
+    if fmt == "depth16":
+        return Response(_png(depth_png16(result.depth)), media_type="image/png")
+    if fmt == "json":
+        body = _summary(result, cmap, svc)
+        if with_overlay:
+            body["overlay_png_base64"] = base64.b64encode(_png(_heatmap(result, cmap, True, alpha))).decode()
+        return JSONResponse(body)
+    return Response(_png(_heatmap(result, cmap, with_overlay, alpha)), media_type="image/png")
+
+
+async def _run_job(svc: Service, job, uploads: list[tuple[str, bytes]], cmap: int) -> None:
+    """Each image in turn through the same batcher; a bad image is an error entry, not a failed job."""
+    job.status = "running"
+    try:
+        for name, data in uploads:
+            while True:
+                try:
+                    result = await svc.infer(data, name)
+                    job.results.append({"name": name, **await run_in_threadpool(_summary, result, cmap, svc)})
+                    break
+                except ApiError as exc:
+                    if exc.code == "busy":  # accepted work waits for room instead of failing
+                        await asyncio.sleep(0.05)
+                        continue
+                    job.results.append({"name": name, "error": {"status": exc.status, "code": exc.code,
+                                                                "message": exc.message}})
+                    break
+            job.completed += 1
+        svc.jobs.finish(job)
+    except Exception as exc:  # pragma: no cover - defensive: a job never dies silently
+        log.exception("job %s failed", job.id)
+        svc.jobs.finish(job, error=f"{type(exc).__name__}: {exc}")

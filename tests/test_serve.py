@@ -1,0 +1,222 @@
+"""The HTTP service, as a real `midas-onnx serve` process on 127.0.0.1 (not a test client)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from runtime import DepthHeatmapper
+
+from .conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(model: Path, *args: str, wait_ready: bool = True):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--model", str(model), "--port", str(port),
+                             "--threads", "2", *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.1)
+        while wait_ready and httpx.get(base + "/readyz").status_code != 200:
+            assert time.time() < deadline, "model did not load"
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def jpeg(rgb: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
+
+
+@pytest.fixture(scope="module")
+def server(fixed_model):
+    with running_server(fixed_model, "--job-ttl", "2") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def expected(fixed_model, photo_set):
+    """What the library computes for the same JPEG bytes the tests upload."""
+    hm = DepthHeatmapper(fixed_model)
+    return {name: hm.predict(jpeg(rgb)) for name, rgb in photo_set.items() if rgb.ndim == 3}
+
+
+def decode_png(data: bytes, flags=cv2.IMREAD_COLOR) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert img is not None
+    return img
+
+
+def test_health_ready_and_page(server):
+    assert httpx.get(server + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(server + "/readyz").json()
+    assert ready["ready"] is True and ready["precision"] == "fp32" and ready["input_size"] == "256x256"
+    page = httpx.get(server + "/")
+    assert page.status_code == 200 and "Drop photos here" in page.text
+
+
+def test_depth_png_multipart_and_raw(server, photo_set, expected):
+    data = jpeg(photo_set["coffee"])
+    r = httpx.post(server + "/v1/depth", files={"file": ("coffee.jpg", data, "image/jpeg")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    np.testing.assert_array_equal(decode_png(r.content), expected["coffee"].heatmap)
+    raw = httpx.post(server + "/v1/depth", content=data, headers={"content-type": "image/jpeg"})
+    assert raw.status_code == 200
+    np.testing.assert_array_equal(decode_png(raw.content), expected["coffee"].heatmap)
+
+
+def test_depth_json_depth16_overlay_colormap(server, photo_set, expected):
+    data = jpeg(photo_set["chelsea"])
+    want = expected["chelsea"]
+    j = httpx.post(server + "/v1/depth", content=data, headers={"accept": "application/json", "content-type": "image/jpeg"})
+    assert j.status_code == 200
+    body = j.json()
+    assert (body["width"], body["height"]) == (451, 300)
+    assert body["depth"]["max"] == pytest.approx(float(want.depth.max()), rel=1e-5)
+    np.testing.assert_array_equal(decode_png(base64.b64decode(body["heatmap_png_base64"])), want.heatmap)
+
+    d16 = httpx.post(server + "/v1/depth?format=depth16", content=data, headers={"content-type": "image/jpeg"})
+    depth = decode_png(d16.content, cv2.IMREAD_UNCHANGED)
+    assert depth.dtype == np.uint16 and depth.shape == (300, 451)
+    np.testing.assert_array_equal(depth, want.depth_png16())
+
+    ov = httpx.post(server + "/v1/depth?overlay=true&colormap=turbo&alpha=0.3", content=data,
+                    headers={"content-type": "image/jpeg"})
+    from runtime.postprocess import colorize, overlay
+
+    expected_overlay = overlay(want.image, colorize(want.depth, cv2.COLORMAP_TURBO), 0.3)
+    np.testing.assert_array_equal(decode_png(ov.content), expected_overlay)
+
+
+@pytest.mark.parametrize("kwargs, status, code", [
+    ({"content": b"not an image at all", "headers": {"content-type": "image/jpeg"}}, 422, "bad_image"),
+    ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty_body"),
+    ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
+    ({"files": {"other": ("a.txt", b"x", "text/plain")}}, 400, "no_file"),
+])
+def test_bad_requests_get_json_errors(server, kwargs, status, code):
+    r = httpx.post(server + "/v1/depth", **kwargs)
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("query, code", [("format=gif", "bad_format"), ("colormap=nope", "bad_colormap"), ("alpha=2", "bad_alpha")])
+def test_bad_options(server, photo_set, query, code):
+    r = httpx.post(server + f"/v1/depth?{query}", content=jpeg(photo_set["coffee"]), headers={"content-type": "image/jpeg"})
+    assert r.status_code == 422 and r.json()["error"]["code"] == code
+
+
+def test_jobs_progress_results_and_expiry(server, photo_set, expected):
+    files = [("file", ("a.jpg", jpeg(photo_set["astronaut"]), "image/jpeg")),
+             ("file", ("broken.jpg", b"\xff\xd8\xffjunk", "image/jpeg")),
+             ("file", ("c.jpg", jpeg(photo_set["chelsea"]), "image/jpeg"))]
+    r = httpx.post(server + "/v1/jobs", files=files)
+    assert r.status_code == 202 and r.headers["location"] == f"/v1/jobs/{r.json()['id']}"
+    url = server + r.json()["url"]
+    deadline = time.time() + 60
+    while (job := httpx.get(url).json())["status"] not in ("done", "failed"):
+        assert 0.0 <= job["progress"] <= 1.0
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert job["status"] == "done" and job["progress"] == 1.0 and job["completed"] == 3
+    names = [res["name"] for res in job["results"]]
+    assert names == ["a.jpg", "broken.jpg", "c.jpg"]
+    assert job["results"][1]["error"]["code"] == "bad_image"
+    heat = decode_png(base64.b64decode(job["results"][2]["heatmap_png_base64"]))
+    assert heat.shape == expected["chelsea"].heatmap.shape
+    time.sleep(3.5)  # server runs with --job-ttl 2
+    gone = httpx.get(url)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "no_such_job"
+
+
+def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
+    names = ["astronaut", "coffee", "chelsea", "rocket"] * 3
+    uploads = [(n, jpeg(photo_set[n])) for n in names] + [("corrupt", b"\x89PNG\r\n\x1a\nbroken")]
+
+    def send(item):
+        name, data = item
+        return name, httpx.post(server + "/v1/depth", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(send, uploads))
+    for name, r in results:
+        if name == "corrupt":
+            assert r.status_code == 422
+            continue
+        assert r.status_code == 200, r.text
+        heat = decode_png(r.content)
+        want = expected[name].heatmap
+        assert heat.shape == want.shape
+        # batched with others: float rounding may move a pixel by one colormap level
+        assert np.abs(heat.astype(int) - want).max() <= 8 and (heat == want).mean() > 0.99
+    metrics = httpx.get(server + "/metrics").text
+    assert 'midas_requests_total{route="/v1/depth",status="200"}' in metrics
+    assert "midas_request_seconds_bucket" in metrics and "midas_queue_depth" in metrics
+    assert "midas_batch_size_count" in metrics
+
+
+def test_limits_and_overload(fixed_model, photo_set):
+    with running_server(fixed_model, "--queue-size", "1", "--max-batch", "1", "--max-body-mb", "0.2",
+                        "--max-pixels", "200000") as base:
+        big = httpx.post(base + "/v1/depth", content=b"\xff" * 300_000, headers={"content-type": "image/jpeg"})
+        assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
+        pixels = httpx.post(base + "/v1/depth", content=jpeg(photo_set["astronaut"]), headers={"content-type": "image/jpeg"})
+        assert pixels.status_code == 413 and pixels.json()["error"]["code"] == "too_many_pixels"
+        small = jpeg(photo_set["chelsea"])  # 135,300 pixels
+
+        def send(_):
+            return httpx.post(base + "/v1/depth", content=small, headers={"content-type": "image/jpeg"}, timeout=60)
+
+        with ThreadPoolExecutor(12) as pool:
+            responses = list(pool.map(send, range(24)))
+        codes = [r.status_code for r in responses]
+        assert set(codes) <= {200, 503} and codes.count(503) >= 1 and codes.count(200) >= 2
+        busy = next(r for r in responses if r.status_code == 503)
+        assert busy.headers["retry-after"] == "1" and busy.json()["error"]["code"] == "busy"
+
+
+def test_model_that_fails_to_load(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not onnx")
+    with running_server(junk, wait_ready=False) as base:
+        deadline = time.time() + 20
+        while "error" not in (ready := httpx.get(base + "/readyz")).json():
+            assert time.time() < deadline
+            time.sleep(0.1)
+        assert ready.status_code == 503 and "is not a usable ONNX model" in ready.json()["error"]
+        r = httpx.post(base + "/v1/depth", content=b"x", headers={"content-type": "image/jpeg"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
+
+
+def test_unknown_job(server):
+    r = httpx.get(server + "/v1/jobs/doesnotexist")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "no_such_job"

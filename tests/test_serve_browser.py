@@ -1,0 +1,57 @@
+"""The upload page in headless Chromium (Debian's chromium + chromium-driver, Selenium):
+pick a photo, see the heatmap appear next to it, take a screenshot."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+
+from .test_serve import running_server
+
+
+def chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (binary and driver):
+        pytest.fail("Debian's chromium and chromium-driver are required (.ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,900"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_upload_page_shows_heatmap(fixed_model, photo_set, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "coffee.jpg"
+    cv2.imwrite(str(photo), photo_set["coffee"][:, :, ::-1])
+    with running_server(fixed_model) as base:
+        browser = chromium()
+        try:
+            browser.get(base + "/")
+            WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "status").text.startswith("ready"))
+            browser.find_element(By.ID, "pick").send_keys(str(photo))
+            card = WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.CSS_SELECTOR, ".card[data-state]"))
+            assert card.get_attribute("data-state") == "done", card.text
+            heat = card.find_element(By.CSS_SELECTOR, "img.heatmap")
+            WebDriverWait(browser, 10).until(lambda b: b.execute_script("return arguments[0].naturalWidth", heat) > 0)
+            size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", heat)
+            assert size == [600, 400]
+            assert card.find_element(By.CSS_SELECTOR, "a.download").get_attribute("download") == "coffee.heatmap.png"
+            shot = tmp_path / "upload_page.png"
+            assert browser.save_screenshot(str(shot))
+        finally:
+            browser.quit()
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[1] >= 1000 and image.std() > 10
