@@ -1,0 +1,125 @@
+"""`midas-onnx bulk` on real Ray (no mocks): embedded local Ray, and a two-node cluster on
+this machine with a worker killed mid-job."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from .conftest import REPO
+
+HANG_GUARD_S = 600  # a job that has not ended by then has hung (what fractional CPUs prevent)
+
+
+def bulk(*args: str, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "midas_onnx", "bulk", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def manifest(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory, photo_set):
+    src = tmp_path_factory.mktemp("collection")
+    (src / "x").mkdir()
+    (src / "y").mkdir()
+    for name in ("astronaut", "coffee", "chelsea"):
+        cv2.imwrite(str(src / f"{name}.jpg"), photo_set[name][:, :, ::-1])
+    cv2.imwrite(str(src / "x" / "a.png"), photo_set["rocket"][:, :, ::-1])
+    cv2.imwrite(str(src / "y" / "a.png"), photo_set["camera"])  # same name, other folder
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "y" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    return src
+
+
+def test_local_run_rerun_and_force(collection, tmp_path, fixed_model, photo_set):
+    out = tmp_path / "out"
+    first = bulk(str(collection), str(out), "--model", str(fixed_model), "--batch-size", "2", "--save-depth", "png16")
+    assert first.returncode == 1, first.stderr  # the two broken files
+    assert "5 done, 0 skipped, 2 failed" in first.stdout
+    assert f"failed: {collection / 'empty.jpg'}: {collection / 'empty.jpg'}: empty file" in first.stderr
+    rows = manifest(out)
+    assert len(rows) == 7 and len({r["input"] for r in rows}) == 7
+    by_rel = {r["relative"]: r for r in rows}
+    assert by_rel["y/corrupt.png"]["status"] == "failed" and "not a decodable image" in by_rel["y/corrupt.png"]["error"]
+    for rel, photo in [("astronaut.jpg", "astronaut"), ("x/a.png", "rocket"), ("y/a.png", "camera")]:
+        row = by_rel[rel]
+        assert row["status"] == "done" and row["node"] and row["pid"] > 0
+        heat = cv2.imread(str(out / f"{rel}.heatmap.png"))
+        depth = cv2.imread(str(out / f"{rel}.depth.png"), cv2.IMREAD_UNCHANGED)
+        assert heat.shape[:2] == depth.shape == photo_set[photo].shape[:2] and depth.dtype == np.uint16
+        assert row["outputs"] == [str(out / f"{rel}.heatmap.png"), str(out / f"{rel}.depth.png")]
+
+    again = bulk(str(collection), str(out), "--model", str(fixed_model), "--save-depth", "png16")
+    assert "0 done, 5 skipped, 2 failed" in again.stdout  # done work is skipped, failures retried
+    assert sorted(r["status"] for r in manifest(out)) == ["failed"] * 2 + ["skipped"] * 5
+
+    forced = bulk(str(collection), str(out), "--model", str(fixed_model), "--save-depth", "png16", "--force")
+    assert "5 done, 0 skipped, 2 failed" in forced.stdout
+
+
+def test_outputs_match_the_heatmap_command(collection, tmp_path, fixed_model):
+    bulk_out, cli_out = tmp_path / "bulk", tmp_path / "cli"
+    bulk(str(collection), str(bulk_out), "--model", str(fixed_model), "--batch-size", "3", "--colormap", "turbo")
+    subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(collection), "-o", str(cli_out),
+                    "--model", str(fixed_model), "--colormap", "turbo"], cwd=REPO, capture_output=True)
+    made = sorted(p.relative_to(bulk_out) for p in bulk_out.rglob("*.heatmap.png"))
+    assert made == sorted(p.relative_to(cli_out) for p in cli_out.rglob("*.heatmap.png"))
+    assert len(made) == 5
+    for rel in made:
+        a = cv2.imread(str(bulk_out / rel)).astype(int)
+        b = cv2.imread(str(cli_out / rel)).astype(int)
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() <= 1  # turbo is not monotonic per channel; 1 level is the bar
+
+
+def test_bad_arguments(tmp_path, fixed_model):
+    r = bulk(str(tmp_path / "nowhere"), str(tmp_path / "out"), "--model", str(fixed_model))
+    assert r.returncode == 1 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
+    r = bulk(str(tmp_path), str(tmp_path / "out"), "--model", str(fixed_model), "--colormap", "nope")
+    assert r.returncode == 1 and "unknown colormap" in r.stderr
+
+
+def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_set):
+    from ray.cluster_utils import Cluster
+
+    src = tmp_path / "many"
+    src.mkdir()
+    names = ["astronaut", "coffee", "chelsea", "rocket"]
+    for i in range(40):
+        cv2.imwrite(str(src / f"{i:03d}.jpg"), photo_set[names[i % 4]][:, :, ::-1])
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    out = tmp_path / "out"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "bulk", str(src), str(out), "--model", str(fixed_model),
+                                 "--address", cluster.address, "--batch-size", "2", "--workers", "2"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + HANG_GUARD_S
+        while len(list(out.rglob("*.heatmap.png"))) < 6:  # the job is under way
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline
+            time.sleep(0.2)
+        pids = subprocess.run(["pgrep", "-f", "MapBatches\\(HeatmapWorker\\)"], capture_output=True, text=True).stdout.split()
+        assert pids, "no inference actor process found"
+        subprocess.run(["kill", "-9", pids[0]])
+        stdout, stderr = proc.communicate(timeout=HANG_GUARD_S)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 0, stderr
+    assert "40 done, 0 skipped, 0 failed" in stdout and "on 2 node(s)" in stdout
+    rows = manifest(out)
+    assert len(rows) == 40 and {r["status"] for r in rows} == {"done"}
+    assert len({r["input"] for r in rows}) == 40  # every input exactly once
+    assert len({r["node"] for r in rows}) == 2
+    assert len(list(out.rglob("*.heatmap.png"))) == 40 and not list(out.rglob("*.tmp"))
