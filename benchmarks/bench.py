@@ -114,7 +114,10 @@ def make_runner(v: Variant, threads: int, checkpoint: Path | None) -> Runner:
     torch.set_num_threads(threads)
     model = _torch_model(checkpoint)
     if v.engine == "torch-trace":
-        with torch.no_grad():
+        import warnings
+
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated in 2.x, still the TorchScript path asked for
             model = torch.jit.trace(model, torch.zeros(1, 3, 256, 256), check_trace=False)
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -203,7 +206,7 @@ def measure_fidelity(variants, checkpoint, inputs) -> dict:
             out[v.name] = None  # other (random) weights: no comparison possible
             continue
         run = make_runner(v, threads, checkpoint)
-        scores = [compare(run(x), r) for x, r in zip(inputs, refs)]
+        scores = [compare(run(x), r) for x, r in zip(inputs, refs, strict=True)]
         out[v.name] = {"absrel": float(np.mean([s[0] for s in scores])), "delta1": float(np.mean([s[1] for s in scores]))}
     return out
 

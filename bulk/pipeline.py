@@ -121,7 +121,7 @@ class HeatmapWorker:
         self.host = socket.gethostname()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [self._one(path, data) for path, data in zip(batch["path"], batch["bytes"])]
+        rows = [self._one(path, data) for path, data in zip(batch["path"], batch["bytes"], strict=True)]
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
 
     def _one(self, path: str, data: bytes) -> dict:

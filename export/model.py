@@ -103,7 +103,7 @@ class MidasNetSmall(nn.Module):
         widths = (f, f * 2, f * 4, f * 8)  # "expand": each deeper level is twice as wide
         self.pretrained = _Backbone()
         self.scratch = nn.Module()
-        for i, (cin, cout) in enumerate(zip(BACKBONE_CHANNELS, widths), start=1):
+        for i, (cin, cout) in enumerate(zip(BACKBONE_CHANNELS, widths, strict=True), start=1):
             setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(cin, cout, 3, padding=1, bias=False))
         self.scratch.refinenet4 = _FusionBlock(widths[3], expand=True)
         self.scratch.refinenet3 = _FusionBlock(widths[2], expand=True)

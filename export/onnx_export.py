@@ -15,6 +15,7 @@ Choices, each measured on this network (2-core x86-64, torch 2.14.1, onnxruntime
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import warnings
@@ -118,7 +119,7 @@ def export_onnx(
         info = ModelInfo(
             input_hw=input_hw,
             checkpoint_sha256=checkpoint_sha256,
-            extra={"export_versions": _json(versions())},
+            extra={"export_versions": json.dumps(versions(), sort_keys=True)},
         )
         set_metadata(proto, info.to_props())
         onnx.checker.check_model(proto, full_check=True)
@@ -171,9 +172,3 @@ def parity_inputs(input_hw: tuple[int, int] | None, seed: int = 0) -> list[np.nd
     rng = np.random.default_rng(seed)
     shapes = DYNAMIC_CHECK_SHAPES if input_hw is None else ((1, *input_hw), (2, *input_hw))
     return [rng.standard_normal((n, 3, h, w)).astype(np.float32) for n, h, w in shapes]
-
-
-def _json(obj: object) -> str:
-    import json
-
-    return json.dumps(obj, sort_keys=True)

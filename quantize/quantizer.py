@@ -68,7 +68,7 @@ def quantize_model(
     for path in (out, rep_path):
         if path.exists() and not force:
             raise ModelError(f"{path} exists; pass --force to overwrite it")
-    info = _check_source(src)
+    info, source_props = _check_source(src)
     if config.mode == "static" and info.dynamic:
         raise ModelError(
             f"{src} is a dynamic-size model; static INT8 needs a fixed input size (QDQ with "
@@ -108,7 +108,7 @@ def quantize_model(
             quantize_dynamic(str(pre), str(q_tmp), per_channel=config.per_channel,
                              weight_type=types[config.weight_type], nodes_to_exclude=exclude)
         proto = onnx.load(str(q_tmp))
-        props = dict(session_props(src))
+        props = dict(source_props)
         props[PREFIX + "precision"] = f"int8-{config.mode}"
         props[PREFIX + "quantization"] = config.to_json()
         props[PREFIX + "source_model_sha256"] = sha256_file(src)
@@ -137,8 +137,9 @@ def quantize_model(
     return QuantizeResult(out, rep_path, result)
 
 
-def _check_source(src: Path) -> ModelInfo:
-    """Only our fp32 exports: not foreign models, not already-quantized ones."""
+def _check_source(src: Path) -> tuple[ModelInfo, dict[str, str]]:
+    """Only our fp32 exports: not foreign models, not already-quantized ones.
+    Returns the parsed info and the raw metadata, carried into the quantized file."""
     import onnx
 
     session = create_session(src, threads=1)
@@ -148,11 +149,7 @@ def _check_source(src: Path) -> ModelInfo:
     ops = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
     if ops & QUANTIZED_OPS:
         raise ModelError(f"{src} already contains quantized ops ({', '.join(sorted(ops & QUANTIZED_OPS))})")
-    return info
-
-
-def session_props(path: Path) -> dict[str, str]:
-    return dict(create_session(path, threads=1).get_modelmeta().custom_metadata_map)
+    return info, dict(session.get_modelmeta().custom_metadata_map)
 
 
 def _images(config: QuantConfig, info: ModelInfo, calibration_dir, eval_dir):

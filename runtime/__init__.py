@@ -5,7 +5,7 @@
     result = hm.predict("photo.jpg")        # .depth (float32 HxW), .heatmap (uint8 BGR)
 """
 
-from .errors import ImageError, MidasOnnxError, ModelError
+from .errors import ImageError, ImageTooLarge, MidasOnnxError, ModelError
 from .heatmapper import DepthHeatmapper, DepthResult, read_model_info
 from .metadata import ModelInfo
 from .postprocess import COLORMAPS
@@ -15,6 +15,7 @@ __all__ = [
     "DepthHeatmapper",
     "DepthResult",
     "ImageError",
+    "ImageTooLarge",
     "MidasOnnxError",
     "ModelError",
     "ModelInfo",

@@ -13,5 +13,9 @@ class ImageError(MidasOnnxError, ValueError):
     """An input image is empty, corrupt, truncated, too large, or of an unsupported layout."""
 
 
+class ImageTooLarge(ImageError):
+    """An image (or its header) is above the pixel limit: refused before or after decoding."""
+
+
 class ModelError(MidasOnnxError, ValueError):
     """A model file is missing, not ONNX, or not a midas-onnx export."""

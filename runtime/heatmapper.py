@@ -110,9 +110,9 @@ class DepthHeatmapper:
         for _, group in groupby(sorted(range(len(rgbs)), key=key), key=key):
             idx = list(group)
             out = self._run(np.concatenate([preprocess(rgbs[i], self.info) for i in idx]))
-            for i, d in zip(idx, out):
+            for i, d in zip(idx, out, strict=True):
                 depths[i] = d
-        return [self._finish(rgb, d) for rgb, d in zip(rgbs, depths)]  # type: ignore[arg-type]
+        return [self._finish(rgb, d) for rgb, d in zip(rgbs, depths, strict=True)]  # type: ignore[arg-type]
 
     # -- internals ---------------------------------------------------------------------------
     def _run(self, x: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Union
 
 import numpy as np
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLarge
 
 # Decompression-bomb guard: refuse images above this many pixels (100 MP: a 12,000 x 8,000
 # photo still passes). OpenCV is told the same limit *before* it is imported, so it refuses
@@ -41,7 +41,7 @@ def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels
         image = cv2.imdecode(buf, _DECODE_FLAGS)
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):
-            raise ImageError(f"{name}: image exceeds the pixel limit ({max_pixels:,} pixels); refused") from None
+            raise ImageTooLarge(f"{name}: image exceeds the pixel limit ({max_pixels:,} pixels); refused") from None
         raise ImageError(f"{name}: cannot be decoded as an image ({str(exc).strip().splitlines()[-1][:200]})") from None
     if image is None:
         raise ImageError(f"{name}: not a decodable image (unknown format, corrupt or truncated)")
@@ -66,7 +66,7 @@ def read(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 def check_pixels(image: np.ndarray, name: str, max_pixels: int) -> None:
     pixels = int(image.shape[0]) * int(image.shape[1]) if image.ndim >= 2 else 0
     if pixels > max_pixels:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name}: {image.shape[1]}x{image.shape[0]} is {pixels:,} pixels, above the limit "
             f"of {max_pixels:,}; refused (decompression-bomb guard)"
         )

@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from runtime import DepthHeatmapper, ImageError, MidasOnnxError
+from runtime import DepthHeatmapper, ImageError, ImageTooLarge, MidasOnnxError
 from runtime.images import to_rgb01
 from runtime.postprocess import colorize, colormap_id, depth_png16
 from runtime.postprocess import overlay as blend
@@ -118,9 +118,10 @@ class Service:
         batcher = self.require_ready()
         try:
             rgb = await run_in_threadpool(to_rgb01, data, "bgr", self.settings.max_pixels, name)
+        except ImageTooLarge as exc:
+            raise ApiError(413, "too_many_pixels", str(exc)) from None
         except ImageError as exc:
-            status, code = (413, "too_many_pixels") if "pixel limit" in str(exc) or "above the limit" in str(exc) else (422, "bad_image")
-            raise ApiError(status, code, str(exc)) from None
+            raise ApiError(422, "bad_image", str(exc)) from None
         try:
             return await asyncio.wait_for(batcher.submit(rgb), self.settings.request_timeout_s)
         except QueueFull:

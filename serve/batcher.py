@@ -88,6 +88,6 @@ class Batcher:
                     if not it.future.done():
                         it.future.set_exception(exc)
                 continue
-            for it, res in zip(live, results):
+            for it, res in zip(live, results, strict=True):
                 if not it.future.done():
                     it.future.set_result(res)

@@ -153,3 +153,16 @@ def static_int8(tmp_path_factory, fixed_model, calib_dir, eval_dir):
         warnings.simplefilter("always")
         result = quantize_model(fixed_model, out, PRESETS["static"], calib_dir, eval_dir, threads=2, latency_runs=3)
     return result, [str(w.message) for w in caught]
+
+
+def write_foreign_onnx(path: Path, op: str = "Identity", input_name: str = "x", output_name: str = "y",
+                       shape: tuple[int, ...] = (1, 3, 32, 32)) -> Path:
+    """A valid one-node ONNX model that is not a midas-onnx export."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node(op, [input_name], [output_name])], "g",
+                              [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(shape))])
+    onnx.save(helper.make_model(graph), str(path))
+    return path

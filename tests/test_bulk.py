@@ -4,7 +4,6 @@ this machine with a worker killed mid-job."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ from runtime.images import to_rgb01
 from runtime.preprocess import preprocess
 from runtime.session import create_session
 
-from .conftest import FIXTURES, random_state_dict
+from .conftest import FIXTURES, random_state_dict, write_foreign_onnx
 
 
 def test_state_dict_layout_is_upstreams():
@@ -228,14 +227,7 @@ def test_cli_export_bad_checkpoint_is_one_clean_line(tmp_path):
 
 
 def test_info_on_foreign_and_broken_files(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    foreign = tmp_path / "foreign.onnx"
-    onnx.save(helper.make_model(graph), str(foreign))
+    foreign = write_foreign_onnx(tmp_path / "foreign.onnx", shape=(1,))
     result = CliRunner().invoke(main, ["info", str(foreign)])
     assert result.exit_code == 0 and "not exported by this toolkit" in result.output
 

@@ -15,6 +15,8 @@ from runtime import DepthHeatmapper, ModelError, ModelInfo
 from runtime.files import sha256_file
 from runtime.session import create_session
 
+from .conftest import write_foreign_onnx
+
 
 @pytest.fixture(scope="module")
 def static_result(static_int8):
@@ -106,14 +108,7 @@ def test_static_on_dynamic_model_is_refused(tmp_path, dynamic_model, calib_dir):
 
 
 def test_foreign_model_and_existing_output(tmp_path, fixed_model, calib_dir):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Relu", ["image"], ["depth"])], "g",
-                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, 3, 32, 32])])
-    foreign = tmp_path / "foreign.onnx"
-    onnx.save(helper.make_model(graph), str(foreign))
+    foreign = write_foreign_onnx(tmp_path / "foreign.onnx", op="Relu", input_name="image", output_name="depth")
     with pytest.raises(ModelError, match="is not a midas-onnx model"):
         quantize_model(foreign, tmp_path / "x.onnx", PRESETS["static"], calib_dir)
     taken = tmp_path / "taken.onnx"

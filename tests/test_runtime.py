@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -13,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import DepthHeatmapper, ImageError, ModelError
+from runtime import DepthHeatmapper, ImageError, ImageTooLarge, ModelError
 from runtime.postprocess import COLORMAPS, normalise
 
-from .conftest import FIXTURES, REPO
+from .conftest import FIXTURES, REPO, write_foreign_onnx
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +115,7 @@ def test_batch_equals_one_by_one(hm, hm_dyn, photo_set):
     batch = list(photo_set.values())
     for model in (hm, hm_dyn):
         together = model.predict_batch(batch, order="rgb")
-        for photo, res in zip(batch, together):
+        for photo, res in zip(batch, together, strict=True):
             alone = model.predict(photo, order="rgb")
             assert res.depth.shape == photo.shape[:2]
             np.testing.assert_allclose(res.depth, alone.depth, rtol=0, atol=1e-4 * np.ptp(alone.depth))
@@ -215,7 +214,7 @@ def test_truncated_photo_file_is_refused(hm, photo_set, tmp_path):
 
 def test_pixel_limit(fixed_model, photo_set):
     small = DepthHeatmapper(fixed_model, max_pixels=100_000)
-    with pytest.raises(ImageError, match="above the limit of 100,000"):
+    with pytest.raises(ImageTooLarge, match="above the limit of 100,000"):
         small.predict(photo_set["astronaut"], order="rgb")  # 262,144 pixels
 
 
@@ -235,14 +234,7 @@ def test_decompression_bomb_refused_from_the_header(tmp_path, fixed_model):
 
 
 def test_model_that_is_not_ours(tmp_path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 32, 32])])
-    foreign = tmp_path / "foreign.onnx"
-    onnx.save(helper.make_model(graph), str(foreign))
+    foreign = write_foreign_onnx(tmp_path / "foreign.onnx")
     with pytest.raises(ModelError, match="is not a midas-onnx model"):
         DepthHeatmapper(foreign)
     with pytest.raises(ModelError, match="expected one NCHW input named 'image'"):

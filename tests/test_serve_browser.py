@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 
 import cv2
-import numpy as np
 import pytest
 
 from .test_serve import running_server
