@@ -1,0 +1,25 @@
+"""CLI plumbing: version, command list, and the message naming a missing extra."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from click.testing import CliRunner
+
+from midas_onnx import __version__
+from midas_onnx.cli import COMMANDS, main
+
+
+def test_version_and_commands():
+    assert CliRunner().invoke(main, ["--version"]).output.strip() == f"midas-onnx, version {__version__}"
+    listing = CliRunner().invoke(main, ["--help"]).output
+    for name in ("export", "quantize", "heatmap", "bench", "serve", "bulk", "info"):
+        assert name in COMMANDS and f"  {name} " in listing
+
+
+def test_missing_extra_names_the_install(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    result = CliRunner().invoke(main, ["bulk", str(tmp_path), str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "this command needs the 'ray' extra (ray not installed): pip install 'midas-onnx[ray]'" in result.output
