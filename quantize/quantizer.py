@@ -71,8 +71,8 @@ def quantize_model(
     info, source_props = _check_source(src)
     if config.mode == "static" and info.dynamic:
         raise ModelError(
-            f"{src} is a dynamic-size model; static INT8 needs a fixed input size (QDQ with "
-            "dynamic height/width fails at run time in onnxruntime). Export one with "
+            f"{src} is a dynamic-size model; static INT8 needs a fixed input size (a QDQ file of "
+            "the dynamic export fails at run time at every size in onnxruntime). Export one with "
             "`midas-onnx export --size 256x256` and quantize that."
         )
     calib_inputs, eval_inputs, skipped = _images(config, info, calibration_dir, eval_dir)
