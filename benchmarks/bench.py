@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
 MODELS = REPO / "models"
 Runner = Callable[[np.ndarray], np.ndarray]
+# Second size for dynamic models: what upstream's resize makes of a 640x480 photo.
+SECOND_SIZE = (192, 256)
 
 # Bars from the issue, checked as ratios from this run.
 BARS = {
@@ -52,6 +54,7 @@ class Variant:
     engine: str  # "torch-eager", "torch-trace", "onnxruntime", "openvino"
     path: Path | None = None  # ONNX file for onnxruntime/openvino rows
     precision: str = "fp32"
+    dynamic: bool = False  # dynamic H/W: also timed at SECOND_SIZE
 
 
 @dataclass(frozen=True)
@@ -175,9 +178,11 @@ def timed(runners: dict[str, Runner], x: np.ndarray, runs: int, block: int = 5, 
 
 
 # --- measurements --------------------------------------------------------------------------
-def measure_latency(variants, settings, checkpoint, photos_256) -> dict:
-    """Per thread count: batch-1 latency and batch-4 throughput at 256x256."""
+def measure_latency(variants, settings, checkpoint, photos_256, photo_second) -> tuple[dict, dict]:
+    """Per thread count: batch-1 latency and batch-4 throughput at 256x256, and batch-1
+    latency of dynamic models at ``SECOND_SIZE``."""
     out: dict = {}
+    second: dict = {}
     x1 = photos_256[:1]
     x4 = np.concatenate([photos_256] * 4)[:4]
     for threads in settings.threads:
@@ -187,7 +192,10 @@ def measure_latency(variants, settings, checkpoint, photos_256) -> dict:
         for name in runners:
             lat[name]["batch4_images_per_s"] = 4000.0 / b4[name]["median_ms"]
         out[str(threads)] = lat
-    return out
+        dynamic = {v.name: runners[v.name] for v in variants if v.dynamic}
+        if dynamic:
+            second[str(threads)] = timed(dynamic, photo_second, settings.runs)
+    return out, second
 
 
 def measure_fidelity(variants, checkpoint, inputs) -> dict:
@@ -315,6 +323,13 @@ def markdown(results: dict) -> str:
         c = results.get("cold_start", {}).get(n)
         cells += [f"{c['cold_start_s']:.2f}", f"{c['peak_rss_mb']:.0f}"] if c else ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
+    if results.get("latency_second_size"):
+        h, w = SECOND_SIZE
+        lines += ["", f"## Dynamic models at {h}x{w} (a 640x480 photo after upstream's resize), batch 1", "",
+                  "| variant | threads | median ms | p95 ms |", "|---|---|---|---|"]
+        for t, rows in sorted(results["latency_second_size"].items(), key=lambda kv: int(kv[0])):
+            for n, r in rows.items():
+                lines.append(f"| {n} | {t} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} |")
     if results.get("end_to_end"):
         lines += ["", "## End to end: JPEG photos -> heatmap PNGs (images/s)", "",
                   "| photos | variant | DepthHeatmapper loop | `midas-onnx heatmap` CLI (incl. start-up) |", "|---|---|---|---|"]
@@ -366,20 +381,24 @@ def discover(args) -> list[Variant]:
     have_torch = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
     if have_torch and not args.no_torch:
         variants += [Variant("pytorch-eager", "torch-eager"), Variant("pytorch-trace", "torch-trace")]
-    onnx_files = [("onnx-fp32", args.fp32, "fp32"), ("onnx-int8-dynamic", args.int8_dynamic, "int8-dynamic"),
-                  ("onnx-int8-static", args.int8, "int8-static")]
-    for name, path, precision in onnx_files:
+    onnx_files = [("onnx-fp32", args.fp32, "fp32", False), ("onnx-fp32-dynamic", args.dynamic, "fp32", True),
+                  ("onnx-int8-dynamic", args.int8_dynamic, "int8-dynamic", False),
+                  ("onnx-int8-static", args.int8, "int8-static", False)]
+    for name, path, precision, dynamic in onnx_files:
         if path and Path(path).is_file():
-            variants.append(Variant(name, "onnxruntime", Path(path), precision))
+            variants.append(Variant(name, "onnxruntime", Path(path), precision, dynamic))
         else:
             print(f"note: {name} skipped: {path} not found", file=sys.stderr)
-    if importlib.util.find_spec("openvino") and not args.no_openvino:
+    if importlib.util.find_spec("openvino") and not args.no_openvino:  # reference rows: fixed-size files
         variants += [Variant("openvino-" + v.name.removeprefix("onnx-"), "openvino", v.path, v.precision)
-                     for v in list(variants) if v.engine == "onnxruntime" and v.precision != "int8-dynamic"]
+                     for v in list(variants)
+                     if v.engine == "onnxruntime" and v.precision != "int8-dynamic" and not v.dynamic]
     return variants
 
 
 def run(args) -> dict:
+    import cv2
+
     from benchmarks.photos import load
     from runtime.images import to_rgb01
     from runtime.metadata import ModelInfo
@@ -394,13 +413,16 @@ def run(args) -> dict:
     photos = [p for p in load().values() if p.ndim == 3]
     inputs = [preprocess(to_rgb01(p, "rgb"), info) for p in photos]
     x256 = np.concatenate(inputs[:4])
+    second = cv2.resize(photos[0], (640, 480), interpolation=cv2.INTER_AREA)
+    x_second = preprocess(to_rgb01(second, "rgb"), ModelInfo(input_hw=None))
+    assert x_second.shape[2:] == SECOND_SIZE
     t0 = time.perf_counter()
     results: dict = {"machine": machine(), "settings": asdict(settings), "quick": args.quick,
                      "variants": [{"name": v.name, "engine": v.engine, "precision": v.precision,
                                    "path": str(v.path) if v.path else None,
                                    "size_mb": v.path.stat().st_size / 1e6 if v.path else None} for v in variants]}
     print(f"latency ({len(variants)} variants, threads {settings.threads}) ...", file=sys.stderr)
-    results["latency"] = measure_latency(variants, settings, checkpoint, x256)
+    results["latency"], results["latency_second_size"] = measure_latency(variants, settings, checkpoint, x256, x_second)
     print("fidelity ...", file=sys.stderr)
     results["fidelity"] = measure_fidelity(variants, checkpoint, inputs[: max(2, settings.photos)])
     ort_variants = [v for v in variants if v.engine == "onnxruntime"]
@@ -428,6 +450,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fp32", default=str(MODELS / "midas_small.onnx"))
     parser.add_argument("--int8", default=str(MODELS / "midas_small.int8.onnx"), help="static INT8 model")
     parser.add_argument("--int8-dynamic", default=str(MODELS / "midas_small.int8-dynamic.onnx"))
+    parser.add_argument("--dynamic", default=str(MODELS / "midas_small_dynamic.onnx"),
+                        help="fp32 dynamic-size model (export --dynamic), also timed at 192x256")
     parser.add_argument("--checkpoint", help="weights for the PyTorch rows (default: found in ../shared/weights)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 2 minutes)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
