@@ -94,8 +94,10 @@ def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_
     src = tmp_path / "many"
     src.mkdir()
     names = ["astronaut", "coffee", "chelsea", "rocket"]
-    for i in range(40):
-        cv2.imwrite(str(src / f"{i:03d}.jpg"), photo_set[names[i % 4]][:, :, ::-1])
+    total = 120  # long enough that both nodes' actors work before and after the kill
+    for i in range(total):
+        small = cv2.resize(photo_set[names[i % 4]][:, :, ::-1], (320, 240))
+        cv2.imwrite(str(src / f"{i:03d}.jpg"), small)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
@@ -104,21 +106,27 @@ def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_
         proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "bulk", str(src), str(out), "--model", str(fixed_model),
                                  "--address", cluster.address, "--batch-size", "2", "--workers", "2"],
                                 cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pattern = "MapBatches\\(HeatmapWorker\\)"
         deadline = time.time() + HANG_GUARD_S
-        while len(list(out.rglob("*.heatmap.png"))) < 6:  # the job is under way
+        while True:  # both actors up (one per node: 0.75 CPU each on 1-CPU nodes) and work flowing
+            actors = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+            if len(actors) >= 2 and len(list(out.rglob("*.heatmap.png"))) >= 10:
+                break
             assert proc.poll() is None, proc.communicate()
             assert time.time() < deadline
-            time.sleep(0.2)
-        pids = subprocess.run(["pgrep", "-f", "MapBatches\\(HeatmapWorker\\)"], capture_output=True, text=True).stdout.split()
-        assert pids, "no inference actor process found"
-        subprocess.run(["kill", "-9", pids[0]])
+            time.sleep(0.1)
+        # Kill the oldest actor: it has surely done work, and the other node's actor carries on.
+        oldest = subprocess.run(["pgrep", "-o", "-f", pattern], capture_output=True, text=True).stdout.strip()
+        subprocess.run(["kill", "-9", oldest], check=True)
+        killed_at = len(list(out.rglob("*.heatmap.png")))
         stdout, stderr = proc.communicate(timeout=HANG_GUARD_S)
     finally:
         cluster.shutdown()
     assert proc.returncode == 0, stderr
-    assert "40 done, 0 skipped, 0 failed" in stdout and "on 2 node(s)" in stdout
+    assert killed_at < total  # the kill landed mid-job
+    assert f"{total} done, 0 skipped, 0 failed" in stdout and "on 2 node(s)" in stdout
     rows = manifest(out)
-    assert len(rows) == 40 and {r["status"] for r in rows} == {"done"}
-    assert len({r["input"] for r in rows}) == 40  # every input exactly once
+    assert len(rows) == total and {r["status"] for r in rows} == {"done"}
+    assert len({r["input"] for r in rows}) == total  # every input exactly once
     assert len({r["node"] for r in rows}) == 2
-    assert len(list(out.rglob("*.heatmap.png"))) == 40 and not list(out.rglob("*.tmp"))
+    assert len(list(out.rglob("*.heatmap.png"))) == total and not list(out.rglob("*.tmp"))
