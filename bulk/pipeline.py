@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow.fs as pafs
 
-from runtime.outputs import IMAGE_EXTENSIONS
+from runtime.outputs import IMAGE_EXTENSIONS, encode_png
 
 MANIFEST = "manifest.jsonl"
 DEPTH_MODES = ("none", "png16", "npy")
@@ -135,9 +135,9 @@ class HeatmapWorker:
                "error": "", "node": self.node, "host": self.host, "pid": os.getpid()}
         try:
             result = self.hm.predict(images.decode(bytes(data), path, self.hm.max_pixels))
-            self._write(outs["heatmap"], _png(result.heatmap))
+            self._write(outs["heatmap"], encode_png(result.heatmap))
             if self.save_depth == "png16":
-                self._write(outs["depth"], _png(result.depth_png16()))
+                self._write(outs["depth"], encode_png(result.depth_png16()))
             elif self.save_depth == "npy":
                 import io
 
@@ -163,15 +163,6 @@ class HeatmapWorker:
 def _relative(path: str, root: str) -> str:
     root = root.rstrip("/") + "/"
     return path[len(root):] if path.startswith(root) else os.path.basename(path)
-
-
-def _png(image: np.ndarray) -> bytes:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError("PNG encoding failed")
-    return buf.tobytes()
 
 
 # --- the driver --------------------------------------------------------------------------------

@@ -62,9 +62,14 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def write_png(path: Path, image: np.ndarray) -> None:
-    """PNG (8- or 16-bit) written atomically: an interrupted run never leaves half a file."""
+def encode_png(image: np.ndarray) -> bytes:
+    """8- or 16-bit PNG bytes; the CLI, the server and bulk workers all encode here."""
     ok, buf = cv2.imencode(".png", image)
     if not ok:
-        raise ImageError(f"{path}: PNG encoding failed")
-    write_atomic(path, buf.tobytes())
+        raise ImageError(f"PNG encoding failed for an array of shape {image.shape}, dtype {image.dtype}")
+    return buf.tobytes()
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """PNG written atomically: an interrupted run never leaves half a file."""
+    write_atomic(path, encode_png(image))

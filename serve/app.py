@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 
-import cv2
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -26,7 +25,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from starlette.concurrency import run_in_threadpool
 
 from runtime import DepthHeatmapper, ImageError, ImageTooLarge, MidasOnnxError
-from runtime.images import to_rgb01
+from runtime.images import decode
+from runtime.outputs import encode_png
 from runtime.postprocess import colorize, colormap_id, depth_png16
 from runtime.postprocess import overlay as blend
 
@@ -117,13 +117,14 @@ class Service:
         """Bytes -> DepthResult through the batcher, with the request timeout."""
         batcher = self.require_ready()
         try:
-            rgb = await run_in_threadpool(to_rgb01, data, "bgr", self.settings.max_pixels, name)
+            # decode only: predict_batch converts to float RGB once, in the inference thread
+            image = await run_in_threadpool(decode, data, name, self.settings.max_pixels)
         except ImageTooLarge as exc:
             raise ApiError(413, "too_many_pixels", str(exc)) from None
         except ImageError as exc:
             raise ApiError(422, "bad_image", str(exc)) from None
         try:
-            return await asyncio.wait_for(batcher.submit(rgb), self.settings.request_timeout_s)
+            return await asyncio.wait_for(batcher.submit(image), self.settings.request_timeout_s)
         except QueueFull:
             raise ApiError(503, "busy", "the inference queue is full; retry shortly",
                            retry_after=self.settings.retry_after_s) from None
@@ -140,7 +141,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             await asyncio.to_thread(svc.load)
             if svc.hm is not None:
                 hm = svc.hm
-                svc.batcher = Batcher(lambda rgbs: hm.predict_batch(rgbs, order="rgb"), settings.max_batch,
+                svc.batcher = Batcher(hm.predict_batch, settings.max_batch,
                                       settings.max_wait_ms / 1000, settings.queue_size,
                                       on_batch=svc.metrics.batch_size.observe)
                 svc.batcher.start()
@@ -291,13 +292,6 @@ async def _read_images(request: Request, settings: ServeSettings, max_count: int
     return [("upload", bytes(body))]
 
 
-def _png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ApiError(500, "encode_failed", "PNG encoding failed")
-    return buf.tobytes()
-
-
 def _heatmap(result, cmap: int, with_overlay: bool, alpha: float) -> np.ndarray:
     heat = colorize(result.depth, cmap)
     return blend(result.image, heat, alpha) if with_overlay else heat
@@ -308,18 +302,18 @@ def _summary(result, cmap: int, svc: Service) -> dict:
     info = svc.hm.info  # type: ignore[union-attr]
     return {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": info.precision,
             "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
-            "heatmap_png_base64": base64.b64encode(_png(colorize(d, cmap))).decode()}
+            "heatmap_png_base64": base64.b64encode(encode_png(colorize(d, cmap))).decode()}
 
 
 def _render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, svc: Service) -> Response:
     if fmt == "depth16":
-        return Response(_png(depth_png16(result.depth)), media_type="image/png")
+        return Response(encode_png(depth_png16(result.depth)), media_type="image/png")
     if fmt == "json":
         body = _summary(result, cmap, svc)
         if with_overlay:
-            body["overlay_png_base64"] = base64.b64encode(_png(_heatmap(result, cmap, True, alpha))).decode()
+            body["overlay_png_base64"] = base64.b64encode(encode_png(_heatmap(result, cmap, True, alpha))).decode()
         return JSONResponse(body)
-    return Response(_png(_heatmap(result, cmap, with_overlay, alpha)), media_type="image/png")
+    return Response(encode_png(_heatmap(result, cmap, with_overlay, alpha)), media_type="image/png")
 
 
 async def _run_job(svc: Service, job, uploads: list[tuple[str, bytes]], cmap: int) -> None:

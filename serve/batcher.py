@@ -23,7 +23,7 @@ class QueueFull(Exception):
 
 @dataclass
 class _Item:
-    rgb: np.ndarray
+    image: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -54,9 +54,9 @@ class Batcher:
     def depth(self) -> int:
         return self.queue.qsize()
 
-    async def submit(self, rgb: np.ndarray):
+    async def submit(self, image: np.ndarray):
         """Queue one decoded image; resolves to its ``DepthResult``. Raises ``QueueFull``."""
-        item = _Item(rgb, asyncio.get_running_loop().create_future())
+        item = _Item(image, asyncio.get_running_loop().create_future())
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -82,7 +82,7 @@ class Batcher:
             if self._on_batch:
                 self._on_batch(len(live))
             try:
-                results = await loop.run_in_executor(self._executor, self._predict_batch, [it.rgb for it in live])
+                results = await loop.run_in_executor(self._executor, self._predict_batch, [it.image for it in live])
             except Exception as exc:  # a failing batch fails its requests, never the collector
                 for it in live:
                     if not it.future.done():

@@ -99,8 +99,8 @@ class _Job:
                 todo.append((src, targets))
         bar = tqdm(total=len(todo), unit="img", disable=len(todo) < PROGRESS_MIN_ITEMS, file=sys.stderr)
 
-        def load(src: Path):
-            return images.to_rgb01(src, max_pixels=self.hm.max_pixels)
+        def load(src: Path):  # decode only; predict converts to float RGB once
+            return images.read(src, max_pixels=self.hm.max_pixels)
 
         with ThreadPoolExecutor(2, thread_name_prefix="decode") as readers, \
                 ThreadPoolExecutor(2, thread_name_prefix="encode") as writers:
@@ -117,7 +117,7 @@ class _Job:
                 if nxt is not None:
                     queue.append((nxt[0], nxt[1], readers.submit(load, nxt[0])))
                 try:
-                    result = self.hm.predict(future.result(), order="rgb")
+                    result = self.hm.predict(future.result())
                     writes.append((src, writers.submit(self._write, result, targets)))
                 except MidasOnnxError as exc:
                     self._fail(str(exc))
@@ -126,7 +126,7 @@ class _Job:
                 try:
                     fut.result()
                     self.done += 1
-                except OSError as exc:
+                except (OSError, MidasOnnxError) as exc:
                     self._fail(f"{src}: could not write output ({exc})")
         bar.close()
 
