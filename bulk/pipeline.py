@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow.fs as pafs
 
-from runtime.outputs import IMAGE_EXTENSIONS, encode_png
+from runtime.outputs import IMAGE_EXTENSIONS, render
 
 MANIFEST = "manifest.jsonl"
 DEPTH_MODES = ("none", "png16", "npy")
@@ -135,9 +135,9 @@ class HeatmapWorker:
                "error": "", "node": self.node, "host": self.host, "pid": os.getpid()}
         try:
             result = self.hm.predict(images.decode(bytes(data), path, self.hm.max_pixels))
-            self._write(outs["heatmap"], encode_png(result.heatmap))
+            self._write(outs["heatmap"], render(result, "heatmap"))
             if self.save_depth == "png16":
-                self._write(outs["depth"], encode_png(result.depth_png16()))
+                self._write(outs["depth"], render(result, "depth"))
             elif self.save_depth == "npy":
                 import io
 

@@ -18,16 +18,51 @@ FEATURES = 64
 BACKBONE_CHANNELS = (32, 48, 136, 384)
 
 
+class StaticSameConv2d(nn.Conv2d):
+    """A strided TF-"same" convolution with its padding fixed: constant pads, then a conv.
+
+    timm's ``Conv2dSame`` computes the pads from the input size at run time. In ONNX that
+    is a chain of Shape/Gather/Div/Ceil/Max nodes before every strided conv: 399 nodes in
+    the dynamic-size graph against 194 in a fixed one, and shape arithmetic that
+    quantization cannot carry (a QDQ file of it fails at run time at every size). Every
+    input this network accepts has sides that are multiples of 32, so every stride-2 conv
+    sees an even size, and TF-"same" padding is then a constant: a total of
+    ``(kernel - 1) * dilation + 1 - stride``, the smaller half before (3x3: (0, 1), 5x5:
+    (1, 2)). Same weights, same key names, same outputs on every valid size.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
+                         conv.dilation, conv.groups, conv.bias is not None)
+        self.weight, self.bias = conv.weight, conv.bias
+        pads = []
+        for k, s, d in zip(conv.kernel_size, conv.stride, conv.dilation, strict=True):
+            total = max((k - 1) * d + 1 - s, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        self.pads = (left, right, top, bottom)  # F.pad order: last dim first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 def _efficientnet_lite3() -> nn.Module:
-    """timm's TF-ported EfficientNet-Lite3 with TF "same" padding, exportable to ONNX.
+    """timm's TF-ported EfficientNet-Lite3 with TF "same" padding, made static (see
+    ``StaticSameConv2d``).
 
     ``tf_`` matters: the upstream weights were trained with TF-style asymmetric padding
     and batch-norm eps 1e-3; timm's non-``tf_`` variant would load but compute another
     function.
     """
     import timm  # imported here so `export.model` can be imported to read constants
+    from timm.layers import Conv2dSame
 
-    return timm.create_model("tf_efficientnet_lite3", pretrained=False, exportable=True)
+    net = timm.create_model("tf_efficientnet_lite3", pretrained=False, exportable=True)
+    for name, module in list(net.named_modules()):
+        if isinstance(module, Conv2dSame):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(net.get_submodule(parent_name) if parent_name else net, attr, StaticSameConv2d(module))
+    return net
 
 
 class _Backbone(nn.Module):
@@ -119,6 +154,8 @@ class MidasNetSmall(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and (x.shape[-2] % 32 or x.shape[-1] % 32):
+            raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
         p, s = self.pretrained, self.scratch
         l1 = p.layer1(x)
         l2 = p.layer2(l1)

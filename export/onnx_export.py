@@ -98,8 +98,10 @@ def export_onnx(
     tmp = temp_path_beside(out_path)
     try:
         with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is chosen on purpose (see module docstring).
+            # The TorchScript exporter is chosen on purpose (see module docstring), and its
+            # constant-folding notes are about its own passes, not the user's model.
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
             torch.onnx.export(
                 model,
                 (dummy,),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import tempfile
@@ -15,7 +17,7 @@ from runtime.heatmapper import read_model_info
 from runtime.metadata import PREFIX, ModelInfo, set_metadata
 from runtime.session import create_session
 
-from . import report
+from . import builtin_photos, report
 from .calibration import MIN_RECOMMENDED, CalibrationError, ImageCalibrationReader, list_images, load_inputs
 from .config import QuantConfig
 
@@ -46,12 +48,16 @@ def quantize_model(
     force: bool = False,
     threads: int | None = None,
     latency_runs: int = 20,
+    progress: bool = False,
 ) -> QuantizeResult:
     """Quantize ``src`` to ``out`` and write ``<out>.report.json`` beside it.
 
-    Static mode calibrates on ``calibration_dir``; the report is computed on ``eval_dir``, or,
+    Static mode calibrates on ``calibration_dir`` (default: the built-in photos, see
+    ``builtin_photos``), each photo at its own network shape, so a dynamic-size model gets
+    scales that cover every shape users send. The report is computed on ``eval_dir``, or,
     without one, on every 5th calibration image, which is then *not* used for calibration.
-    Dynamic mode needs images only for the report (``eval_dir``, else ``calibration_dir``).
+    Dynamic mode needs images only for the report. Warnings (few calibration images) are
+    raised before the work starts; ``progress`` shows a bar while calibrating.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -69,16 +75,10 @@ def quantize_model(
         if path.exists() and not force:
             raise ModelError(f"{path} exists; pass --force to overwrite it")
     info, source_props = _check_source(src)
-    if config.mode == "static" and info.dynamic:
-        raise ModelError(
-            f"{src} is a dynamic-size model; static INT8 needs a fixed input size (a QDQ file of "
-            "the dynamic export fails at run time at every size in onnxruntime). Export one with "
-            "`midas-onnx export --size 256x256` and quantize that."
-        )
-    calib_inputs, eval_inputs, skipped = _images(config, info, calibration_dir, eval_dir)
-    if config.mode == "static" and len(calib_inputs) < MIN_RECOMMENDED:
+    sets = _images(config, info, calibration_dir, eval_dir)
+    if config.mode == "static" and len(sets.calibration) < MIN_RECOMMENDED:
         warnings.warn(
-            f"calibrating on {len(calib_inputs)} images; use at least {MIN_RECOMMENDED} varied "
+            f"calibrating on {len(sets.calibration)} images; use at least {MIN_RECOMMENDED} varied "
             "photos like the ones you will run on, or activation ranges may not cover them",
             stacklevel=2,
         )
@@ -86,52 +86,64 @@ def quantize_model(
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     with tempfile.TemporaryDirectory(prefix="midas-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        # skip_symbolic_shape: timm's TF-"same" padding computes pads from shapes, which the
-        # symbolic shape pass cannot follow; onnx's own shape inference still runs.
+        # skip_symbolic_shape: onnxruntime's symbolic shape pass cannot follow the decoder's
+        # x2 Resize on dynamic sizes ("Incomplete symbolic shape inference"); onnx's own
+        # shape inference and the graph optimisation still run.
         quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
         exclude = keep_float_nodes(onnx.load(str(pre)), config.keep_float)
         q_tmp = Path(tmp) / "q.onnx"
-        if config.mode == "static":
-            methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                       "percentile": CalibrationMethod.Percentile}
-            quantize_static(
-                str(pre), str(q_tmp), ImageCalibrationReader(calib_inputs),
-                quant_format=QuantFormat.QDQ,
-                per_channel=config.per_channel,
-                activation_type=types[config.activation_type],
-                weight_type=types[config.weight_type],
-                calibrate_method=methods[config.calibration],
-                nodes_to_exclude=exclude,
-                extra_options={"CalibPercentile": config.percentile},
-            )
-        else:
-            quantize_dynamic(str(pre), str(q_tmp), per_channel=config.per_channel,
-                             weight_type=types[config.weight_type], nodes_to_exclude=exclude)
+        # onnxruntime's calibrators print their stages; the progress bar says it better.
+        with contextlib.redirect_stdout(io.StringIO()):
+            if config.mode == "static":
+                methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                           "percentile": CalibrationMethod.Percentile}
+                reader = ImageCalibrationReader(sets.calibration, progress=progress)
+                try:
+                    quantize_static(
+                        str(pre), str(q_tmp), reader,
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=config.per_channel,
+                        activation_type=types[config.activation_type],
+                        weight_type=types[config.weight_type],
+                        calibrate_method=methods[config.calibration],
+                        nodes_to_exclude=exclude,
+                        extra_options={"CalibPercentile": config.percentile,
+                                       "CalibStridedMinMax": ImageCalibrationReader.STRIDE},
+                    )
+                finally:
+                    reader.close()
+            else:
+                quantize_dynamic(str(pre), str(q_tmp), per_channel=config.per_channel,
+                                 weight_type=types[config.weight_type], nodes_to_exclude=exclude)
         proto = onnx.load(str(q_tmp))
         props = dict(source_props)
         props[PREFIX + "precision"] = f"int8-{config.mode}"
         props[PREFIX + "quantization"] = config.to_json()
         props[PREFIX + "source_model_sha256"] = sha256_file(src)
+        if config.mode == "static":
+            props[PREFIX + "calibration"] = f"{len(sets.calibration)} images: {sets.calibration_source}"
         set_metadata(proto, props)
         write_atomic(out, proto.SerializeToString())
 
     fp32 = create_session(src, threads=threads)
     int8 = create_session(out, threads=threads)
-    lat = report.latencies({"fp32": fp32, "int8": int8}, eval_inputs[0], runs=latency_runs)
+    shapes = report.timing_shapes(info.input_hw)
+    lat = report.latencies({"fp32": fp32, "int8": int8}, shapes, runs=latency_runs)
     result = {
         "model": str(out),
         "source_model": str(src),
         "precision": f"int8-{config.mode}",
         "config": config.to_dict(),
         "kept_float_nodes": exclude,
-        "calibration_images": len(calib_inputs),
-        "unreadable_images": skipped,
+        "calibration_images": len(sets.calibration),
+        "calibration_source": sets.calibration_source,
+        "evaluation_source": sets.evaluation_source,
+        "unreadable_images": sets.skipped,
         "size_bytes": {"fp32": src.stat().st_size, "int8": out.stat().st_size},
-        "fidelity_vs_fp32": report.fidelity(fp32, int8, eval_inputs),
+        "fidelity_vs_fp32": report.fidelity(fp32, int8, sets.evaluation),
         "latency_ms": lat,
-        "speedup_vs_fp32": lat["fp32"]["median_ms"] / lat["int8"]["median_ms"],
+        "speedup_vs_fp32": {shape: r["fp32"]["median_ms"] / r["int8"]["median_ms"] for shape, r in lat.items()},
         "threads": threads or "physical cores",
-        "input_shape": list(eval_inputs[0].shape),
     }
     write_atomic(rep_path, (json.dumps(result, indent=2) + "\n").encode())
     return QuantizeResult(out, rep_path, result)
@@ -152,35 +164,49 @@ def _check_source(src: Path) -> tuple[ModelInfo, dict[str, str]]:
     return info, dict(session.get_modelmeta().custom_metadata_map)
 
 
-def _images(config: QuantConfig, info: ModelInfo, calibration_dir, eval_dir):
-    """(calibration inputs, held-out evaluation inputs, unreadable-file messages)."""
+def _images(config: QuantConfig, info: ModelInfo, calibration_dir, eval_dir) -> "_ImageSets":
+    """Calibration inputs, held-out evaluation inputs, unreadable-file messages, and where
+    each set came from. Without ``calibration_dir`` the built-in photos are used."""
     skipped: list[str] = []
-    calib_paths = list_images(calibration_dir) if calibration_dir is not None else []
-    eval_paths = list_images(eval_dir) if eval_dir is not None else []
+    if calibration_dir is not None:
+        calib_items: list = list_images(calibration_dir)
+        calib_source = str(calibration_dir)
+    else:
+        calib_items = [array for _, array in builtin_photos.load()]
+        calib_source = builtin_photos.DESCRIPTION
+    eval_items: list = list_images(eval_dir) if eval_dir is not None else []
+    eval_source = str(eval_dir) if eval_dir is not None else ""
     if config.mode == "static":
-        if not calib_paths:
-            raise CalibrationError(
-                "static INT8 needs calibration images: pass --calibration DIR with photos like the "
-                "ones you will run on" + (f" ({calibration_dir} has none)" if calibration_dir else "")
-            )
-        if not eval_paths:
-            if len(calib_paths) < 2:
+        if not calib_items:
+            raise CalibrationError(f"static INT8 needs calibration images, and {calibration_dir} has none")
+        if not eval_items:
+            if len(calib_items) < 2:
                 raise CalibrationError("need at least 2 images to hold one out for the report, or pass --eval DIR")
-            eval_paths = calib_paths[::HOLD_OUT_EVERY]
-            calib_paths = [p for i, p in enumerate(calib_paths) if i % HOLD_OUT_EVERY]
-        overlap = {p.resolve() for p in calib_paths} & {p.resolve() for p in eval_paths}
+            eval_items = calib_items[::HOLD_OUT_EVERY]
+            calib_items = [p for i, p in enumerate(calib_items) if i % HOLD_OUT_EVERY]
+            eval_source = f"every {HOLD_OUT_EVERY}th image of the calibration set, held out"
+        paths = [p for p in calib_items if isinstance(p, Path)]
+        overlap = {p.resolve() for p in paths} & {p.resolve() for p in eval_items if isinstance(p, Path)}
         if overlap:
             raise CalibrationError(f"evaluation images must be held out from calibration; {len(overlap)} are in both")
-        calib, errors = load_inputs(calib_paths, info, "calibration")
+        calib, errors = load_inputs(calib_items, info, "calibration")
         skipped += errors
     else:
         calib = []
-        eval_paths = eval_paths or calib_paths
-        if not eval_paths:
-            raise CalibrationError("the fidelity report needs images: pass --eval DIR (or --calibration DIR)")
-    evals, errors = load_inputs(eval_paths, info, "evaluation")
+        if not eval_items:
+            eval_items, eval_source = calib_items, calib_source
+    evals, errors = load_inputs(eval_items, info, "evaluation")
     skipped += errors
-    return calib, evals, skipped
+    return _ImageSets(calib, evals, skipped, calib_source if config.mode == "static" else "", eval_source)
+
+
+@dataclass(frozen=True)
+class _ImageSets:
+    calibration: list
+    evaluation: list
+    skipped: list[str]
+    calibration_source: str
+    evaluation_source: str
 
 
 def keep_float_nodes(proto, roles: tuple[str, ...]) -> list[str]:
@@ -198,17 +224,22 @@ def keep_float_nodes(proto, roles: tuple[str, ...]) -> list[str]:
 def describe(result: dict) -> str:
     """The report as a few lines a person reads."""
     f = result["fidelity_vs_fp32"]
-    lat = result["latency_ms"]
     size = result["size_bytes"]
-    return "\n".join([
+    lines = [
         f"{result['precision']} model: {result['model']}",
         f"  size          fp32 {size['fp32'] / 1e6:6.1f} MB   int8 {size['int8'] / 1e6:6.1f} MB",
-        f"  latency       fp32 {lat['fp32']['median_ms']:6.1f} ms   int8 {lat['int8']['median_ms']:6.1f} ms "
-        f"(median of {lat['int8']['runs']}, input {'x'.join(map(str, result['input_shape']))}, "
-        f"speed-up {result['speedup_vs_fp32']:.2f}x)",
-        f"  fidelity      on {f['images']} held-out images, after scale-and-shift alignment to fp32: "
-        f"AbsRel mean {f['mean_absrel']:.4f} worst {f['worst_absrel']:.4f}, "
-        f"delta<1.25 mean {f['mean_delta1']:.4f} worst {f['worst_delta1']:.4f}",
-        f"  calibration   {result['calibration_images']} images; kept in float: "
-        f"{', '.join(result['kept_float_nodes']) or 'nothing'}",
-    ])
+    ]
+    for shape, lat in result["latency_ms"].items():
+        lines.append(f"  latency {shape:>7}  fp32 {lat['fp32']['median_ms']:6.1f} ms   int8 {lat['int8']['median_ms']:6.1f} ms "
+                     f"(median of {lat['int8']['runs']}, speed-up {result['speedup_vs_fp32'][shape]:.2f}x)")
+    lines.append(f"  fidelity      on {f['images']} held-out images, after scale-and-shift alignment to fp32: "
+                 f"AbsRel mean {f['mean_absrel']:.4f} worst {f['worst_absrel']:.4f}, "
+                 f"delta<1.25 mean {f['mean_delta1']:.4f} worst {f['worst_delta1']:.4f}")
+    if len(f["by_shape"]) > 1:
+        lines.append("                by network shape: " + ", ".join(
+            f"{shape} ({g['images']}) delta<1.25 {g['mean_delta1']:.4f}" for shape, g in f["by_shape"].items()))
+    if result["calibration_images"]:
+        lines.append(f"  calibration   {result['calibration_images']} images ({result['calibration_source']}); "
+                     f"kept in float: {', '.join(result['kept_float_nodes']) or 'nothing'}")
+    lines.append(f"  evaluation    {result['evaluation_source']}")
+    return "\n".join(lines)

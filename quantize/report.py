@@ -36,15 +36,24 @@ def compare(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return absrel, float(np.mean(ratio < 1.25))
 
 
-def fidelity(ref_session, test_session, inputs: list[np.ndarray]) -> dict[str, float]:
+def fidelity(ref_session, test_session, inputs: list[np.ndarray]) -> dict:
+    """AbsRel and delta1 over all inputs, and per network shape (dynamic models see several)."""
     scores = [
         compare(test_session.run(None, {INPUT_NAME: x})[0], ref_session.run(None, {INPUT_NAME: x})[0])
         for x in inputs
     ]
+    shapes = ["x".join(map(str, x.shape[2:])) for x in inputs]
+    out = _summary(scores)
+    out["by_shape"] = {shape: _summary([s for s, sh in zip(scores, shapes, strict=True) if sh == shape])
+                       for shape in sorted(set(shapes))}
+    return out
+
+
+def _summary(scores: list[tuple[float, float]]) -> dict:
     absrel = [s[0] for s in scores]
     delta1 = [s[1] for s in scores]
     return {
-        "images": len(inputs),
+        "images": len(scores),
         "mean_absrel": float(np.mean(absrel)),
         "worst_absrel": float(np.max(absrel)),
         "mean_delta1": float(np.mean(delta1)),
@@ -52,15 +61,34 @@ def fidelity(ref_session, test_session, inputs: list[np.ndarray]) -> dict[str, f
     }
 
 
-def latencies(sessions: dict, x: np.ndarray, runs: int = 20, warmup: int = 3) -> dict[str, dict[str, float]]:
-    """Median/min milliseconds per session, runs interleaved so machine drift hits all alike."""
-    for s in sessions.values():
-        for _ in range(warmup):
-            s.run(None, {INPUT_NAME: x})
-    times: dict[str, list[float]] = {name: [] for name in sessions}
-    for _ in range(runs):
-        for name, s in sessions.items():
-            t = time.perf_counter()
-            s.run(None, {INPUT_NAME: x})
-            times[name].append((time.perf_counter() - t) * 1000)
-    return {n: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "runs": runs} for n, v in times.items()}
+def timing_shapes(input_hw: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """Where to time: a fixed model at its size; a dynamic one at 256x256 (square photos) and
+    192x256 (what upstream's resize makes of a 4:3 landscape photo)."""
+    return [input_hw] if input_hw is not None else [(256, 256), (192, 256)]
+
+
+def latencies(sessions: dict, shapes: list[tuple[int, int]], runs: int = 20, warmup: int = 3,
+              rounds: int = 2) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"HxW": {name: {median_ms, min_ms, runs}}}``, timed in blocks.
+
+    Each session runs ``runs / rounds`` timed runs in a row (after ``warmup`` untimed ones),
+    then the next session does; ``rounds`` such passes spread machine drift over all.
+    Alternating single runs is unfair on few cores: an engine's worker threads keep
+    spinning after its run and slow whichever model runs next.
+    """
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    per_block = max(1, runs // rounds)
+    for h, w in shapes:
+        x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for _ in range(rounds):
+            for name, s in sessions.items():
+                for _ in range(warmup):
+                    s.run(None, {INPUT_NAME: x})
+                for _ in range(per_block):
+                    t = time.perf_counter()
+                    s.run(None, {INPUT_NAME: x})
+                    times[name].append((time.perf_counter() - t) * 1000)
+        out[f"{h}x{w}"] = {n: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "runs": len(v)}
+                           for n, v in times.items()}
+    return out

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from itertools import groupby
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +14,7 @@ import onnxruntime as ort
 from . import images, postprocess
 from .errors import ModelError
 from .metadata import INPUT_NAME, ModelInfo, parse_size
-from .preprocess import network_size, preprocess
+from .preprocess import network_input, network_size
 from .session import create_session
 
 
@@ -23,12 +24,17 @@ class DepthResult:
 
     depth: float32 HxW relative inverse depth at the input's size (larger is nearer).
     heatmap: uint8 HxWx3 BGR, the depth through the colormap (near is bright for inferno).
-    image: uint8 HxWx3 BGR, the input as the model saw it (for overlays).
+    source: the input's pixels as given or decoded (not copied; for overlays).
     """
 
     depth: np.ndarray
     heatmap: np.ndarray
-    image: np.ndarray
+    source: images.Loaded = field(repr=False)
+
+    @cached_property
+    def image(self) -> np.ndarray:
+        """The input as uint8 BGR (the input itself when it already is), made on first use."""
+        return images.to_bgr8(self.source)
 
     def overlay(self, alpha: float = 0.5) -> np.ndarray:
         return postprocess.overlay(self.image, self.heatmap, alpha)
@@ -89,9 +95,13 @@ class DepthHeatmapper:
     # -- single images -------------------------------------------------------------------
     def predict(self, image: images.ImageInput, order: str = "bgr") -> DepthResult:
         """Depth and heatmap for one image, both at the image's own size."""
-        rgb = images.to_rgb01(image, order, self.max_pixels)
-        depth = self._run(preprocess(rgb, self.info))[0]
-        return self._finish(rgb, depth)
+        src = images.load(image, order, self.max_pixels)
+        depth = self._run(network_input(src, self.info))[0]
+        return self._finish(src, depth)
+
+    def preprocess(self, image: images.ImageInput, order: str = "bgr") -> np.ndarray:
+        """The 1x3xhxw network input for one image (the runtime's one pre-processing)."""
+        return network_input(image, self.info, order, self.max_pixels)
 
     def heatmap(self, image: images.ImageInput, order: str = "bgr") -> np.ndarray:
         """Shorthand for ``predict(image).heatmap``."""
@@ -101,26 +111,26 @@ class DepthHeatmapper:
     def predict_batch(self, batch: Sequence[images.ImageInput], order: str = "bgr") -> list[DepthResult]:
         """Results in input order. Fixed-size models: one session call for the whole batch;
         dynamic models: one call per distinct network input shape."""
-        rgbs = [images.to_rgb01(item, order, self.max_pixels) for item in batch]
-        depths: list[np.ndarray | None] = [None] * len(rgbs)
+        srcs = [images.load(item, order, self.max_pixels) for item in batch]
+        depths: list[np.ndarray | None] = [None] * len(srcs)
 
         def key(i: int) -> tuple[int, int]:
-            return network_size(rgbs[i].shape[0], rgbs[i].shape[1], self.info)
+            return network_size(srcs[i].pixels.shape[0], srcs[i].pixels.shape[1], self.info)
 
-        for _, group in groupby(sorted(range(len(rgbs)), key=key), key=key):
+        for _, group in groupby(sorted(range(len(srcs)), key=key), key=key):
             idx = list(group)
-            out = self._run(np.concatenate([preprocess(rgbs[i], self.info) for i in idx]))
+            out = self._run(np.concatenate([network_input(srcs[i], self.info) for i in idx]))
             for i, d in zip(idx, out, strict=True):
                 depths[i] = d
-        return [self._finish(rgb, d) for rgb, d in zip(rgbs, depths, strict=True)]  # type: ignore[arg-type]
+        return [self._finish(src, d) for src, d in zip(srcs, depths, strict=True)]  # type: ignore[arg-type]
 
     # -- internals ---------------------------------------------------------------------------
     def _run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {INPUT_NAME: x})[0]
 
-    def _finish(self, rgb: np.ndarray, net_depth: np.ndarray) -> DepthResult:
-        depth = postprocess.resize_depth(net_depth, rgb.shape[0], rgb.shape[1])
-        return DepthResult(depth, postprocess.colorize(depth, self._colormap_id), images.to_bgr8(rgb))
+    def _finish(self, src: images.Loaded, net_depth: np.ndarray) -> DepthResult:
+        depth = postprocess.resize_depth(net_depth, src.pixels.shape[0], src.pixels.shape[1])
+        return DepthResult(depth, postprocess.colorize(depth, self._colormap_id), src)
 
     def __repr__(self) -> str:
         return (f"DepthHeatmapper({str(self.model_path)!r}, input={self.info.input_size_text}, "

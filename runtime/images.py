@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -72,12 +72,26 @@ def check_pixels(image: np.ndarray, name: str, max_pixels: int) -> None:
         )
 
 
-def to_rgb01(image: ImageInput, order: str = "bgr", max_pixels: int = MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Any accepted input -> float32 HxWx3 RGB in [0, 1].
+class Loaded(NamedTuple):
+    """A validated image as it was decoded or given: no float copy is made of it.
+
+    pixels: HxW, HxWx3 or HxWx4; uint8, uint16, or float32/float64 in [0, 1].
+    order: channel order of 3/4-channel pixels ("bgr" or "rgb").
+    """
+
+    pixels: np.ndarray
+    order: str
+    name: str
+
+
+def load(image: ImageInput, order: str = "bgr", max_pixels: int = MAX_PIXELS, name: str = "image") -> Loaded:
+    """Any accepted input -> its pixels, checked (layout, dtype, range, size), not converted.
 
     ``order`` says how a 3/4-channel *array* is laid out ("bgr" as OpenCV gives it, or
     "rgb" as PIL/scikit-image give it); decoded files are always handled correctly.
     """
+    if isinstance(image, Loaded):
+        return image
     if isinstance(image, (str, Path)):
         name, image, order = str(image), read(image, max_pixels), "bgr"
     elif isinstance(image, (bytes, bytearray, memoryview)):
@@ -86,10 +100,6 @@ def to_rgb01(image: ImageInput, order: str = "bgr", max_pixels: int = MAX_PIXELS
         raise ImageError(f"{name}: expected a path, bytes or numpy array, got {type(image).__name__}")
     if order not in ("bgr", "rgb"):
         raise ValueError(f"order must be 'bgr' or 'rgb', got {order!r}")
-    return _array_to_rgb01(image, order, name, max_pixels)
-
-
-def _array_to_rgb01(image: np.ndarray, order: str, name: str, max_pixels: int) -> np.ndarray:
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
@@ -99,32 +109,34 @@ def _array_to_rgb01(image: np.ndarray, order: str, name: str, max_pixels: int) -
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ImageError(f"{name}: empty image (shape {image.shape})")
     check_pixels(image, name, max_pixels)
-    scaled = _scale01(image, name)
-    if scaled.ndim == 2:
-        return cv2.cvtColor(scaled, cv2.COLOR_GRAY2RGB)
-    if scaled.shape[2] == 4:
-        code = cv2.COLOR_BGRA2RGB if order == "bgr" else cv2.COLOR_RGBA2RGB
-        return cv2.cvtColor(scaled, code)
-    return cv2.cvtColor(scaled, cv2.COLOR_BGR2RGB) if order == "bgr" else np.ascontiguousarray(scaled)
+    _check_values(image, name)
+    return Loaded(image, order, name)
 
 
-def _scale01(image: np.ndarray, name: str) -> np.ndarray:
-    """uint8 / 255, uint16 / 65535; float arrays must already lie in [0, 1]."""
-    if image.dtype == np.uint8:
-        return image.astype(np.float32) * np.float32(1 / 255)
-    if image.dtype == np.uint16:
-        return image.astype(np.float32) * np.float32(1 / 65535)
+def _check_values(image: np.ndarray, name: str) -> None:
+    """uint8 and uint16 are taken as they are; float arrays must be finite and in [0, 1]
+    (min and max see NaN and infinity, and need no full-size temporary)."""
+    if image.dtype in (np.uint8, np.uint16):
+        return
     if image.dtype in (np.float32, np.float64, np.float16):
-        out = image.astype(np.float32)
-        if not np.isfinite(out).all():
+        lo, hi = float(image.min()), float(image.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ImageError(f"{name}: float image contains NaN or infinity")
-        lo, hi = float(out.min()), float(out.max())
         if lo < 0.0 or hi > 1.0:
             raise ImageError(f"{name}: float images must lie in [0, 1], got values in [{lo:g}, {hi:g}]")
-        return out
+        return
     raise ImageError(f"{name}: unsupported dtype {image.dtype}; use uint8, uint16 or float in [0, 1]")
 
 
-def to_bgr8(rgb01: np.ndarray) -> np.ndarray:
-    """float RGB [0, 1] -> uint8 BGR, for overlays drawn on the input."""
-    return cv2.cvtColor(np.clip(rgb01 * 255.0 + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+def to_bgr8(image: Loaded) -> np.ndarray:
+    """The input as uint8 BGR, for overlays drawn on it; uint8 BGR input is returned as is."""
+    pixels = image.pixels
+    if pixels.dtype == np.uint16:
+        pixels = cv2.convertScaleAbs(pixels, alpha=1 / 257)
+    elif pixels.dtype != np.uint8:
+        pixels = cv2.convertScaleAbs(pixels.astype(np.float32, copy=False), alpha=255.0)
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if pixels.shape[2] == 4:
+        return cv2.cvtColor(pixels, cv2.COLOR_BGRA2BGR if image.order == "bgr" else cv2.COLOR_RGBA2BGR)
+    return pixels if image.order == "bgr" else cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR)

@@ -29,26 +29,65 @@ def resize_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(depth, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-def normalise(depth: np.ndarray) -> np.ndarray:
-    """Min-max to [0, 1]; a constant map becomes all zeros instead of dividing by zero."""
+# Rows per block when mapping full-size depth to levels: float scratch stays a few MB.
+_BLOCK_ROWS = 256
+
+
+def depth_range(depth: np.ndarray) -> tuple[float, float]:
+    """(lo, hi) for min-max normalisation; a constant map gives hi == lo (all levels 0)."""
     lo, hi = float(depth.min()), float(depth.max())
     if not hi - lo > 1e-12 * max(1.0, abs(hi)):
+        return lo, lo
+    return lo, hi
+
+
+def normalise(depth: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1]; a constant map becomes all zeros instead of dividing by zero."""
+    lo, hi = depth_range(depth)
+    if hi == lo:
         return np.zeros(depth.shape, dtype=np.float32)
     return ((depth - lo) / (hi - lo)).astype(np.float32)
 
 
+def _level_blocks(depth: np.ndarray, top: int, value_range: tuple[float, float] | None = None):
+    """(row slice, float32 block of ``(d - lo) / (hi - lo) * top + 0.5`` clipped to [0, top])
+    for blocks of rows, so a full-size float temporary never exists (a 40 MP depth map would
+    need 160 MB more). ``value_range`` (lo, hi) defaults to the map's own min and max; a
+    constant map gives all zeros."""
+    lo, hi = value_range if value_range is not None else depth_range(depth)
+    for top_row in range(0, depth.shape[0], _BLOCK_ROWS):
+        rows = slice(top_row, top_row + _BLOCK_ROWS)
+        if hi == lo:
+            yield rows, np.zeros(depth[rows].shape, np.float32)
+            continue
+        block = (depth[rows] - lo) / (hi - lo) * top + 0.5
+        yield rows, np.clip(block, 0, top, out=block)
+
+
+def to_levels(depth: np.ndarray, top: int, dtype: type, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Depth -> integers ``round((d - lo) / (hi - lo) * top)`` of ``dtype``."""
+    out = np.empty(depth.shape, dtype)
+    for rows, block in _level_blocks(depth, top, value_range):
+        out[rows] = block
+    return out
+
+
 def to_uint8(depth: np.ndarray) -> np.ndarray:
-    return np.clip(normalise(depth) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return to_levels(depth, 255, np.uint8)
 
 
-def colorize(depth: np.ndarray, colormap: int) -> np.ndarray:
-    """Depth -> uint8 BGR heatmap through ``cv2.applyColorMap``."""
-    return cv2.applyColorMap(to_uint8(depth), colormap)
+def colorize(depth: np.ndarray, colormap: int, value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """Depth -> uint8 BGR heatmap through ``cv2.applyColorMap``, block by block (no full-size
+    level image is ever held besides the heatmap itself)."""
+    out = np.empty((*depth.shape, 3), np.uint8)
+    for rows, block in _level_blocks(depth, 255, value_range):
+        out[rows] = cv2.applyColorMap(block.astype(np.uint8), colormap)
+    return out
 
 
 def depth_png16(depth: np.ndarray) -> np.ndarray:
     """Depth -> uint16 (min-max over 0..65535), to save losslessly-enough as a 16-bit PNG."""
-    return np.clip(normalise(depth) * 65535.0 + 0.5, 0, 65535).astype(np.uint16)
+    return to_levels(depth, 65535, np.uint16)
 
 
 def overlay(image_bgr8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -15,6 +15,15 @@ from .errors import ModelError
 PROVIDER = "CPUExecutionProvider"
 
 
+def missing_model_message(path: Path) -> str:
+    """Says which command makes the file: INT8 names come from ``quantize``, others from ``export``."""
+    if "int8" in path.name:
+        how = "Make it with `midas-onnx quantize --int8" + (" --dynamic`" if "int8-dynamic" in path.name else "`")
+    else:
+        how = "Export one with `midas-onnx export`"
+    return f"model file not found: {path}. {how}."
+
+
 def create_session(
     model_path: str | Path,
     threads: int | None = None,
@@ -30,7 +39,7 @@ def create_session(
     """
     path = Path(model_path)
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}. Export one with `midas-onnx export`.")
+        raise ModelError(missing_model_message(path))
     if PROVIDER not in ort.get_available_providers():
         raise ModelError(f"this onnxruntime build has no {PROVIDER}: {ort.get_available_providers()}")
     if threads is not None and threads < 1:

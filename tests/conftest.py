@@ -155,6 +155,19 @@ def static_int8(tmp_path_factory, fixed_model, calib_dir, eval_dir):
     return result, [str(w.message) for w in caught]
 
 
+@pytest.fixture(scope="session")
+def dynamic_int8(tmp_path_factory, dynamic_model, calib_dir, eval_dir):
+    """Static INT8 of the dynamic-size recipe model: calibrated on photos at their own shapes."""
+    import warnings
+
+    from quantize import PRESETS, quantize_model
+
+    out = tmp_path_factory.mktemp("q") / "dynamic.int8.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return quantize_model(dynamic_model, out, PRESETS["static"], calib_dir, eval_dir, threads=2, latency_runs=4)
+
+
 def write_foreign_onnx(path: Path, op: str = "Identity", input_name: str = "x", output_name: str = "y",
                        shape: tuple[int, ...] = (1, 3, 32, 32)) -> Path:
     """A valid one-node ONNX model that is not a midas-onnx export."""

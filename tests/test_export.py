@@ -17,8 +17,7 @@ from export.onnx_export import ExportError, check_parity, export_onnx, parity_in
 from midas_onnx.cli import main
 from runtime import ModelInfo
 from runtime.files import sha256_file
-from runtime.images import to_rgb01
-from runtime.preprocess import preprocess
+from runtime.preprocess import network_input
 from runtime.session import create_session
 
 from .conftest import FIXTURES, random_state_dict, write_foreign_onnx
@@ -135,7 +134,7 @@ def test_onnx_matches_upstream_golden(dynamic_model, pair):
 def test_fixed_export_parity_on_photos(fixed_model, random_checkpoint, photo_set):
     model, _ = build_model(random_checkpoint)
     info = ModelInfo(input_hw=(256, 256))
-    inputs = [preprocess(to_rgb01(img, "rgb"), info) for img in photo_set.values()]
+    inputs = [network_input(img, info, "rgb") for img in photo_set.values()]
     results = check_parity(fixed_model, model, inputs + [np.concatenate(inputs[:3])])
     assert [r.shape for r in results][-1] == (3, 3, 256, 256)
     assert max(r.max_rel for r in results) < 1e-4
@@ -145,7 +144,7 @@ def test_dynamic_export_parity_on_photos_and_sizes(dynamic_model, recipe_checkpo
     """Photos at their own aspect ratio (upstream resize) and random inputs of several sizes."""
     model, _ = build_model(recipe_checkpoint)
     info = ModelInfo(input_hw=None)
-    inputs = [preprocess(to_rgb01(img, "rgb"), info) for img in photo_set.values()]
+    inputs = [network_input(img, info, "rgb") for img in photo_set.values()]
     assert {x.shape[2:] for x in inputs} >= {(256, 256), (160, 256), (160, 256)}
     rng = np.random.default_rng(7)
     inputs += [rng.standard_normal((1, 3, h, w)).astype(np.float32) for h, w in [(128, 448), (384, 96), (64, 64)]]
@@ -208,6 +207,7 @@ def test_cli_export_other_size_then_info(tmp_path, random_checkpoint):
     (["--size", "250x256"], "multiples of 32"),
     (["--size", "big"], "size must be HxW"),
     (["--hub", "--checkpoint", "x.pt"], "alternatives"),
+    (["--dynamic", "--size", "256x256"], "alternatives"),
 ])
 def test_cli_export_bad_options(tmp_path, args, message):
     result = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "m.onnx"), *args])
@@ -242,10 +242,69 @@ def test_real_checkpoint_strict_load_and_export(real_checkpoint, tmp_path, photo
     model, _ = build_model(real_checkpoint)
     out = export_onnx(model, tmp_path / "real.onnx", (256, 256), sha256_file(real_checkpoint))
     info = ModelInfo(input_hw=(256, 256))
-    inputs = [preprocess(to_rgb01(img, "rgb"), info) for img in photo_set.values()]
+    inputs = [network_input(img, info, "rgb") for img in photo_set.values()]
     assert max(r.max_rel for r in check_parity(out, model, inputs)) < 1e-4
     from runtime import DepthHeatmapper
 
     # skimage's rocket: the launch tower and rocket in front stand nearer than the sky.
     depth = DepthHeatmapper(out).predict(photo_set["rocket"], order="rgb").depth
     assert depth[-40:, :].mean() > depth[:40, :].mean()
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (192, 256), (256, 160), (64, 96), (32, 448)])
+def test_static_pads_compute_what_tf_same_padding_computes(hw):
+    """Each strided conv's pads are constants on sides that are multiples of 32: the network
+    with them equals the one with timm's run-time Conv2dSame, to the bit."""
+    from timm.layers import Conv2dSame
+
+    from export.model import StaticSameConv2d
+
+    torch.manual_seed(0)
+    ours = MidasNetSmall().eval()
+    timm_net = MidasNetSmall().eval()
+    timm_net.load_state_dict(ours.state_dict())
+    swapped = 0
+    for name, module in list(timm_net.named_modules()):
+        if isinstance(module, StaticSameConv2d):
+            same = Conv2dSame(module.in_channels, module.out_channels, module.kernel_size, module.stride, 0,
+                              module.dilation, module.groups, module.bias is not None)
+            same.weight, same.bias = module.weight, module.bias
+            parent, _, attr = name.rpartition(".")
+            setattr(timm_net.get_submodule(parent), attr, same)
+            swapped += 1
+    assert swapped == 5  # the stem and the four stride-2 depthwise convs
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        assert torch.equal(ours(x), timm_net(x))
+
+
+def test_network_refuses_sizes_that_are_not_multiples_of_32():
+    with pytest.raises(ValueError, match=r"multiples of 32, got \(250, 256\)"):
+        MidasNetSmall().eval()(torch.zeros(1, 3, 250, 256))
+
+
+def test_default_export_is_dynamic_and_reproduces_the_upstream_pipeline(tmp_path, recipe_checkpoint, fixed_model):
+    """`midas-onnx export` with no size: the aspect-keeping model, as compact as a fixed one
+    (no run-time pad arithmetic), and photo -> depth as upstream's whole pipeline gives it."""
+    import onnx
+
+    from runtime import DepthHeatmapper
+
+    out = tmp_path / "default.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(recipe_checkpoint), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "exporting dynamic model" in result.output and "input 1x3x256x384" in result.output
+    graph = onnx.load(str(out)).graph
+    ops = [n.op_type for n in graph.node]
+    assert "Shape" not in ops and "Pad" not in ops  # pads folded into the convs
+    assert len(ops) == len(onnx.load(str(fixed_model)).graph.node)
+    hm = DepthHeatmapper(out, threads=2)
+    assert hm.info.dynamic
+    golden_path = FIXTURES / "midas_small_pipeline_golden_seed0.npz"
+    if not golden_path.is_file():
+        pytest.skip("needs ../shared/fixtures")
+    golden = np.load(golden_path)
+    for i in range(3):
+        want = golden[f"depth_{i}"]
+        depth = hm.predict(golden[f"rgb_{i}"], order="rgb").depth
+        assert np.abs(depth - want).max() / np.ptp(want) < 1e-4

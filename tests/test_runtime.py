@@ -59,10 +59,7 @@ def test_shapes_dtypes_ranges_on_photos(hm, photo_set):
 
 
 def test_network_output_is_non_negative(hm, photo_set):
-    from runtime.images import to_rgb01
-    from runtime.preprocess import preprocess
-
-    out = hm._run(preprocess(to_rgb01(photo_set["astronaut"], "rgb"), hm.info))
+    out = hm._run(hm.preprocess(photo_set["astronaut"], "rgb"))
     assert out.shape == (1, 256, 256) and out.min() >= 0.0 and out.max() > 0.0
 
 
@@ -245,3 +242,49 @@ def test_model_that_is_not_ours(tmp_path):
         DepthHeatmapper(text)
     with pytest.raises(ModelError, match="model file not found"):
         DepthHeatmapper(tmp_path / "absent.onnx")
+
+
+@pytest.mark.parametrize("src_hw, dst_hw", [((480, 640), (192, 256)), ((427, 640), (160, 256)), ((640, 427), (256, 160)),
+                                            ((20, 30), (160, 256)), ((1080, 1920), (128, 256)), ((256, 256), (256, 256)),
+                                            ((300, 451), (160, 256))])
+def test_resize_matches_upstreams_float64_opencv_resize(src_hw, dst_hw):
+    """Upstream: cv2.resize(img / 255.0, INTER_CUBIC) in float64. Ours reads only the taps'
+    rows and columns from the uint8/uint16 pixels; it must agree to float32 rounding, where
+    OpenCV's own float32 path is off by ~2e-5 on some of these scales."""
+    from runtime.preprocess import resize_bicubic
+
+    rng = np.random.default_rng(sum(src_hw))
+    for image, top in [(rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8), 255.0),
+                       (rng.integers(0, 65536, src_hw, dtype=np.uint16), 65535.0)]:
+        want = cv2.resize(image.astype(np.float64) / top, dst_hw[::-1], interpolation=cv2.INTER_CUBIC)
+        got = resize_bicubic(image, *dst_hw) / top
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 1e-6
+
+
+def test_network_input_matches_upstreams_transform(hm_dyn):
+    """The pipeline golden stores upstream's small_transform output for each photo."""
+    path = FIXTURES / "midas_small_pipeline_golden_seed0.npz"
+    if not path.is_file():
+        pytest.skip("needs ../shared/fixtures")
+    golden = np.load(path)
+    for i in range(3):
+        x = hm_dyn.preprocess(golden[f"rgb_{i}"], "rgb")
+        assert x.shape == golden[f"net_input_{i}"].shape
+        assert np.abs(x - golden[f"net_input_{i}"]).max() < 2e-6
+
+
+def test_large_photo_peak_memory_is_bounded(tmp_path, dynamic_model):
+    """A 40 MP JPEG through predict, in a fresh process: peak RSS above the warm baseline is
+    at most the decoded image, the full-size depth and heatmap, and a small constant.
+    (Upstream's float64 pre-processing alone would add 24 bytes a pixel: about 1 GB here.)"""
+    from benchmarks.large_photo import BYTES_PER_PIXEL, measure, write_photo
+
+    photo = tmp_path / "large.jpg"
+    h, w = write_photo(photo, 40.0)
+    result = measure(dynamic_model, photo, threads=2)
+    assert result["shape"] == [h, w]
+    assert h * w >= 40e6 * 0.99
+    assert result["peak_above_baseline_bytes"] <= result["bound_bytes"], result
+    # and the bound is not loose enough to hide a full-size float32 RGB copy (12 bytes a pixel)
+    assert result["bound_bytes"] < h * w * (BYTES_PER_PIXEL + 12)

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
-from .common import DEFAULT_MODEL, friendly_errors, require_extra
+from .common import MODEL_HELP, default_model, friendly_errors, require_extra
 
 
 @click.command("bulk")
 @click.argument("inputs")
 @click.argument("output")
-@click.option("--model", default=str(DEFAULT_MODEL), show_default=True, help="Model path, visible to every node.")
+@click.option("--model", default=None, help=MODEL_HELP + " It must be readable on every node.")
 @click.option("--address", default=None, help="Ray cluster address (e.g. ray://head:10001 or auto). Default: local embedded Ray.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Inference actors (default: cluster CPUs / threads).")
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
@@ -38,6 +39,7 @@ def command(inputs: str, output: str, model: str, address: str | None, workers: 
 
     with friendly_errors():
         colormap_id(colormap)
+        model = str(default_model(Path(model) if model else None))
         settings = BulkSettings(model=model, address=address, workers=workers, threads_per_worker=threads_per_worker,
                                 batch_size=batch_size, save_depth=save_depth, colormap=colormap, force=force)
         try:

@@ -9,7 +9,18 @@ from pathlib import Path
 
 import click
 
-DEFAULT_MODEL = Path("models") / "midas_small.onnx"
+DEFAULT_MODEL = Path("models") / "midas_small.onnx"  # what `export` writes: fp32, dynamic size
+DEFAULT_INT8 = Path("models") / "midas_small.int8.onnx"  # what `quantize --int8` makes of it
+MODEL_HELP = (f"Model file. Default: {DEFAULT_INT8} (made by `quantize --int8`) if it exists, "
+              f"else {DEFAULT_MODEL} (made by `export`).")
+
+
+def default_model(model: Path | None) -> Path:
+    """The model a command runs: the one given, else the default INT8 model (the fast one)
+    when it has been made, else the fp32 export."""
+    if model is not None:
+        return model
+    return DEFAULT_INT8 if DEFAULT_INT8.is_file() else DEFAULT_MODEL
 
 
 def require_extra(extra: str, *modules: str) -> None:

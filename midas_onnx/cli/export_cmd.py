@@ -17,9 +17,10 @@ from .common import DEFAULT_MODEL, friendly_errors, require_extra
 @click.option("--hub", is_flag=True, help='Build with torch.hub.load("intel-isl/MiDaS", "MiDaS_small") as upstream does (needs internet).')
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_MODEL,
               show_default=True, help="Where to write the ONNX file.")
-@click.option("--size", default="256x256", show_default=True,
-              help="Fixed input size HxW (multiples of 32). 256x256 is what the model was trained at.")
-@click.option("--dynamic", is_flag=True, help="Dynamic batch, height and width (aspect-preserving runtime resize).")
+@click.option("--size", default="dynamic", show_default=True,
+              help="'dynamic' (any height and width, multiples of 32: upstream's aspect-keeping pipeline) "
+                   "or a fixed HxW such as 256x256, for consumers that need one.")
+@click.option("--dynamic", is_flag=True, hidden=True, help="The default; kept so older scripts still run.")
 @click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
 @click.option("--no-slim", is_flag=True, help="Skip the onnxslim clean-up pass.")
 def command(checkpoint: Path | None, hub: bool, output: Path, size: str, dynamic: bool, force: bool, no_slim: bool) -> None:
@@ -37,9 +38,9 @@ def command(checkpoint: Path | None, hub: bool, output: Path, size: str, dynamic
     if hub and checkpoint:
         raise click.UsageError("--hub and --checkpoint are alternatives; give one")
     with friendly_errors():
-        input_hw = None if dynamic else parse_size(size)
-        if input_hw is None and size != "256x256":
-            raise click.UsageError("--dynamic and --size are alternatives; give one")
+        input_hw = parse_size(size)
+        if dynamic and input_hw is not None:
+            raise click.UsageError("--dynamic and --size HxW are alternatives; give one")
         if output.exists() and not force:
             raise click.ClickException(f"{output} exists; pass --force to overwrite it")
         t0 = time.perf_counter()

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from .common import DEFAULT_MODEL, require_extra
+from .common import MODEL_HELP, default_model, require_extra
 
 
 @click.command("serve")
-@click.option("--model", type=click.Path(path_type=Path), default=DEFAULT_MODEL, show_default=True)
+@click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: physical cores).")
@@ -30,10 +30,12 @@ def command(model: Path, host: str, port: int, threads: int | None, max_batch: i
     require_extra("serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
     import uvicorn
 
+    from runtime.session import missing_model_message
     from serve import ServeSettings, create_app
 
+    model = default_model(model)
     if not model.is_file():
-        raise click.ClickException(f"model file not found: {model}. Export one with `midas-onnx export`.")
+        raise click.ClickException(missing_model_message(model))
     settings = ServeSettings(model=model, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              queue_size=queue_size, request_timeout_s=request_timeout_s,
                              max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, job_ttl_s=job_ttl_s)
