@@ -4,8 +4,8 @@
     python -m benchmarks.bench --quick               # CI-sized, under 2 minutes
 
 Variants are data (``Variant``), their runs interleaved so machine drift hits all alike.
-Writes ``benchmarks/results/<machine>.md`` (the table), ``.json`` (raw figures) and ``.png``
-(a chart). PyTorch rows appear when the ``export`` extra is installed; OpenVINO rows when
+Writes ``bench-results/<machine>.md`` (the table), ``.json`` (raw figures) and ``.png``
+(a chart) under the current folder, or ``--out DIR``. PyTorch rows appear when the ``export`` extra is installed; OpenVINO rows when
 ``openvino`` is, with ``INFERENCE_PRECISION_HINT=f32`` (its default on bf16-capable CPUs
 runs "fp32" models in bf16, which measured 19% max error).
 """
@@ -30,7 +30,6 @@ from typing import Callable
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "benchmarks" / "results"
 MODELS = REPO / "models"
 Runner = Callable[[np.ndarray], np.ndarray]
 # Second size for dynamic models: what upstream's resize makes of a 640x480 photo.
@@ -578,7 +577,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 2 minutes)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for <machine>.md/.json/.png")
+    parser.add_argument("--out", default="bench-results",
+                        help="folder for <machine>.md/.json/.png (default: ./bench-results; the figures the "
+                             "README quotes are kept in benchmarks/results/)")
     args = parser.parse_args(argv)
     if args.checkpoint is None and importlib.util.find_spec("torch"):
         from export.checkpoint import find_real_weights

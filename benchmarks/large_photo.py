@@ -36,6 +36,7 @@ with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")  # reset VmHWM to the current RSS
 t = time.perf_counter()
 result = hm.predict(sys.argv[2])
+result.heatmap  # made on first use: part of the bound
 seconds = time.perf_counter() - t
 peak = status("VmHWM")
 print(json.dumps({"shape": list(result.depth.shape), "baseline_bytes": base, "peak_bytes": peak,

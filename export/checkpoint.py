@@ -64,16 +64,39 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, BadZipFile, even KeyError on text
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path} is not a loadable PyTorch checkpoint (torch.load with weights_only=True "
-            f"refused it: {first_line[:300]})"
-        ) from None
+        raise CheckpointError(f"{path} is not a loadable PyTorch checkpoint: {_why_unloadable(path, exc)}") from None
     if isinstance(obj, dict) and "model" in obj and "optimizer" in obj:
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
     return obj
+
+
+def _why_unloadable(path: Path, exc: Exception) -> str:
+    """torch's own message suggests ``weights_only=False``, the one thing never to do with a
+    file of unknown origin; say what is wrong instead, in whole sentences."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    text = str(exc)
+    if not head:
+        return "the file is empty"
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        return "it is neither a zip archive nor a pickle, so not a file torch.save wrote"
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].strip()
+        return ("torch.load(weights_only=True) refused it because it holds objects other than tensors, "
+                f"which are never unpickled here ({_first_sentence(detail)})")
+    return f"torch.load(weights_only=True) could not read it, the file is damaged ({_first_sentence(text)})"
+
+
+def _first_sentence(text: str, limit: int = 200) -> str:
+    """The first sentence of ``text`` (or its first ``limit`` characters, cut at a word)."""
+    text = " ".join(text.split())
+    end = text.find(". ")
+    sentence = text if end < 0 else text[: end + 1]
+    if len(sentence) > limit:
+        sentence = sentence[:limit].rsplit(" ", 1)[0] + " ..."
+    return sentence.rstrip(".") or type(text).__name__
 
 
 def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
@@ -90,14 +113,14 @@ def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: s
         def head(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" ... (+{len(items) - 5} more)" if len(items) > 5 else "")
 
-        parts = [f"{source} is not a MiDaS v2.1 small checkpoint:"]
+        parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys ({head(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({head(unexpected)})")
         if misshapen:
             parts.append(f"{len(misshapen)} keys of the wrong shape ({head(misshapen)})")
-        raise CheckpointError("; ".join(parts))
+        raise CheckpointError(f"{source} is not a MiDaS v2.1 small checkpoint: " + "; ".join(parts))
 
 
 def build_model(checkpoint: str | Path | None = None) -> tuple[MidasNetSmall, str]:

@@ -23,21 +23,31 @@ class DepthResult:
     """One image's result.
 
     depth: float32 HxW relative inverse depth at the input's size (larger is nearer).
-    heatmap: uint8 HxWx3 BGR, the depth through the colormap (near is bright for inferno).
+    heatmap: uint8 HxWx3 BGR, the depth through the colormap (near is bright for inferno),
+        made on first use, so a caller that wants only the depth or another colormap never
+        pays for it.
     source: the input's pixels as given or decoded (not copied; for overlays).
     """
 
     depth: np.ndarray
-    heatmap: np.ndarray
     source: images.Loaded = field(repr=False)
+    colormap: int = field(default=postprocess.colormap_id(postprocess.DEFAULT_COLORMAP), repr=False)
+
+    @cached_property
+    def heatmap(self) -> np.ndarray:
+        return postprocess.colorize(self.depth, self.colormap)
+
+    def colorized(self, colormap: int | None = None) -> np.ndarray:
+        """The heatmap in another OpenCV colormap (its id); the cached one for this result's own."""
+        return self.heatmap if colormap is None or colormap == self.colormap else postprocess.colorize(self.depth, colormap)
 
     @cached_property
     def image(self) -> np.ndarray:
         """The input as uint8 BGR (the input itself when it already is), made on first use."""
         return images.to_bgr8(self.source)
 
-    def overlay(self, alpha: float = 0.5) -> np.ndarray:
-        return postprocess.overlay(self.image, self.heatmap, alpha)
+    def overlay(self, alpha: float = 0.5, colormap: int | None = None) -> np.ndarray:
+        return postprocess.overlay(self.image, self.colorized(colormap), alpha)
 
     def depth_png16(self) -> np.ndarray:
         return postprocess.depth_png16(self.depth)
@@ -130,7 +140,7 @@ class DepthHeatmapper:
 
     def _finish(self, src: images.Loaded, net_depth: np.ndarray) -> DepthResult:
         depth = postprocess.resize_depth(net_depth, src.pixels.shape[0], src.pixels.shape[1])
-        return DepthResult(depth, postprocess.colorize(depth, self._colormap_id), src)
+        return DepthResult(depth, src, self._colormap_id)
 
     def __repr__(self) -> str:
         return (f"DepthHeatmapper({str(self.model_path)!r}, input={self.info.input_size_text}, "

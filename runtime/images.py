@@ -9,6 +9,7 @@ decoded as an image viewer shows them: EXIF orientation applied, 16-bit kept at 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import NamedTuple, Union
 
@@ -21,6 +22,9 @@ from .errors import ImageError, ImageTooLarge
 # from the header instead of allocating; callers can lower it per DepthHeatmapper.
 MAX_PIXELS = int(os.environ.get("MIDAS_ONNX_MAX_PIXELS", 100_000_000))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+# FFmpeg (behind cv2.VideoCapture) prints its decoder complaints straight to stderr, before
+# and around our own one-line error; quiet it (AV_LOG_QUIET) unless the user set a level.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 import cv2  # noqa: E402  (must follow the environment set-up above)
 
@@ -34,7 +38,7 @@ def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise ImageError(f"{name}: empty file")
-    if buf[:3].tobytes() == b"\xff\xd8\xff" and b"\xff\xd9" not in buf[-64:].tobytes():
+    if buf[:3].tobytes() == b"\xff\xd8\xff" and not jpeg_is_complete(bytes(data)):
         # libjpeg decodes a cut-off JPEG "successfully" with grey rows and a stderr warning.
         raise ImageError(f"{name}: truncated JPEG (no end-of-image marker); the file is incomplete")
     try:
@@ -47,6 +51,44 @@ def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels
         raise ImageError(f"{name}: not a decodable image (unknown format, corrupt or truncated)")
     check_pixels(image, name, max_pixels)
     return image
+
+
+# In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing), a restart marker
+# (0xD0-0xD7) or more 0xFF fill; any other byte after 0xFF is a marker.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """True when the JPEG's image data reaches its end-of-image marker (EOI).
+
+    Walks the segments to the first start-of-scan, then scans for the next marker, skipping
+    any segments between the scans of a progressive JPEG, until EOI. Data *after* EOI is
+    allowed: phones append a video (Motion Photos), cameras pad with zeros, and the photo is
+    complete. Thumbnails in the EXIF segment carry their own EOI, which is never mistaken
+    for the main image's: segments before the first scan are skipped by their lengths.
+    """
+    pos, n = 2, len(data)
+    while pos + 4 <= n:  # header segments: FF xx LEN(2) payload
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:
+            return True
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        pos += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
+            while (m := _MARKER.search(data, pos)) is not None:
+                marker = data[m.start() + 1]
+                if marker == 0xD9:
+                    return True
+                if m.start() + 4 > n:
+                    return False
+                pos = m.start() + 2 + int.from_bytes(data[m.start() + 2:m.start() + 4], "big")
+            return False
+    return False
 
 
 def read(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:

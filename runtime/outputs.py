@@ -24,25 +24,38 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
 SUFFIXES = {"heatmap": ".heatmap.png", "depth": ".depth.png", "overlay": ".overlay.png"}
 
 
-def expand_inputs(specs: Iterable[str]) -> tuple[list[Path], list[str]]:
+def expand_inputs(specs: Iterable[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
     """Files, folders (recursively: images and videos by extension) and globs -> sorted
-    unique files, plus the specs that matched nothing (reported, not fatal)."""
+    unique files, plus one message for each spec that gave none, saying why: no such path,
+    a folder with no images or videos, or a pattern that matched nothing.
+
+    ``exclude``: a folder whose files are never inputs (the output folder: when it lies
+    inside an input folder, earlier outputs must not come back as new inputs).
+    """
     found: dict[Path, None] = {}
-    unmatched: list[str] = []
+    problems: list[str] = []
     known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+    skip = exclude.resolve() if exclude is not None else None
     for spec in specs:
         path = Path(spec)
         if path.is_dir():
             matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in known)
+            why = f"{spec}: folder has no images or videos ({', '.join(sorted(known))})"
         elif path.exists():
-            matches = [path]
-        else:
+            matches, why = [path], ""
+        elif glob.has_magic(spec):
             matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
+            why = f"{spec}: no files match this pattern"
+        else:
+            matches, why = [], f"{spec}: no such file or folder"
+        matches = [m.resolve() for m in matches]
+        if skip is not None:
+            matches = [m for m in matches if not m.is_relative_to(skip)]
         if not matches:
-            unmatched.append(spec)
+            problems.append(why or f"{spec}: only files inside the output folder {exclude}")
         for m in matches:
-            found.setdefault(m.resolve(), None)
-    return list(found), unmatched
+            found.setdefault(m, None)
+    return list(found), problems
 
 
 def common_root(paths: list[Path]) -> Path:

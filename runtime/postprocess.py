@@ -95,3 +95,32 @@ def overlay(image_bgr8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     return cv2.addWeighted(heatmap, alpha, image_bgr8, 1.0 - alpha, 0.0)
+
+
+class SteadyRange:
+    """A colour-mapping range that carries across video frames, so colours hold still.
+
+    Per-frame min/max makes a video's colours pump whenever a frame's extremes move (a
+    bright object passing, sensor noise at a few pixels). This takes robust percentiles of
+    each frame (``low``/``high``: 1st and 99th, immune to a few extreme pixels) and smooths
+    them over time (``keep`` of the previous range, ``1 - keep`` of the new one), so the
+    mapping follows real changes over a few frames and ignores single-frame jumps.
+    """
+
+    def __init__(self, low: float = 1.0, high: float = 99.0, keep: float = 0.9) -> None:
+        if not 0 <= low < high <= 100 or not 0 <= keep < 1:
+            raise ValueError("need 0 <= low < high <= 100 and 0 <= keep < 1")
+        self.low, self.high, self.keep = low, high, keep
+        self.range: tuple[float, float] | None = None
+
+    def update(self, depth: np.ndarray) -> tuple[float, float]:
+        """Fold in one frame; returns the (lo, hi) to colour it with."""
+        step = max(1, int(np.sqrt(depth.size / 65536)))  # ~65k samples are plenty for percentiles
+        lo, hi = (float(v) for v in np.percentile(depth[::step, ::step], [self.low, self.high]))
+        if self.range is not None:
+            lo = self.keep * self.range[0] + (1 - self.keep) * lo
+            hi = self.keep * self.range[1] + (1 - self.keep) * hi
+        if not hi - lo > 1e-12 * max(1.0, abs(hi)):
+            hi = lo  # flat: colorize maps it to one colour
+        self.range = (lo, hi)
+        return self.range

@@ -2,8 +2,9 @@
 
 Endpoints: ``/`` (upload page), ``/healthz``, ``/readyz``, ``POST /v1/depth``,
 ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``/metrics``. The model loads once, in a background
-thread at start-up; inference runs in one worker thread fed by the micro-batcher; decoding and
-PNG encoding run in Starlette's thread pool; the event loop only moves bytes.
+thread at start-up; inference runs in one worker thread fed by the micro-batcher; requests are
+admitted before they are decoded; decoding and PNG encoding run in worker threads; the event
+loop only moves bytes, and stops reading a body the moment it passes the size cap.
 """
 
 from __future__ import annotations
@@ -26,14 +27,14 @@ from starlette.concurrency import run_in_threadpool
 
 from runtime import DepthHeatmapper, ImageError, ImageTooLarge, MidasOnnxError
 from runtime.images import decode
-from runtime.outputs import encode_png
-from runtime.postprocess import colorize, colormap_id, depth_png16
-from runtime.postprocess import overlay as blend
+from runtime.outputs import PNG_PARAMS, encode_png, render
+from runtime.postprocess import colormap_id
 
 from .batcher import Batcher, QueueFull
 from .jobs import JobStore, TooManyJobs
 
 log = logging.getLogger("midas_onnx.serve")
+access_log = logging.getLogger("midas_onnx.access")
 FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png"}
 
 
@@ -54,6 +55,7 @@ class ServeSettings:
     max_jobs: int = 256
     max_images_per_job: int = 16
     retry_after_s: int = 1
+    access_log: bool = True
 
 
 class ApiError(Exception):
@@ -88,13 +90,18 @@ class Service:
         self._tasks: set[asyncio.Task] = set()
 
     def load(self) -> None:
+        """Open the model and run it once; only then is it served. Any failure (not ours
+        only: a bad colormap, an onnxruntime error on the warm-up run) ends as /readyz 503
+        with the reason, logged once."""
         try:
-            self.hm = DepthHeatmapper(self.settings.model, threads=self.settings.threads,
-                                      colormap=self.settings.colormap, max_pixels=self.settings.max_pixels)
-            self.hm.predict(np.zeros((64, 64, 3), np.uint8))  # warm-up: first run allocates
-        except MidasOnnxError as exc:
-            self.load_error = str(exc)
-            log.error("model failed to load: %s", exc)
+            hm = DepthHeatmapper(self.settings.model, threads=self.settings.threads,
+                                 colormap=self.settings.colormap, max_pixels=self.settings.max_pixels)
+            hm.predict(np.zeros((64, 64, 3), np.uint8)).heatmap  # warm-up: first run allocates
+            self.hm = hm
+        except Exception as exc:  # noqa: BLE001 - every failure must reach /readyz
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            self.load_error = detail[:500]
+            log.error("model failed to load: %s", self.load_error)
         finally:
             self.loaded.set()
 
@@ -113,23 +120,40 @@ class Service:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def infer(self, data: bytes, name: str):
-        """Bytes -> DepthResult through the batcher, with the request timeout."""
+    async def infer(self, data: bytes, name: str, request: Request | None = None, wait: bool = False):
+        """Bytes -> DepthResult: admitted first, then decoded (once), then batched; within
+        the request timeout. ``request``: a client that disconnects gives its place back at
+        once. ``wait``: wait for room instead of 503 (accepted job work)."""
         batcher = self.require_ready()
+        work = asyncio.ensure_future(asyncio.wait_for(
+            batcher.run(lambda: decode(data, name, self.settings.max_pixels), wait=wait),
+            self.settings.request_timeout_s))
+        watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
         try:
-            # decode only: predict_batch converts to float RGB once, in the inference thread
-            image = await run_in_threadpool(decode, data, name, self.settings.max_pixels)
+            done, _ = await asyncio.wait({work, watch} - {None}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                work.cancel()
+                raise ApiError(499, "client_gone", "the client disconnected")
+            return work.result()
         except ImageTooLarge as exc:
             raise ApiError(413, "too_many_pixels", str(exc)) from None
         except ImageError as exc:
             raise ApiError(422, "bad_image", str(exc)) from None
-        try:
-            return await asyncio.wait_for(batcher.submit(image), self.settings.request_timeout_s)
         except QueueFull:
             raise ApiError(503, "busy", "the inference queue is full; retry shortly",
                            retry_after=self.settings.retry_after_s) from None
         except asyncio.TimeoutError:
             raise ApiError(504, "timeout", f"no result within {self.settings.request_timeout_s:g} s") from None
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (the body is read by then, so the next ASGI message
+    can only be the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -176,8 +200,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
+        seconds = time.perf_counter() - started
         svc.metrics.requests.labels(path, str(response.status_code)).inc()
-        svc.metrics.latency.labels(path).observe(time.perf_counter() - started)
+        svc.metrics.latency.labels(path).observe(seconds)
+        if settings.access_log:  # one line per request: method, path, status, ms, bytes
+            access_log.info("%s %s %d %.1fms %sB", request.method, request.url.path, response.status_code,
+                            seconds * 1000, response.headers.get("content-length", "-"))
         return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -203,11 +231,12 @@ def create_app(settings: ServeSettings) -> FastAPI:
         """One image (multipart field ``file`` or the raw body) -> heatmap PNG, JSON or 16-bit depth PNG.
 
         The format comes from ``?format=png|json|depth16``, else from ``Accept``."""
+        svc.require_ready()  # a service that cannot answer says so first
         fmt = _choose_format(format, request.headers.get("accept", ""))
         cmap = _check_render(colormap or settings.colormap, alpha)
         uploads = await _read_images(request, settings, max_count=1)
         name, data = uploads[0]
-        result = await svc.infer(data, name)
+        result = await svc.infer(data, name, request)
         return await run_in_threadpool(_render, result, fmt, cmap, overlay, alpha, svc)
 
     @app.post("/v1/jobs", status_code=202)
@@ -263,38 +292,66 @@ def _check_render(cmap: str, alpha: float) -> int:
         raise ApiError(422, "bad_colormap", str(exc)) from None
 
 
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _capped(request: Request, limit: int) -> Request:
+    """The same request, whose body stops being read the moment it passes ``limit`` bytes:
+    declared Content-Length or not, chunked or not, raw or multipart. Nothing past the cap
+    is ever held."""
+    receive = request.receive
+    seen = 0
+
+    async def capped_receive():
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge()
+        return message
+
+    return Request(request.scope, capped_receive)
+
+
 async def _read_images(request: Request, settings: ServeSettings, max_count: int) -> list[tuple[str, bytes]]:
-    """Uploaded images as (name, bytes): multipart ``file`` fields or the raw body, size-capped."""
+    """Uploaded images as (name, bytes): multipart ``file`` fields or the raw body, size-capped
+    while the bytes arrive."""
+    limit = settings.max_body_bytes
+    too_large = ApiError(413, "body_too_large", f"request body exceeds the limit of {limit:,} bytes")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise ApiError(413, "body_too_large", f"request body of {int(declared):,} bytes exceeds the limit of "
-                                              f"{settings.max_body_bytes:,}")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    request = _capped(request, limit)
     ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=max_count, max_part_size=settings.max_body_bytes)
-        except Exception as exc:  # Starlette's MultiPartException and parser errors
-            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
-        uploads = [v for k, v in form.multi_items() if k == "file" and hasattr(v, "read")]
-        if not uploads:
-            raise ApiError(400, "no_file", "multipart body has no 'file' field")
-        return [(u.filename or "upload", await u.read()) for u in uploads]
-    if ctype and not (ctype.startswith("image/") or ctype.startswith("application/octet-stream")):
-        raise ApiError(415, "unsupported_media_type",
-                       f"send an image as multipart/form-data (field 'file') or as image/*, not {ctype}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > settings.max_body_bytes:
-            raise ApiError(413, "body_too_large", f"request body exceeds the limit of {settings.max_body_bytes:,} bytes")
+    try:
+        if ctype.startswith("multipart/form-data"):
+            try:
+                form = await request.form(max_files=max_count, max_part_size=limit)
+                uploads = [v for k, v in form.multi_items() if k == "file" and hasattr(v, "read")]
+                if not uploads:
+                    raise ApiError(400, "no_file", "multipart body has no 'file' field")
+                return [(u.filename or "upload", await u.read()) for u in uploads]
+            except (ApiError, _BodyTooLarge):
+                raise
+            except Exception as exc:  # Starlette's MultiPartException and parser errors
+                raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
+        if ctype and not (ctype.startswith("image/") or ctype.startswith("application/octet-stream")):
+            raise ApiError(415, "unsupported_media_type",
+                           f"send an image as multipart/form-data (field 'file') or as image/*, not {ctype}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+    except _BodyTooLarge:
+        raise too_large from None
     if not body:
         raise ApiError(400, "empty_body", "no image in the request body")
     return [("upload", bytes(body))]
 
 
 def _heatmap(result, cmap: int, with_overlay: bool, alpha: float) -> np.ndarray:
-    heat = colorize(result.depth, cmap)
-    return blend(result.image, heat, alpha) if with_overlay else heat
+    return result.overlay(alpha, cmap) if with_overlay else result.colorized(cmap)
 
 
 def _summary(result, cmap: int, svc: Service) -> dict:
@@ -302,37 +359,33 @@ def _summary(result, cmap: int, svc: Service) -> dict:
     info = svc.hm.info  # type: ignore[union-attr]
     return {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": info.precision,
             "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
-            "heatmap_png_base64": base64.b64encode(encode_png(colorize(d, cmap))).decode()}
+            "heatmap_png_base64": base64.b64encode(encode_png(result.colorized(cmap), PNG_PARAMS["heatmap"])).decode()}
 
 
 def _render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, svc: Service) -> Response:
     if fmt == "depth16":
-        return Response(encode_png(depth_png16(result.depth)), media_type="image/png")
+        return Response(render(result, "depth"), media_type="image/png")
     if fmt == "json":
         body = _summary(result, cmap, svc)
         if with_overlay:
             body["overlay_png_base64"] = base64.b64encode(encode_png(_heatmap(result, cmap, True, alpha))).decode()
         return JSONResponse(body)
-    return Response(encode_png(_heatmap(result, cmap, with_overlay, alpha)), media_type="image/png")
+    params = PNG_PARAMS["overlay" if with_overlay else "heatmap"]
+    return Response(encode_png(_heatmap(result, cmap, with_overlay, alpha), params), media_type="image/png")
 
 
 async def _run_job(svc: Service, job, uploads: list[tuple[str, bytes]], cmap: int) -> None:
-    """Each image in turn through the same batcher; a bad image is an error entry, not a failed job."""
+    """Each image in turn through the same batcher, waiting for room (accepted work is never
+    refused for load, nor decoded twice); a bad image is an error entry, not a failed job."""
     job.status = "running"
     try:
         for name, data in uploads:
-            while True:
-                try:
-                    result = await svc.infer(data, name)
-                    job.results.append({"name": name, **await run_in_threadpool(_summary, result, cmap, svc)})
-                    break
-                except ApiError as exc:
-                    if exc.code == "busy":  # accepted work waits for room instead of failing
-                        await asyncio.sleep(0.05)
-                        continue
-                    job.results.append({"name": name, "error": {"status": exc.status, "code": exc.code,
-                                                                "message": exc.message}})
-                    break
+            try:
+                result = await svc.infer(data, name, wait=True)
+                job.results.append({"name": name, **await run_in_threadpool(_summary, result, cmap, svc)})
+            except ApiError as exc:
+                job.results.append({"name": name, "error": {"status": exc.status, "code": exc.code,
+                                                            "message": exc.message}})
             job.completed += 1
         svc.jobs.finish(job)
     except Exception as exc:  # pragma: no cover - defensive: a job never dies silently

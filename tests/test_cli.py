@@ -23,3 +23,15 @@ def test_missing_extra_names_the_install(monkeypatch, tmp_path):
     result = CliRunner().invoke(main, ["bulk", str(tmp_path), str(tmp_path / "out")])
     assert result.exit_code == 1
     assert "this command needs the 'ray' extra (ray not installed): pip install 'midas-onnx[ray]'" in result.output
+
+
+def test_every_error_is_one_error_line(tmp_path):
+    """Ours and click's alike: `error: ...` (usage errors add the usage and --help lines)."""
+    ours = CliRunner().invoke(main, ["info", str(tmp_path / "absent.onnx")])
+    assert ours.exit_code == 1
+    assert ours.output == f"error: model file not found: {tmp_path / 'absent.onnx'}. Export one with `midas-onnx export`.\n"
+    usage = CliRunner().invoke(main, ["heatmap"], prog_name="midas-onnx")
+    assert usage.exit_code == 2
+    assert usage.output.splitlines()[-1] == "error: Missing argument 'INPUTS...'."
+    assert "Try 'midas-onnx heatmap --help' for help." in usage.output
+    assert "Error:" not in ours.output + usage.output

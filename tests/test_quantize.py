@@ -182,3 +182,21 @@ def test_real_checkpoint_int8_fidelity_bars(real_checkpoint, tmp_path, calib_dir
         res = quantize_model(fp32, tmp_path / "real.int8.onnx", PRESETS["static"], calib_dir, eval_dir, latency_runs=3)
     f = res.report["fidelity_vs_fp32"]
     assert f["mean_delta1"] >= 0.98 and f["mean_absrel"] <= 0.03, f
+
+
+def test_cli_warns_before_the_work_and_shows_progress(tmp_path, fixed_model, calib_dir, eval_dir):
+    """The few-images warning comes first, then a progress bar, then the report."""
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    out = tmp_path / "w.int8.onnx"
+    proc = subprocess.run([sys.executable, "-m", "midas_onnx", "quantize", "--int8", str(fixed_model), "--calibration",
+                           str(calib_dir), "--eval", str(eval_dir), "-o", str(out), "--threads", "2"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    warning = proc.stderr.index("warning: calibrating on 9 images; use at least 32")
+    assert warning < proc.stderr.index("calibrating:") < proc.stderr.rindex("9/9")
+    assert "Collecting tensor data" not in proc.stdout
+    assert proc.stdout.startswith("int8-static model:") and "report:" in proc.stdout

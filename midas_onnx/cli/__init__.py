@@ -7,6 +7,7 @@ install use ``heatmap``/``info`` without torch: ``export`` imports torch only wh
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
@@ -33,6 +34,24 @@ class LazyGroup(click.Group):
             return None
         module = importlib.import_module(f"{__name__}.{COMMANDS[name][0]}")
         return module.command
+
+    def main(self, *args, **kwargs):
+        """Every error, ours or click's, as one ``error: ...`` line (a usage error adds the
+        usage line and the --help hint), exit status 1 (2 for usage errors)."""
+        kwargs.pop("standalone_mode", None)
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                click.echo(exc.ctx.get_usage(), err=True)
+                click.echo(f"Try '{exc.ctx.command_path} --help' for help.", err=True)
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]

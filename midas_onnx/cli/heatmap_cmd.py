@@ -10,6 +10,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .common import MODEL_HELP, default_model, friendly_errors
 
@@ -22,8 +23,10 @@ PROGRESS_MIN_ITEMS = 5  # fewer items than this: no progress bar, just the summa
               help="Folder for the results (created if needed).")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP)
 @click.option("--colormap", default="inferno", show_default=True, help="Any OpenCV colormap name (turbo, magma, jet, ...).")
-@click.option("--save-depth", is_flag=True, help="Also write the depth as a 16-bit PNG (<name>.depth.png).")
-@click.option("--overlay", is_flag=True, help="Also write the heatmap blended over the photo (<name>.overlay.png).")
+@click.option("--save-depth", is_flag=True,
+              help="Also write the depth as a 16-bit PNG (<name>.depth.png; videos: <name>.depth/ of 16-bit PNG frames).")
+@click.option("--overlay", is_flag=True,
+              help="Also write the heatmap blended over the photo (<name>.overlay.png; videos: <name>.overlay.mp4).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files (they are skipped otherwise).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Images in flight, each through the whole pipeline (default: one per CPU).")
@@ -41,15 +44,17 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap:
       photos/x/a.png -> OUTPUT/x/a.png.heatmap.png
       clip.mp4 -> OUTPUT/clip.mp4.heatmap.mp4    (frames streamed, never all in memory)
     A corrupt, empty or oversized file is reported by name and skipped; the exit status is
-    then 1. Existing outputs are kept unless --force.
+    then 1. Existing outputs are kept unless --force. Files inside OUTPUT are never inputs.
     """
     from runtime import DepthHeatmapper, images
     from runtime.outputs import common_root, expand_inputs, is_video
 
     with friendly_errors():
-        files, unmatched = expand_inputs(inputs)
-        for spec in unmatched:
-            click.echo(f"error: {spec}: no such file, or no images matched", err=True)
+        files, problems = expand_inputs(inputs, exclude=outdir)
+        for message in problems:
+            click.echo(f"error: {message}", err=True)
+        if not files:
+            raise click.ClickException("no input files")
         model = default_model(model)
         workers = workers or len(os.sched_getaffinity(0))
         if threads is None and workers > 1:
@@ -62,13 +67,15 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap:
     started = time.perf_counter()
     stills = [f for f in files if not is_video(f)]
     job.run_images(stills)
+    image_seconds = time.perf_counter() - started
     for video in (f for f in files if is_video(f)):
         job.run_video(video)
     elapsed = time.perf_counter() - started
-    rate = job.done / elapsed if elapsed > 0 else 0.0
-    click.echo(f"{job.done} done, {job.skipped} skipped (exist; --force to overwrite), "
-               f"{job.failed + len(unmatched)} failed in {elapsed:.1f} s ({rate:.1f} images/s) -> {outdir}")
-    if job.failed or unmatched or not files:
+    rate = job.images_done / image_seconds if image_seconds > 0 else 0.0
+    videos = f" ({job.videos_done} videos, {job.frames} frames)" if job.videos_done else ""
+    click.echo(f"{job.done} done{videos}, {job.skipped} skipped (exist; --force to overwrite), "
+               f"{job.failed} failed in {elapsed:.1f} s ({rate:.1f} images/s) -> {outdir}")
+    if job.failed or problems:
         sys.exit(1)
 
 
@@ -89,7 +96,12 @@ class _Job:
         self.kinds = ["heatmap"] + (["depth"] if save_depth else []) + (["overlay"] if overlay else [])
         self.force = force
         self.workers = workers
-        self.done = self.skipped = self.failed = 0
+        self.images_done = self.videos_done = self.frames = self.skipped = self.failed = 0
+
+    @property
+    def done(self) -> int:
+        """Files done: each image and each video counts once."""
+        return self.images_done + self.videos_done
 
     def _fail(self, message: str) -> None:
         from tqdm import tqdm
@@ -122,7 +134,7 @@ class _Job:
                 src, future = window.popleft()
                 try:
                     future.result()
-                    self.done += 1
+                    self.images_done += 1
                 except MidasOnnxError as exc:
                     self._fail(str(exc))
                 except OSError as exc:
@@ -139,54 +151,91 @@ class _Job:
             write_atomic(target, render(result, kind))
 
     def run_video(self, src: Path) -> None:
-        """Frame by frame: read, predict, write; memory holds one frame at a time."""
+        """Frame by frame: read, predict, write; memory holds one frame at a time.
+
+        Writes ``<name>.heatmap.mp4``, with ``--overlay`` also ``<name>.overlay.mp4``, and with
+        ``--save-depth`` the lossless depth as ``<name>.depth/``: one 16-bit PNG per frame
+        (``000000.png`` ...) and ``frames.csv`` with each frame's depth range, so
+        ``depth = lo + png / 65535 * (hi - lo)``. Everything is written under temporary names
+        and published only when the whole video decoded: a video that fails partway leaves
+        nothing under its final names (a rerun then redoes it) and counts as failed.
+        """
+        import shutil
+
         import cv2
 
         from runtime.errors import MidasOnnxError
         from runtime.outputs import output_path
+        from runtime.postprocess import depth_range, to_levels
 
-        kind = "overlay" if "overlay" in self.kinds else "heatmap"
-        target = output_path(src, self.root, self.outdir, f".{kind}.mp4")
-        if target.exists() and not self.force:
+        targets = {kind: output_path(src, self.root, self.outdir, suffix) for kind, suffix in
+                   (("heatmap", ".heatmap.mp4"), ("overlay", ".overlay.mp4"), ("depth", ".depth"))
+                   if kind in self.kinds}
+        if not self.force and all(t.exists() for t in targets.values()):
             self.skipped += 1
             return
         capture = cv2.VideoCapture(str(src))
         if not capture.isOpened():
-            self._fail(f"{src}: cannot be opened as a video")
+            self._fail(f"{src}: cannot be opened as a video (not a video, or its header is damaged)")
             return
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
-        frames_total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(target.name + ".partial.mp4")
-        writer = None
-        frames = 0
+        declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0 else None
+        temps = {kind: t.with_name(f".{t.name}.partial{t.suffix}") for kind, t in targets.items()}
+        for t in temps.values():
+            shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+        writers: dict[str, cv2.VideoWriter] = {}
+        ranges: list[str] = ["frame,lo,hi"]
+        frames, error = 0, None
         from tqdm import tqdm
 
         try:
-            with tqdm(total=frames_total, unit="frame", desc=src.name, file=sys.stderr,
-                      disable=(frames_total or 0) < PROGRESS_MIN_ITEMS) as bar:
+            with tqdm(total=declared, unit="frame", desc=src.name, file=sys.stderr,
+                      disable=(declared or 0) < PROGRESS_MIN_ITEMS) as bar:
                 while True:
                     ok, frame = capture.read()
                     if not ok:
                         break
                     result = self.hm.predict(frame)
-                    out = result.overlay() if kind == "overlay" else result.heatmap
-                    if writer is None:
-                        h, w = out.shape[:2]
-                        writer = cv2.VideoWriter(str(partial), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                    writer.write(out)
+                    for kind in ("heatmap", "overlay"):
+                        if kind not in temps:
+                            continue
+                        out = result.heatmap if kind == "heatmap" else result.overlay()
+                        if kind not in writers:
+                            temps[kind].parent.mkdir(parents=True, exist_ok=True)
+                            writers[kind] = cv2.VideoWriter(str(temps[kind]), cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                                            (out.shape[1], out.shape[0]))
+                        writers[kind].write(out)
+                    if "depth" in temps:
+                        lo, hi = depth_range(result.depth)
+                        temps["depth"].mkdir(parents=True, exist_ok=True)
+                        png = to_levels(result.depth, 65535, np.uint16, (lo, hi))
+                        if not cv2.imwrite(str(temps["depth"] / f"{frames:06d}.png"), png):
+                            raise OSError(f"could not write {temps['depth'] / f'{frames:06d}.png'}")
+                        ranges.append(f"{frames},{lo!r},{hi!r}")
                     frames += 1
                     bar.update(1)
         except MidasOnnxError as exc:
-            self._fail(f"{src}: frame {frames}: {exc}")
+            error = f"frame {frames}: {exc}"
+        except OSError as exc:
+            error = f"could not write output ({exc.strerror or exc})"
         finally:
             capture.release()
-            if writer is not None:
-                writer.release()
-        if frames == 0:
-            partial.unlink(missing_ok=True)
-            if not self.failed:
-                self._fail(f"{src}: no decodable video frames")
+            for w in writers.values():
+                w.release()
+        if error is None and frames == 0:
+            error = "no decodable video frames"
+        if error is None and declared is not None and frames < declared - 1:
+            error = f"decoding stopped at frame {frames} of {declared} (damaged or cut short)"
+        if error is not None:
+            for t in temps.values():
+                shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+            self._fail(f"{src}: {error}")
             return
-        partial.replace(target)
-        self.done += frames
+        if "depth" in temps:
+            (temps["depth"] / "frames.csv").write_text("\n".join(ranges) + "\n")
+        for kind, t in temps.items():
+            if targets[kind].is_dir():
+                shutil.rmtree(targets[kind])
+            t.replace(targets[kind])
+        self.videos_done += 1
+        self.frames += frames

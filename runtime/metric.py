@@ -1,0 +1,180 @@
+"""Metric depth from a few known distances.
+
+MiDaS predicts relative inverse depth: right up to an unknown scale and shift. With a few
+pixels whose distance is known (a laser, a tape, a LiDAR return), the scale and shift in
+inverse-depth space (``1 / depth_m ~ scale * prediction + shift``, as the MiDaS paper
+aligns predictions to ground truth) turn the prediction into metres.
+
+Robustness: RANSAC over every pair of points (the minimal sample for two unknowns; all
+pairs, so the result is deterministic), keeping the pair whose line agrees with the most
+points (within ``INLIER_TOLERANCE`` relative error in metres, ties to the lower error), then
+least squares on those points. A wrong point (the tape hit another surface, a LiDAR return
+from glass) is a gross outlier: with few points an M-estimator can still be pulled by two
+of them, while a consensus of at least 3 points rejects them outright.
+
+    from runtime import DepthHeatmapper
+    from runtime.metric import align, metric_depth
+    result = DepthHeatmapper("models/midas_small.int8.onnx").predict("room.jpg")
+    fit = align(result.depth, [(120, 340, 2.5), (610, 300, 4.1), (330, 80, 7.9)])
+    metres = metric_depth(result.depth, fit)        # NaN where the fit gives no distance
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import MidasOnnxError
+
+MIN_POINTS = 3
+INLIER_TOLERANCE = 0.10  # a point agrees with a fit when its metric depth is within 10%
+
+
+class AlignmentError(MidasOnnxError, ValueError):
+    """Known points that are missing, invalid, outside the image, or that no fit agrees with."""
+
+
+@dataclass(frozen=True)
+class Point:
+    x: float
+    y: float
+    depth_m: float
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """``1 / depth_m = scale * prediction + shift``; residual is the RMS error in metres at
+    the points used."""
+
+    scale: float
+    shift: float
+    used: tuple[Point, ...]
+    rejected: tuple[Point, ...]
+    residual_m: float
+    method: str = f"RANSAC over all point pairs (inliers within {INLIER_TOLERANCE:.0%}), then least squares, in inverse depth"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["points_used"] = d.pop("used")
+        d["points_rejected"] = d.pop("rejected")
+        return d
+
+
+def read_points(path: str | Path) -> list[Point]:
+    """Points from a CSV with columns ``x,y,depth_m`` (pixel coordinates, metres)."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames is None or not {"x", "y", "depth_m"} <= set(reader.fieldnames):
+                raise AlignmentError(f"{path}: needs the columns x,y,depth_m (got {reader.fieldnames})")
+            rows = list(reader)
+    except OSError as exc:
+        raise AlignmentError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    points = []
+    for i, row in enumerate(rows, start=2):
+        try:
+            points.append(Point(float(row["x"]), float(row["y"]), float(row["depth_m"])))
+        except (TypeError, ValueError):
+            raise AlignmentError(f"{path}, line {i}: x, y and depth_m must be numbers, got {row}") from None
+    return points
+
+
+def as_points(items: Sequence) -> list[Point]:
+    """Points from (x, y, depth_m) triples or {"x", "y", "depth_m"} mappings (JSON)."""
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, Point):
+                out.append(item)
+            elif isinstance(item, dict):
+                out.append(Point(float(item["x"]), float(item["y"]), float(item["depth_m"])))
+            else:
+                x, y, d = item
+                out.append(Point(float(x), float(y), float(d)))
+        except (KeyError, TypeError, ValueError):
+            raise AlignmentError(f"a known point must be (x, y, depth_m), got {item!r}") from None
+    return out
+
+
+def align(depth: np.ndarray, points: Sequence) -> Alignment:
+    """Fit scale and shift so that ``1 / (scale * depth + shift)`` is metres at the points."""
+    points = as_points(points)
+    if len(points) < MIN_POINTS:
+        raise AlignmentError(f"metric depth needs at least {MIN_POINTS} known points, got {len(points)}")
+    h, w = depth.shape
+    for p in points:
+        if not (math.isfinite(p.x) and math.isfinite(p.y) and 0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
+            raise AlignmentError(f"point ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
+        if not (math.isfinite(p.depth_m) and p.depth_m > 0):
+            raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m must be a positive number, got {p.depth_m:g}")
+    pred = np.array([_sample(depth, p.x, p.y) for p in points], np.float64)
+    target = np.array([1.0 / p.depth_m for p in points], np.float64)
+    metres = np.array([p.depth_m for p in points], np.float64)
+
+    best: tuple[int, float, np.ndarray] | None = None
+    for i, j in itertools.combinations(range(len(points)), 2):
+        fit = _lstsq(pred[[i, j]], target[[i, j]])
+        if fit is None:
+            continue
+        inliers, err = _agreement(fit, pred, metres)
+        if best is None or (inliers.sum(), -err) > (best[0], -best[1]):
+            best = (int(inliers.sum()), err, inliers)
+    if best is None or best[0] < MIN_POINTS:
+        raise AlignmentError(
+            f"the known points do not agree on one scale and shift: at most {0 if best is None else best[0]} of "
+            f"{len(points)} fit within {INLIER_TOLERANCE:.0%}; check them, or add points")
+    keep = best[2]
+    fit = _lstsq(pred[keep], target[keep])
+    if fit is None:
+        raise AlignmentError("the known points all have the same predicted depth; pick points at different distances")
+    scale, shift = fit
+    inverse = scale * pred[keep] + shift
+    if not (inverse > 0).all():
+        raise AlignmentError("the fit gives no positive inverse depth at some known points; check the points")
+    residual = float(np.sqrt(np.mean((1.0 / inverse - metres[keep]) ** 2)))
+    used = tuple(p for p, k in zip(points, keep, strict=True) if k)
+    rejected = tuple(p for p, k in zip(points, keep, strict=True) if not k)
+    return Alignment(float(scale), float(shift), used, rejected, residual)
+
+
+def metric_depth(depth: np.ndarray, fit: Alignment) -> np.ndarray:
+    """Metres per pixel (float32); NaN where the fitted inverse depth is not positive (never a
+    negative or infinite distance)."""
+    inverse = depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(inverse > 0, np.float32(1.0) / inverse, np.float32(np.nan))
+    return out.astype(np.float32, copy=False)
+
+
+def _sample(depth: np.ndarray, x: float, y: float) -> float:
+    """Bilinear sample at pixel coordinates (x right, y down; integers are pixel centres)."""
+    x0, y0 = int(math.floor(x)), int(math.floor(y))
+    x1, y1 = min(x0 + 1, depth.shape[1] - 1), min(y0 + 1, depth.shape[0] - 1)
+    fx, fy = x - x0, y - y0
+    top = depth[y0, x0] * (1 - fx) + depth[y0, x1] * fx
+    bottom = depth[y1, x0] * (1 - fx) + depth[y1, x1] * fx
+    return float(top * (1 - fy) + bottom * fy)
+
+
+def _lstsq(pred: np.ndarray, target: np.ndarray) -> tuple[float, float] | None:
+    if np.ptp(pred) <= 1e-12 * max(1.0, float(np.abs(pred).max())):
+        return None
+    a = np.stack([pred, np.ones_like(pred)], axis=1)
+    (scale, shift), *_ = np.linalg.lstsq(a, target, rcond=None)
+    return float(scale), float(shift)
+
+
+def _agreement(fit: tuple[float, float], pred: np.ndarray, metres: np.ndarray) -> tuple[np.ndarray, float]:
+    """Which points the fit explains within the tolerance, and its mean relative error there."""
+    inverse = fit[0] * pred + fit[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(inverse > 0, np.abs(1.0 / inverse - metres) / metres, np.inf)
+    inliers = rel <= INLIER_TOLERANCE
+    return inliers, float(rel[inliers].mean()) if inliers.any() else math.inf
