@@ -17,10 +17,11 @@ from typing import Iterator
 import numpy as np
 import pyarrow.fs as pafs
 
+from runtime.depth_files import FORMATS, check_format, encode_depth
 from runtime.outputs import IMAGE_EXTENSIONS, render
 
 MANIFEST = "manifest.jsonl"
-DEPTH_MODES = ("none", "png16", "npy")
+DEPTH_MODES = ("none", "png16", "npy", "pfm", "exr")  # as `heatmap --save-depth` (runtime.depth_files)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class BulkSettings:
     def __post_init__(self) -> None:
         if self.save_depth not in DEPTH_MODES:
             raise ValueError(f"save_depth must be one of {DEPTH_MODES}, got {self.save_depth!r}")
+        if self.save_depth != "none":
+            check_format(self.save_depth)  # e.g. EXR where OpenCV cannot write it: said before Ray starts
         if self.batch_size < 1 or self.threads_per_worker < 1 or (self.workers is not None and self.workers < 1):
             raise ValueError("batch_size, threads_per_worker and workers must be >= 1")
 
@@ -96,10 +99,8 @@ def outputs_for(rel: str, out_root: str, save_depth: str) -> dict[str, str]:
     """Mirror of the input's relative path, full name kept: ``x/a.jpg`` -> ``OUT/x/a.jpg.heatmap.png``."""
     base = f"{out_root.rstrip('/')}/{rel}"
     outs = {"heatmap": base + ".heatmap.png"}
-    if save_depth == "png16":
-        outs["depth"] = base + ".depth.png"
-    elif save_depth == "npy":
-        outs["depth"] = base + ".depth.npy"
+    if save_depth != "none":
+        outs["depth"] = base + FORMATS[save_depth][0]
     return outs
 
 
@@ -136,14 +137,8 @@ class HeatmapWorker:
         try:
             result = self.hm.predict(images.decode(bytes(data), path, self.hm.max_pixels))
             self._write(outs["heatmap"], render(result, "heatmap"))
-            if self.save_depth == "png16":
-                self._write(outs["depth"], render(result, "depth"))
-            elif self.save_depth == "npy":
-                import io
-
-                buf = io.BytesIO()
-                np.save(buf, result.depth)
-                self._write(outs["depth"], buf.getvalue())
+            if self.save_depth != "none":
+                self._write(outs["depth"], encode_depth(result.depth, self.save_depth))
         except (MidasOnnxError, OSError) as exc:
             row.update(status="failed", error=str(exc), outputs="[]")
         row["seconds"] = time.perf_counter() - t0

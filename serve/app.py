@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import threading
 import time
@@ -35,7 +36,10 @@ from .jobs import JobStore, TooManyJobs
 
 log = logging.getLogger("midas_onnx.serve")
 access_log = logging.getLogger("midas_onnx.access")
-FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png"}
+# ?format= -> content type; depth16/npy/pfm/exr are depth files (runtime.depth_files).
+FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png", "npy": "application/x-npy",
+           "pfm": "image/x-portable-floatmap", "exr": "image/x-exr"}
+DEPTH_FORMATS = {"depth16": "png16", "npy": "npy", "pfm": "pfm", "exr": "exr"}
 
 
 @dataclass(frozen=True)
@@ -227,17 +231,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.post("/v1/depth", responses={200: {"content": {"image/png": {}, "application/json": {}}}})
     async def depth(request: Request, format: str | None = None, colormap: str | None = None,
-                    overlay: bool = False, alpha: float = 0.5) -> Response:
-        """One image (multipart field ``file`` or the raw body) -> heatmap PNG, JSON or 16-bit depth PNG.
+                    overlay: bool = False, alpha: float = 0.5, known_depths: str | None = None) -> Response:
+        """One image (multipart field ``file`` or the raw body) -> heatmap PNG, JSON, or a depth
+        file: ``depth16`` (16-bit PNG, normalised), ``npy``/``pfm`` (float32), ``exr``.
 
-        The format comes from ``?format=png|json|depth16``, else from ``Accept``."""
+        The format comes from ``?format=``, else from ``Accept``. ``?known_depths=`` (JSON list
+        of ``[x, y, depth_m]`` or ``{"x", "y", "depth_m"}``) turns float depth into metres and
+        adds the fit to the JSON."""
         svc.require_ready()  # a service that cannot answer says so first
         fmt = _choose_format(format, request.headers.get("accept", ""))
         cmap = _check_render(colormap or settings.colormap, alpha)
+        points = _parse_points(known_depths, fmt)
         uploads = await _read_images(request, settings, max_count=1)
         name, data = uploads[0]
         result = await svc.infer(data, name, request)
-        return await run_in_threadpool(_render, result, fmt, cmap, overlay, alpha, svc)
+        return await run_in_threadpool(_render, result, fmt, cmap, overlay, alpha, svc, points)
 
     @app.post("/v1/jobs", status_code=202)
     async def create_job(request: Request, colormap: str | None = None) -> JSONResponse:
@@ -362,13 +370,46 @@ def _summary(result, cmap: int, svc: Service) -> dict:
             "heatmap_png_base64": base64.b64encode(encode_png(result.colorized(cmap), PNG_PARAMS["heatmap"])).decode()}
 
 
-def _render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, svc: Service) -> Response:
-    if fmt == "depth16":
-        return Response(render(result, "depth"), media_type="image/png")
+def _parse_points(text: str | None, fmt: str):
+    if text is None:
+        return None
+    from runtime.metric import as_points
+
+    if fmt in ("png", "depth16"):
+        raise ApiError(422, "bad_format", "known_depths gives metres: ask for format=json, npy, pfm or exr")
+    try:
+        return as_points(json.loads(text))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise ApiError(422, "bad_known_depths", f"known_depths must be a JSON list of [x, y, depth_m]: {exc}") from None
+    except MidasOnnxError as exc:
+        raise ApiError(422, "bad_known_depths", str(exc)) from None
+
+
+def _render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, svc: Service, points=None) -> Response:
+    from runtime.depth_files import encode_depth
+    from runtime.metric import align, metric_depth
+
+    depth, fit = result.depth, None
+    if points is not None:
+        try:
+            fit = align(result.depth, points)
+        except MidasOnnxError as exc:
+            raise ApiError(422, "bad_known_depths", str(exc)) from None
+        depth = metric_depth(result.depth, fit)
+    if fmt in DEPTH_FORMATS:
+        try:
+            return Response(encode_depth(depth, DEPTH_FORMATS[fmt]), media_type=FORMATS[fmt])
+        except MidasOnnxError as exc:
+            raise ApiError(422, "format_unavailable", str(exc)) from None
     if fmt == "json":
         body = _summary(result, cmap, svc)
         if with_overlay:
             body["overlay_png_base64"] = base64.b64encode(encode_png(_heatmap(result, cmap, True, alpha))).decode()
+        if fit is not None:
+            finite = depth[np.isfinite(depth)]
+            body["alignment"] = fit.to_dict()
+            body["metric_depth_m"] = ({"min": float(finite.min()), "max": float(finite.max()),
+                                       "median": float(np.median(finite))} if finite.size else None)
         return JSONResponse(body)
     params = PNG_PARAMS["overlay" if with_overlay else "heatmap"]
     return Response(encode_png(_heatmap(result, cmap, with_overlay, alpha), params), media_type="image/png")

@@ -68,9 +68,17 @@ def test_local_run_rerun_and_force(collection, tmp_path, fixed_model, photo_set)
 
 def test_outputs_match_the_heatmap_command(collection, tmp_path, fixed_model):
     bulk_out, cli_out = tmp_path / "bulk", tmp_path / "cli"
-    bulk(str(collection), str(bulk_out), "--model", str(fixed_model), "--batch-size", "3", "--colormap", "turbo")
+    bulk(str(collection), str(bulk_out), "--model", str(fixed_model), "--batch-size", "3", "--colormap", "turbo",
+         "--save-depth", "pfm")
     subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(collection), "-o", str(cli_out),
-                    "--model", str(fixed_model), "--colormap", "turbo"], cwd=REPO, capture_output=True)
+                    "--model", str(fixed_model), "--colormap", "turbo", "--save-depth", "pfm"], cwd=REPO, capture_output=True)
+    # float depth: the same file format from both, the same values
+    from runtime.depth_files import read_pfm
+
+    pfms = sorted(p.relative_to(bulk_out) for p in bulk_out.rglob("*.depth.pfm"))
+    assert pfms == sorted(p.relative_to(cli_out) for p in cli_out.rglob("*.depth.pfm")) and len(pfms) == 5
+    for rel in pfms:
+        np.testing.assert_allclose(read_pfm(bulk_out / rel)[0], read_pfm(cli_out / rel)[0], rtol=0, atol=1e-5)
     made = sorted(p.relative_to(bulk_out) for p in bulk_out.rglob("*.heatmap.png"))
     assert made == sorted(p.relative_to(cli_out) for p in cli_out.rglob("*.heatmap.png"))
     assert len(made) == 5

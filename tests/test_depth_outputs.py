@@ -107,7 +107,7 @@ def synthetic_scene(seed: int = 0):
     h, w = 120, 160
     yy, xx = np.mgrid[0:h, 0:w]
     metres = (1.5 + 6.0 * (1 - yy / h) + 0.5 * np.sin(xx / 20)).astype(np.float64)
-    prediction = ((1 / metres - 0.05) / 0.2 + rng.normal(0, 0.002, metres.shape)).astype(np.float32)
+    prediction = ((1 / metres - 0.05) / 0.2 + rng.normal(0, 0.0005, metres.shape)).astype(np.float32)
     xy = rng.integers([0, 0], [w, h], (10, 2))
     points = [(int(x), int(y), float(metres[y, x])) for x, y in xy]
     points[2] = (points[2][0], points[2][1], points[2][2] * 3.0)  # the tape hit the wall behind
@@ -143,7 +143,8 @@ def test_alignment_errors():
 
 def test_pixels_without_a_positive_fitted_inverse_depth_become_nan():
     prediction = np.linspace(0, 1, 100, dtype=np.float32).reshape(10, 10)
-    points = [(9, 9, 1.0), (5, 5, 1.8), (9, 5, 1.3)]
+    # 1 / depth_m = 1.2 * prediction - 0.2: no positive inverse depth below prediction 1/6
+    points = [(x, y, 1 / (1.2 * prediction[y, x] - 0.2)) for x, y in [(9, 9), (5, 5), (9, 5), (2, 7)]]
     fit = align(prediction, points)
     assert fit.shift < 0  # inverse depth crosses zero near prediction 0
     got = metric_depth(prediction, fit)
@@ -170,7 +171,10 @@ def test_known_depths_from_the_cli(tmp_path, fixed_model, photo_file):
     assert len(report["points_used"]) == 5 and len(report["points_rejected"]) == 1
     assert report["scale"] == pytest.approx(0.5, rel=1e-3) and report["shift"] == pytest.approx(0.4, rel=1e-3)
     metres = read_pfm(out / "coffee.jpg.depth.pfm")[0]
-    np.testing.assert_allclose(metres, 1 / (0.5 * rel + 0.4), rtol=1e-3)
+    inverse = 0.5 * rel + 0.4
+    valid = inverse > 1e-3
+    np.testing.assert_allclose(1 / metres[valid], inverse[valid], rtol=1e-3, atol=1e-5)  # compared as inverse depth
+    assert np.isnan(metres[inverse <= -1e-3]).all()  # no positive inverse depth: NaN, never a negative distance
     heat = cv2.imread(str(out / "coffee.jpg.heatmap.png"))
     np.testing.assert_array_equal(heat, hm.predict(photo_file).heatmap)  # the heatmap is unchanged
     bad = run_cli("heatmap", str(photo_file), "-o", str(out), "--model", str(fixed_model), "--known-depths", str(csv),

@@ -303,3 +303,41 @@ def test_each_result_is_colorized_once(fixed_model, photo_set, monkeypatch):
         calls.clear()
         r = httpx.post(base + "/v1/depth?format=depth16", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
         assert r.status_code == 200 and calls == []
+
+
+def test_depth_files_and_known_depths_over_http(fixed_model, photo_set, tmp_path):
+    from runtime import DepthHeatmapper
+    from runtime.depth_files import read_pfm
+
+    data = jpeg(photo_set["coffee"])
+    rel = DepthHeatmapper(fixed_model).predict(data).depth
+    with live_app(ServeSettings(model=fixed_model, threads=1, access_log=False)) as (base, svc):
+        post = lambda query: httpx.post(base + "/v1/depth" + query, content=data,  # noqa: E731
+                                        headers={"content-type": "image/jpeg"}, timeout=60)
+        npy = post("?format=npy")
+        assert npy.status_code == 200 and npy.headers["content-type"] == "application/x-npy"
+        import io
+
+        np.testing.assert_array_equal(np.load(io.BytesIO(npy.content)), rel)
+        pfm = post("?format=pfm")
+        assert pfm.headers["content-type"] == "image/x-portable-floatmap"
+        (tmp_path / "d.pfm").write_bytes(pfm.content)
+        np.testing.assert_array_equal(read_pfm(tmp_path / "d.pfm")[0], rel)
+        # known points in metres (made with scale 0.5, shift 0.4 in inverse depth) -> a fit and metres
+        points = [[x, y, 1 / (0.5 * float(rel[y, x]) + 0.4)] for x, y in [(50, 40), (300, 200), (550, 350), (100, 300)]]
+        import json
+
+        j = post("?format=json&known_depths=" + json.dumps(points))
+        assert j.status_code == 200, j.text
+        body = j.json()
+        assert body["alignment"]["scale"] == pytest.approx(0.5, rel=1e-3) and len(body["alignment"]["points_used"]) == 4
+        assert body["metric_depth_m"]["min"] > 0
+        metres = np.load(io.BytesIO(post("?format=npy&known_depths=" + json.dumps(points)).content))
+        valid = np.isfinite(metres)
+        np.testing.assert_allclose(1 / metres[valid], (0.5 * rel + 0.4)[valid], rtol=1e-3, atol=1e-5)
+        bad = post("?format=npy&known_depths=" + json.dumps(points[:2]))
+        assert bad.status_code == 422 and "at least 3 known points" in bad.json()["error"]["message"]
+        assert post("?format=depth16&known_depths=" + json.dumps(points)).status_code == 422
+        if not cv2.haveImageWriter(".exr"):
+            exr = post("?format=exr")
+            assert exr.status_code == 422 and "OPENCV_IO_ENABLE_OPENEXR=1" in exr.json()["error"]["message"]

@@ -18,7 +18,8 @@ from .common import MODEL_HELP, default_model, friendly_errors, require_extra
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Inference actors (default: cluster CPUs / threads).")
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--save-depth", type=click.Choice(["none", "png16", "npy"]), default="none", show_default=True)
+@click.option("--save-depth", type=click.Choice(["none", "png16", "npy", "pfm", "exr"]), default="none", show_default=True,
+              help="Also write the depth: png16 (16-bit, normalised), npy or pfm (float32), exr.")
 @click.option("--colormap", default="inferno", show_default=True)
 @click.option("--force", is_flag=True, help="Redo inputs whose outputs exist (they are skipped otherwise).")
 def command(inputs: str, output: str, model: str, address: str | None, workers: int | None, threads_per_worker: int,

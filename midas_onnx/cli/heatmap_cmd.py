@@ -7,6 +7,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,8 +24,21 @@ PROGRESS_MIN_ITEMS = 5  # fewer items than this: no progress bar, just the summa
               help="Folder for the results (created if needed).")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP)
 @click.option("--colormap", default="inferno", show_default=True, help="Any OpenCV colormap name (turbo, magma, jet, ...).")
-@click.option("--save-depth", is_flag=True,
-              help="Also write the depth as a 16-bit PNG (<name>.depth.png; videos: <name>.depth/ of 16-bit PNG frames).")
+@click.option("--save-depth", type=click.Choice(["png16", "npy", "pfm", "exr"]), is_flag=False, flag_value="png16",
+              default=None, help="Also write the depth: png16 (the default of a bare --save-depth: 16-bit, "
+                                 "normalised), npy or pfm (float32, exact), exr (where OpenCV has the codec). "
+                                 "<name>.depth.<ext>; videos: a <name>.depth/ folder of frames.")
+@click.option("--known-depths", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="CSV of x,y,depth_m (pixels, metres): depth files and point clouds hold metres, fitted "
+                   "to these points; <name>.align.json records the fit. Applies to every image.")
+@click.option("--save-ply", is_flag=True, help="Also write a coloured point cloud, <name>.ply (binary PLY).")
+@click.option("--ply-step", type=click.IntRange(min=1), default=1, show_default=True,
+              help="One point per N pixels in x and y.")
+@click.option("--fov", type=click.FloatRange(0, 180, min_open=True, max_open=True), default=None,
+              help="Horizontal field of view in degrees, for point clouds (default 60).")
+@click.option("--intrinsics", default=None, help="Camera intrinsics fx,fy,cx,cy in pixels, for point clouds.")
+@click.option("--normalize", type=click.Choice(["video", "frame"]), default="video", show_default=True,
+              help="Videos: colour range carried across frames (steady colours) or each frame's own min/max.")
 @click.option("--overlay", is_flag=True,
               help="Also write the heatmap blended over the photo (<name>.overlay.png; videos: <name>.overlay.mp4).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files (they are skipped otherwise).")
@@ -33,8 +47,10 @@ PROGRESS_MIN_ITEMS = 5  # fewer items than this: no progress bar, just the summa
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Inference threads per image (default: 1 with several workers; all cores with one).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images (default 100,000,000).")
-def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap: str, save_depth: bool,
-            overlay: bool, force: bool, workers: int | None, threads: int | None, max_pixels: int | None) -> None:
+def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap: str, save_depth: str | None,
+            known_depths: Path | None, save_ply: bool, ply_step: int, fov: float | None, intrinsics: str | None,
+            normalize: str, overlay: bool, force: bool, workers: int | None, threads: int | None,
+            max_pixels: int | None) -> None:
     """Write a depth heatmap for every image in INPUTS (files, folders, globs) and every video.
 
     \b
@@ -50,6 +66,7 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap:
     from runtime.outputs import common_root, expand_inputs, is_video
 
     with friendly_errors():
+        outputs = _Outputs.make(save_depth, known_depths, save_ply, ply_step, fov, intrinsics, overlay)
         files, problems = expand_inputs(inputs, exclude=outdir)
         for message in problems:
             click.echo(f"error: {message}", err=True)
@@ -63,7 +80,7 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap:
                              max_pixels=max_pixels or images.MAX_PIXELS)
     click.echo(f"model: {model} ({hm.info.precision}, input {hm.info.input_size_text}); "
                f"{workers} worker{'s' * (workers > 1)} x {threads or 'all'} thread{'s' * (threads != 1)}", err=True)
-    job = _Job(hm, common_root(files), outdir, save_depth, overlay, force, workers)
+    job = _Job(hm, common_root(files), outdir, outputs, normalize, force, workers)
     started = time.perf_counter()
     stills = [f for f in files if not is_video(f)]
     job.run_images(stills)
@@ -79,6 +96,74 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, colormap:
         sys.exit(1)
 
 
+@dataclass(frozen=True)
+class _Outputs:
+    """What to write for each input, checked before any work starts."""
+
+    depth: str | None = None
+    points: tuple | None = None  # known depths: metric outputs
+    ply: bool = False
+    ply_step: int = 1
+    fov: float | None = None
+    intrinsics: object | None = None
+    overlay: bool = False
+
+    @classmethod
+    def make(cls, depth, known_depths, ply, ply_step, fov, intrinsics, overlay) -> "_Outputs":
+        from runtime.depth_files import check_format
+        from runtime.metric import read_points
+        from runtime.pointcloud import Intrinsics
+
+        if depth is not None:
+            check_format(depth)
+        points = None
+        if known_depths is not None:
+            points = tuple(read_points(known_depths))
+            if depth == "png16":
+                raise click.UsageError("png16 depth is normalised per image and cannot hold metres; "
+                                       "use --save-depth npy, pfm or exr with --known-depths")
+            depth = depth or "npy"  # metres need a float format
+        if fov is not None and intrinsics is not None:
+            raise click.UsageError("--fov and --intrinsics are alternatives; give one")
+        return cls(depth, points, ply, ply_step, fov, Intrinsics.parse(intrinsics) if intrinsics else None, overlay)
+
+    def kinds(self) -> dict[str, str]:
+        """kind -> file suffix after the input's full name."""
+        from runtime.depth_files import FORMATS
+
+        kinds = {"heatmap": ".heatmap.png"}
+        if self.depth:
+            kinds["depth"] = FORMATS[self.depth][0]
+        if self.overlay:
+            kinds["overlay"] = ".overlay.png"
+        if self.points is not None:
+            kinds["align"] = ".align.json"
+        if self.ply:
+            kinds["ply"] = ".ply"
+        return kinds
+
+    def render(self, result, kind: str) -> bytes:
+        """One output file's bytes; metric when known depths were given."""
+        import json
+
+        from runtime.depth_files import encode_depth
+        from runtime.metric import align, metric_depth
+        from runtime.outputs import render
+        from runtime.pointcloud import Intrinsics, ply_bytes
+
+        if kind in ("heatmap", "overlay"):
+            return render(result, kind)
+        fit = align(result.depth, self.points) if self.points is not None else None
+        depth = metric_depth(result.depth, fit) if fit is not None else result.depth
+        if kind == "depth":
+            return encode_depth(depth, self.depth)
+        if kind == "align":
+            return (json.dumps(fit.to_dict(), indent=2) + "\n").encode()
+        h, w = depth.shape
+        cam = self.intrinsics or Intrinsics.from_fov(w, h, self.fov or 60.0)
+        return ply_bytes(depth, result.image, cam, self.ply_step, metric=fit is not None)
+
+
 class _Job:
     """Whole images in parallel: each worker thread reads, decodes, pre-processes, infers,
     colours and encodes one image, and the session (one, shared) runs each call on the
@@ -90,10 +175,11 @@ class _Job:
     at every layer while the other stages fought it for the same two cores.
     """
 
-    def __init__(self, hm, root: Path, outdir: Path, save_depth: bool, overlay: bool, force: bool,
-                 workers: int = 1) -> None:
+    def __init__(self, hm, root: Path, outdir: Path, outputs: _Outputs, normalize: str = "video",
+                 force: bool = False, workers: int = 1) -> None:
         self.hm, self.root, self.outdir = hm, root, outdir
-        self.kinds = ["heatmap"] + (["depth"] if save_depth else []) + (["overlay"] if overlay else [])
+        self.outputs = outputs
+        self.normalize = normalize
         self.force = force
         self.workers = workers
         self.images_done = self.videos_done = self.frames = self.skipped = self.failed = 0
@@ -117,7 +203,7 @@ class _Job:
 
         todo = []
         for src in files:
-            targets = {k: output_path(src, self.root, self.outdir, k) for k in self.kinds}
+            targets = {k: output_path(src, self.root, self.outdir, suffix) for k, suffix in self.outputs.kinds().items()}
             if not self.force and all(t.exists() for t in targets.values()):
                 self.skipped += 1
             else:
@@ -144,33 +230,39 @@ class _Job:
 
     def _one(self, src: Path, targets: dict[str, Path]) -> None:
         from runtime.files import write_atomic
-        from runtime.outputs import render
 
         result = self.hm.predict(src)
+        payloads = {kind: self.outputs.render(result, kind) for kind in targets}  # all, before any is written
         for kind, target in targets.items():
-            write_atomic(target, render(result, kind))
+            write_atomic(target, payloads[kind])
 
     def run_video(self, src: Path) -> None:
         """Frame by frame: read, predict, write; memory holds one frame at a time.
 
         Writes ``<name>.heatmap.mp4``, with ``--overlay`` also ``<name>.overlay.mp4``, and with
-        ``--save-depth`` the lossless depth as ``<name>.depth/``: one 16-bit PNG per frame
-        (``000000.png`` ...) and ``frames.csv`` with each frame's depth range, so
-        ``depth = lo + png / 65535 * (hi - lo)``. Everything is written under temporary names
-        and published only when the whole video decoded: a video that fails partway leaves
-        nothing under its final names (a rerun then redoes it) and counts as failed.
+        ``--save-depth`` the depth as ``<name>.depth/``: one file per frame (``000000.png`` ...;
+        png16 adds ``frames.csv`` with each frame's depth range, so ``depth = lo + png / 65535 *
+        (hi - lo)``; npy and pfm hold the float depth itself). Colours follow ``--normalize``:
+        ``video`` maps every frame through one range that carries across frames (no pumping),
+        ``frame`` through each frame's own min and max. Everything is written under temporary
+        names and published only when the whole video decoded: a video that fails partway
+        leaves nothing under its final names (a rerun then redoes it) and counts as failed.
         """
         import shutil
 
         import cv2
 
+        from runtime.depth_files import FORMATS, encode_depth
         from runtime.errors import MidasOnnxError
         from runtime.outputs import output_path
-        from runtime.postprocess import depth_range, to_levels
+        from runtime.postprocess import SteadyRange, colorize, depth_range, overlay
 
-        targets = {kind: output_path(src, self.root, self.outdir, suffix) for kind, suffix in
-                   (("heatmap", ".heatmap.mp4"), ("overlay", ".overlay.mp4"), ("depth", ".depth"))
-                   if kind in self.kinds}
+        suffixes = {"heatmap": ".heatmap.mp4"}
+        if self.outputs.overlay:
+            suffixes["overlay"] = ".overlay.mp4"
+        if self.outputs.depth:
+            suffixes["depth"] = ".depth"
+        targets = {kind: output_path(src, self.root, self.outdir, suffix) for kind, suffix in suffixes.items()}
         if not self.force and all(t.exists() for t in targets.values()):
             self.skipped += 1
             return
@@ -185,6 +277,8 @@ class _Job:
             shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
         writers: dict[str, cv2.VideoWriter] = {}
         ranges: list[str] = ["frame,lo,hi"]
+        steady = SteadyRange() if self.normalize == "video" else None
+        frame_suffix = FORMATS[self.outputs.depth][0].removeprefix(".depth") if self.outputs.depth else ""
         frames, error = 0, None
         from tqdm import tqdm
 
@@ -196,21 +290,22 @@ class _Job:
                     if not ok:
                         break
                     result = self.hm.predict(frame)
+                    heat = (colorize(result.depth, result.colormap, steady.update(result.depth))
+                            if steady is not None else result.heatmap)
                     for kind in ("heatmap", "overlay"):
                         if kind not in temps:
                             continue
-                        out = result.heatmap if kind == "heatmap" else result.overlay()
+                        out = heat if kind == "heatmap" else overlay(result.image, heat)
                         if kind not in writers:
                             temps[kind].parent.mkdir(parents=True, exist_ok=True)
                             writers[kind] = cv2.VideoWriter(str(temps[kind]), cv2.VideoWriter_fourcc(*"mp4v"), fps,
                                                             (out.shape[1], out.shape[0]))
                         writers[kind].write(out)
                     if "depth" in temps:
-                        lo, hi = depth_range(result.depth)
                         temps["depth"].mkdir(parents=True, exist_ok=True)
-                        png = to_levels(result.depth, 65535, np.uint16, (lo, hi))
-                        if not cv2.imwrite(str(temps["depth"] / f"{frames:06d}.png"), png):
-                            raise OSError(f"could not write {temps['depth'] / f'{frames:06d}.png'}")
+                        (temps["depth"] / f"{frames:06d}{frame_suffix}").write_bytes(
+                            encode_depth(result.depth, self.outputs.depth))
+                        lo, hi = depth_range(result.depth)
                         ranges.append(f"{frames},{lo!r},{hi!r}")
                     frames += 1
                     bar.update(1)
@@ -231,7 +326,7 @@ class _Job:
                 shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
             self._fail(f"{src}: {error}")
             return
-        if "depth" in temps:
+        if self.outputs.depth == "png16":
             (temps["depth"] / "frames.csv").write_text("\n".join(ranges) + "\n")
         for kind, t in temps.items():
             if targets[kind].is_dir():
