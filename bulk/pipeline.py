@@ -1,27 +1,59 @@
-"""Whole collections to depth maps on Ray Data: embedded local Ray by default, a cluster with
-``address``. Ray Data reads the files; a pool of actors, each holding one ``DepthHeatmapper``
-(session created once per actor), decodes, infers and writes; the driver collects one
-manifest row per input.
+"""Whole collections to depth maps on Ray Data: a fresh embedded local Ray by default, a
+cluster with ``address``.
+
+What moves: the object store carries input *paths* (local files the workers can read, or
+URIs any node opens through pyarrow); bytes are shipped through Ray only for local inputs on
+a cluster without a shared filesystem (``ship_bytes``). A pool of actors, each holding one
+``DepthHeatmapper`` (session made once per actor), runs the runtime's own pipeline: reads and
+decodes in a small thread pool, one session call per network shape for each batch
+(``predict_batch``), colouring and encoding in the thread pool again.
+
+What survives: the driver appends every finished row to ``OUTPUT/manifest.jsonl`` and
+flushes it as batches finish, so a killed driver leaves every finished input recorded; the
+end of a run rewrites it atomically with one row per input. ``OUTPUT/job.json`` records the
+model's sha256 and the output settings; a rerun with other ones is refused (``--force`` redoes
+everything), so old and new outputs never mix.
+
+What is bounded: a batch whose worker dies (a crash, out of memory) is retried
+``TASK_RETRIES`` times; its inputs are then tried one by one, and an input that still kills
+its worker becomes a failed row. An actor that cannot start is retried
+``ACTOR_INIT_RETRIES`` times, then the job stops with one line naming the cause.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import socket
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow.fs as pafs
 
 from runtime.depth_files import FORMATS, check_format, encode_depth
-from runtime.outputs import IMAGE_EXTENSIONS, render
+from runtime.errors import MidasOnnxError
+from runtime.outputs import IMAGE_EXTENSIONS, expand_inputs, render
 
 MANIFEST = "manifest.jsonl"
+JOB_FILE = "job.json"
 DEPTH_MODES = ("none", "png16", "npy", "pfm", "exr")  # as `heatmap --save-depth` (runtime.depth_files)
+TASK_RETRIES = 3
+ACTOR_INIT_RETRIES = 3
+# Fault injection for tests: a worker that reads an input whose name contains this exits
+# at once, as a crash would (the test of bounded retries needs a real dying process).
+CRASH_ENV = "MIDAS_ONNX_TEST_CRASH_ON"
+
+
+class BulkError(MidasOnnxError):
+    """A bulk job that cannot start or cannot go on; the message says why, in one line."""
 
 
 @dataclass(frozen=True)
@@ -36,9 +68,10 @@ class BulkSettings:
     save_depth: str = "none"
     colormap: str = "inferno"
     force: bool = False
+    ship_bytes: bool = False
+    verbose: bool = False
     # Share of a CPU each inference actor reserves per thread. Below 1 on purpose: actors
-    # asking for whole CPUs left nothing for Ray Data's read tasks on 2 cores and the job
-    # stalled forever ("backpressured: ResourceBudget").
+    # asking for whole CPUs left nothing for Ray's own work on 2 cores and the job stalled.
     cpu_share: float = 0.75
 
     def __post_init__(self) -> None:
@@ -67,92 +100,52 @@ class Summary:
                 f"({self.images_per_s:.1f} images/s) on {len(self.nodes)} node(s)")
 
 
-# --- locations (local folders, globs, or any pyarrow filesystem URI) ---------------------------
+# --- locations (local folders, files, globs; or any pyarrow filesystem URI) ------------------
 def _fs(uri: str) -> tuple[pafs.FileSystem, str]:
     if "://" in uri:
         return pafs.FileSystem.from_uri(uri)
     return pafs.LocalFileSystem(), str(Path(uri).resolve())
 
 
-def list_inputs(spec: str) -> tuple[pafs.FileSystem, str, list[str]]:
-    """(filesystem, root, files) for a folder, a local glob, or a URI prefix."""
-    if "://" not in spec and any(c in spec for c in "*?["):
-        import glob
-
-        files = sorted(str(Path(p).resolve()) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-        files = [f for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
-        root = os.path.commonpath([str(Path(f).parent) for f in files]) if files else str(Path(".").resolve())
-        return pafs.LocalFileSystem(), root, files
+def list_inputs(spec: str, output: str) -> tuple[str, list[str]]:
+    """(root, files). Local specs go through the runtime's own discovery (the same files
+    `heatmap` would take; files inside OUTPUT never count); URIs are listed through pyarrow."""
+    if "://" not in spec:
+        out = None if "://" in output else Path(output)
+        files, problems = expand_inputs([spec], exclude=out)
+        files = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+        if not files:
+            raise BulkError(problems[0] if problems else f"{spec}: no images")
+        root = os.path.commonpath([str(f.parent) for f in files])
+        return root, [str(f) for f in files]
     fs, root = _fs(spec)
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"{spec}: no such file or folder")
+        raise BulkError(f"{spec}: no such file or folder")
     if info.type == pafs.FileType.File:
-        return fs, str(Path(root).parent), [root]
+        return root.rsplit("/", 1)[0], [root]
+    _, out_root = _fs(output) if "://" in output else (None, None)
     entries = fs.get_file_info(pafs.FileSelector(root, recursive=True))
     files = sorted(e.path for e in entries if e.type == pafs.FileType.File
-                   and os.path.splitext(e.path)[1].lower() in IMAGE_EXTENSIONS)
-    return fs, root, files
+                   and os.path.splitext(e.path)[1].lower() in IMAGE_EXTENSIONS
+                   and not (out_root and e.path.startswith(out_root.rstrip("/") + "/")))
+    if not files:
+        raise BulkError(f"{spec}: folder has no images")
+    return root, files
+
+
+def suffixes(save_depth: str) -> dict[str, str]:
+    """kind -> suffix after the input's full name, as `heatmap` names its outputs."""
+    out = {"heatmap": ".heatmap.png"}
+    if save_depth != "none":
+        out["depth"] = FORMATS[save_depth][0]
+    return out
 
 
 def outputs_for(rel: str, out_root: str, save_depth: str) -> dict[str, str]:
     """Mirror of the input's relative path, full name kept: ``x/a.jpg`` -> ``OUT/x/a.jpg.heatmap.png``."""
     base = f"{out_root.rstrip('/')}/{rel}"
-    outs = {"heatmap": base + ".heatmap.png"}
-    if save_depth != "none":
-        outs["depth"] = base + FORMATS[save_depth][0]
-    return outs
-
-
-# --- the actor ---------------------------------------------------------------------------------
-class HeatmapWorker:
-    """One per Ray actor: the session is created here, once, and reused for every batch."""
-
-    def __init__(self, model: str, threads: int, colormap: str, save_depth: str, in_root: str,
-                 out_uri: str) -> None:
-        from runtime import DepthHeatmapper
-
-        self.hm = DepthHeatmapper(model, threads=threads, colormap=colormap)
-        self.save_depth = save_depth
-        self.in_root = in_root
-        self.out_fs, self.out_root = _fs(out_uri)
-        import ray
-
-        self.node = ray.get_runtime_context().get_node_id()
-        self.host = socket.gethostname()
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [self._one(path, data) for path, data in zip(batch["path"], batch["bytes"], strict=True)]
-        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-
-    def _one(self, path: str, data: bytes) -> dict:
-        from runtime import images
-        from runtime.errors import MidasOnnxError
-
-        t0 = time.perf_counter()
-        rel = _relative(path, self.in_root)
-        outs = outputs_for(rel, self.out_root, self.save_depth)
-        row = {"input": path, "relative": rel, "status": "done", "outputs": json.dumps(list(outs.values())),
-               "error": "", "node": self.node, "host": self.host, "pid": os.getpid()}
-        try:
-            result = self.hm.predict(images.decode(bytes(data), path, self.hm.max_pixels))
-            self._write(outs["heatmap"], render(result, "heatmap"))
-            if self.save_depth != "none":
-                self._write(outs["depth"], encode_depth(result.depth, self.save_depth))
-        except (MidasOnnxError, OSError) as exc:
-            row.update(status="failed", error=str(exc), outputs="[]")
-        row["seconds"] = time.perf_counter() - t0
-        row["finished"] = time.time()
-        return row
-
-    def _write(self, path: str, payload: bytes) -> None:
-        """Write then rename, so an interrupted job never leaves a half file that resume would skip."""
-        parent = path.rsplit("/", 1)[0]
-        self.out_fs.create_dir(parent, recursive=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with self.out_fs.open_output_stream(tmp) as fh:
-            fh.write(payload)
-        self.out_fs.move(tmp, path)
+    return {kind: base + suffix for kind, suffix in suffixes(save_depth).items()}
 
 
 def _relative(path: str, root: str) -> str:
@@ -160,10 +153,136 @@ def _relative(path: str, root: str) -> str:
     return path[len(root):] if path.startswith(root) else os.path.basename(path)
 
 
-# --- the driver --------------------------------------------------------------------------------
-def plan(settings: BulkSettings, inputs: str, output: str) -> tuple[pafs.FileSystem, str, list[str], list[dict]]:
-    """(input fs, input root, files to process, manifest rows of files skipped because done)."""
-    in_fs, in_root, files = list_inputs(inputs)
+# --- the actor -------------------------------------------------------------------------------
+class HeatmapWorker:
+    """One per Ray actor: the session is created here, once, and reused for every batch."""
+
+    def __init__(self, model: str, threads: int, colormap: str, save_depth: str, in_uri: str, in_root: str,
+                 out_uri: str) -> None:
+        import ray
+
+        from runtime import DepthHeatmapper
+
+        self.hm = DepthHeatmapper(model, threads=threads, colormap=colormap)
+        self.save_depth = save_depth
+        self.in_fs, _ = _fs(in_uri)
+        self.in_root = in_root
+        self.out_fs, self.out_root = _fs(out_uri)
+        self.io = ThreadPoolExecutor(2, thread_name_prefix="io")  # decode/encode overlap inference
+        self.node = ray.get_runtime_context().get_node_id()
+        self.host = socket.gethostname()
+        self.crash_on = os.environ.get(CRASH_ENV)
+        if self.crash_on == "__init__":
+            raise RuntimeError("worker start failed (fault injected for tests)")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        paths = [str(p) for p in batch["path"]]
+        blobs = list(batch["bytes"]) if "bytes" in batch else [None] * len(paths)
+        t0 = time.perf_counter()
+        rows = [self._row(p) for p in paths]
+        loaded = list(self.io.map(self._load, paths, blobs))
+        ok = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
+        for i, item in enumerate(loaded):
+            if isinstance(item, str):
+                rows[i].update(status="failed", error=item, outputs=[])
+        if ok:
+            try:
+                results = self.hm.predict_batch([loaded[i] for i in ok])  # one session call per shape
+            except MidasOnnxError as exc:
+                results = [exc] * len(ok)
+            for row, error in zip([rows[i] for i in ok], self.io.map(self._write, [rows[i] for i in ok], results),
+                                  strict=True):
+                if error:
+                    row.update(status="failed", error=error, outputs=[])
+        seconds = (time.perf_counter() - t0) / max(1, len(rows))
+        for row in rows:
+            row["seconds"], row["finished"] = seconds, time.time()
+            row["outputs"] = json.dumps(row["outputs"])
+        return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+
+    def _row(self, path: str) -> dict:
+        rel = _relative(path, self.in_root)
+        return {"input": path, "relative": rel, "status": "done",
+                "outputs": list(outputs_for(rel, self.out_root, self.save_depth).values()),
+                "error": "", "node": self.node, "host": self.host, "pid": os.getpid()}
+
+    def _load(self, path: str, data):
+        """Decoded pixels, or the error message."""
+        from runtime import images
+
+        if self.crash_on and self.crash_on in path:
+            os._exit(17)  # fault injection: see CRASH_ENV
+        try:
+            if data is None:
+                with self.in_fs.open_input_stream(path) as fh:
+                    data = fh.read()
+            return images.load(images.decode(bytes(data), path, self.hm.max_pixels))
+        except MidasOnnxError as exc:
+            return str(exc)
+        except OSError as exc:
+            return f"{path}: cannot be read ({exc.strerror or exc})"
+
+    def _write(self, row: dict, result) -> str:
+        """Write the outputs (each written beside, then renamed); the error message, or ''."""
+        if isinstance(result, Exception):
+            return str(result)
+        outs = outputs_for(row["relative"], self.out_root, self.save_depth)
+        try:
+            payloads = {"heatmap": render(result, "heatmap")}
+            if "depth" in outs:
+                payloads["depth"] = encode_depth(result.depth, self.save_depth)
+            for kind, path in outs.items():
+                _write_atomic(self.out_fs, path, payloads[kind])
+        except (MidasOnnxError, OSError) as exc:
+            return f"{row['input']}: could not write output ({exc})"
+        return ""
+
+
+def _write_atomic(fs: pafs.FileSystem, path: str, payload: bytes) -> None:
+    """Write then rename, so an interrupted job never leaves a half file that resume would skip."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        from runtime.files import write_atomic
+
+        write_atomic(path, payload)
+        return
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with fs.open_output_stream(tmp) as fh:
+        fh.write(payload)
+    fs.move(tmp, path)
+
+
+# --- the driver ------------------------------------------------------------------------------
+def job_record(settings: BulkSettings) -> dict:
+    """What outputs depend on: a rerun with anything else here would mix two kinds of output."""
+    from midas_onnx import __version__
+
+    digest = hashlib.sha256()
+    with open(settings.model, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"model_sha256": digest.hexdigest(), "colormap": settings.colormap.lower(),
+            "save_depth": settings.save_depth, "midas_onnx": __version__}
+
+
+def check_job(settings: BulkSettings, output: str, record: dict) -> None:
+    """Refuse to resume into OUTPUT made with another model or other output settings."""
+    fs, root = _fs(output)
+    path = f"{root.rstrip('/')}/{JOB_FILE}"
+    if settings.force or fs.get_file_info(path).type != pafs.FileType.File:
+        return
+    with fs.open_input_stream(path) as fh:
+        old = json.loads(fh.read().decode() or "{}")
+    changed = [k for k in ("model_sha256", "colormap", "save_depth") if old.get(k) != record[k]]
+    if changed:
+        what = ", ".join(f"{k} {str(old.get(k))[:12]} -> {str(record[k])[:12]}" for k in changed)
+        raise BulkError(f"{output} holds outputs made with other settings ({what}); rerun with --force to redo "
+                        "them all, or write to another OUTPUT")
+
+
+def plan(settings: BulkSettings, inputs: str, output: str) -> tuple[str, list[str], list[dict]]:
+    """(input root, files to process, manifest rows of files skipped because their outputs exist)."""
+    in_root, files = list_inputs(inputs, output)
     out_fs, out_root = _fs(output)
     todo, skipped = [], []
     for path in files:
@@ -174,56 +293,173 @@ def plan(settings: BulkSettings, inputs: str, output: str) -> tuple[pafs.FileSys
                             "error": "", "node": "", "host": "", "pid": 0, "seconds": 0.0, "finished": time.time()})
         else:
             todo.append(path)
-    return in_fs, in_root, todo, skipped
+    return in_root, todo, skipped
 
 
 def run(settings: BulkSettings, inputs: str, output: str) -> tuple[Summary, list[dict]]:
     """Process a collection; returns the summary and every manifest row (also written to OUTPUT)."""
-    import ray
+    from runtime import DepthHeatmapper
 
     t0 = time.perf_counter()
-    in_fs, in_root, todo, rows = plan(settings, inputs, output)
-    started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=settings.address, include_dashboard=False, log_to_driver=False,
-                 configure_logging=True, logging_level="WARNING")
-    try:
-        if todo:
-            rows += list(_process(settings, in_fs, in_root, todo, output))
-    finally:
-        if started_here:
-            ray.shutdown()
+    DepthHeatmapper(settings.model, threads=1, colormap=settings.colormap)  # the model, checked before Ray starts
+    record = job_record(settings)
+    check_job(settings, output, record)
+    in_root, todo, rows = plan(settings, inputs, output)
+    journal = Journal(output)
+    journal.write_job(record)
+    if todo:
+        rows += _with_ray(settings, lambda: list(_process(settings, inputs, in_root, todo, output, journal)))
     rows = _dedupe(rows)
     summary = Summary(seconds=time.perf_counter() - t0)
     for row in rows:
         setattr(summary, row["status"], getattr(summary, row["status"]) + 1)
         if row["node"]:
             summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
-    write_manifest(output, rows)
+    journal.finish(rows)
     return summary, rows
 
 
-def _process(settings: BulkSettings, in_fs, in_root: str, todo: list[str], output: str) -> Iterator[dict]:
+def _with_ray(settings: BulkSettings, work):
+    """Run ``work`` with Ray up: a fresh local instance unless an address was given (never
+    a cluster that happens to be running), quiet unless ``verbose``.
+
+    Quiet means the process's own stdout and stderr go to a log file while Ray runs: Ray's
+    C++ core, its raylet messages ("Task ... failed, 3 retries remaining") and its Python
+    tracebacks all write there, whatever their logger. The file is named in the error line
+    when the job stops, and removed when it succeeds.
+    """
+    import ray
+
+    level = logging.INFO if settings.verbose else logging.CRITICAL
+    for name in ("ray", "ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(level)
+    with _quiet(not settings.verbose) as log_path:
+        started_here = not ray.is_initialized()
+        try:
+            if started_here:
+                ray.init(address=settings.address or "local", include_dashboard=False,
+                         log_to_driver=settings.verbose, configure_logging=True, logging_level=level)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = settings.verbose
+            ctx.print_on_execution_start = settings.verbose
+            ctx.actor_init_max_retries = ACTOR_INIT_RETRIES
+            ctx.max_errored_blocks = -1  # a batch that fails after its retries is reported, not fatal
+            result = work()
+        except MidasOnnxError:
+            raise
+        except Exception as exc:  # Ray's own errors: one line naming the cause
+            if settings.verbose:
+                raise
+            where = f" (Ray's output: {log_path})" if log_path else ""
+            raise BulkError(f"the bulk job stopped: {_cause(exc)}{where}") from None
+        finally:
+            if started_here:
+                ray.shutdown()
+    if log_path:
+        Path(log_path).unlink(missing_ok=True)
+    return result
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """File descriptors 1 and 2 into a log file (yielding its path), restored afterwards."""
+    if not enabled:
+        yield None
+        return
+    import sys
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="midas-bulk-ray-", suffix=".log")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield path
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost meaningful line of a Ray error chain."""
+    text = str(exc)
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "Traceback", "During handling")) and ":" in line:
+            return line[:400]
+    return (text.strip().splitlines() or [type(exc).__name__])[0][:400]
+
+
+def _process(settings: BulkSettings, inputs: str, in_root: str, todo: list[str], output: str,
+             journal: "Journal") -> Iterator[dict]:
+    """Every input once: in batches, then one by one for inputs whose batch never came back
+    (its worker died ``TASK_RETRIES`` times), then failed rows for inputs that still did not."""
+    finished: set[str] = set()
+    for batch_size in (settings.batch_size, 1):
+        left = [p for p in todo if p not in finished]
+        if not left or (batch_size == 1 and settings.batch_size == 1 and finished):
+            break
+        for row in _run_pass(settings, inputs, in_root, left, output, batch_size):
+            journal.append(row)
+            finished.add(row["input"])
+            yield row
+        if batch_size == 1:
+            break
+    for path in todo:
+        if path not in finished:
+            row = {"input": path, "relative": _relative(path, in_root), "status": "failed", "outputs": "[]",
+                   "error": f"{path}: the worker process died on each of {TASK_RETRIES + 1} tries with this input "
+                            "alone (a crash, or out of memory); skipped",
+                   "node": "", "host": "", "pid": 0, "seconds": 0.0, "finished": time.time()}
+            journal.append(row)
+            yield row
+
+
+def _run_pass(settings: BulkSettings, inputs: str, in_root: str, paths: list[str], output: str,
+              batch_size: int) -> Iterable[dict]:
     import ray
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
-    actor_cpus = settings.cpu_share * settings.threads_per_worker
     workers = settings.workers or max(1, int(cpus // settings.threads_per_worker))
-    ds = ray.data.read_binary_files(todo, include_paths=True, filesystem=in_fs,
-                                    ray_remote_args={"num_cpus": 0.1})  # reads are I/O: a sliver of CPU
-    ds = ds.map_batches(
-        HeatmapWorker,
-        fn_constructor_kwargs={"model": str(Path(settings.model).resolve()), "threads": settings.threads_per_worker,
-                               "colormap": settings.colormap, "save_depth": settings.save_depth,
-                               "in_root": in_root, "out_uri": output},
-        batch_size=settings.batch_size,
-        concurrency=workers,
-        num_cpus=actor_cpus,
-        max_restarts=-1,  # a lost actor (node gone, process killed) is replaced ...
-        max_task_retries=-1,  # ... and its batch re-run, so every input ends up done once
-    )
-    for row in ds.iter_rows():
-        yield dict(row)
+    in_uri = inputs if "://" in inputs else "/"
+    if settings.ship_bytes and "://" not in inputs:
+        ds = ray.data.read_binary_files(paths, include_paths=True, ray_remote_args={"num_cpus": 0.1})
+    else:
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths) // batch_size))
+    worker = _bound_worker(model=str(Path(settings.model).resolve()), threads=settings.threads_per_worker,
+                           colormap=settings.colormap, save_depth=settings.save_depth, in_uri=in_uri,
+                           in_root=in_root, out_uri=output)
+    with warnings.catch_warnings():
+        # Ray 2.60 has no named parameter for task retries and warns on the keyword its own
+        # docs give for it; without it a batch that kills its worker is retried forever.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            worker,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(paths) // batch_size) or 1)),
+            num_cpus=settings.cpu_share * settings.threads_per_worker,
+            max_restarts=-1,  # a lost actor (node gone, process killed) is replaced ...
+            max_task_retries=TASK_RETRIES,  # ... and its batch re-run, a bounded number of times
+        )
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for i in range(len(batch["input"])):
+            yield {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+
+
+def _bound_worker(**kwargs) -> type:
+    """HeatmapWorker with its arguments bound in the class, so that restarting an actor never
+    depends on constructor arguments held in the object store (Ray warns that those can be
+    lost with the node that held them)."""
+    def __init__(self) -> None:
+        HeatmapWorker.__init__(self, **kwargs)
+
+    return type("HeatmapWorker", (HeatmapWorker,), {"__init__": __init__})
 
 
 def _dedupe(rows: list[dict]) -> list[dict]:
@@ -234,20 +470,73 @@ def _dedupe(rows: list[dict]) -> list[dict]:
     return sorted(by_input.values(), key=lambda r: r["relative"])
 
 
-def write_manifest(output: str, rows: list[dict]) -> str:
-    fs, root = _fs(output)
-    fs.create_dir(root, recursive=True)
-    path = f"{root.rstrip('/')}/{MANIFEST}"
-    with fs.open_output_stream(path) as fh:
-        for row in rows:
-            fh.write((json.dumps({**row, "outputs": json.loads(row["outputs"])}, sort_keys=True) + "\n").encode())
-    return path
+class Journal:
+    """``OUTPUT/manifest.jsonl``: rows appended and flushed as they finish (a killed driver
+    loses nothing finished), rewritten atomically at the end with one row per input.
+
+    Local outputs are appended in place; for URI outputs (object stores cannot append) the
+    journal is kept in a local file beside the driver and uploaded at the end.
+    """
+
+    def __init__(self, output: str) -> None:
+        self.fs, self.root = _fs(output)
+        self.fs.create_dir(self.root, recursive=True)
+        self.path = f"{self.root.rstrip('/')}/{MANIFEST}"
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        if self.local:
+            journal = self.path
+        else:
+            key = hashlib.sha256(output.encode()).hexdigest()[:16]
+            journal = str(Path.home() / ".cache" / "midas-onnx" / f"journal-{key}.jsonl")
+            Path(journal).parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(journal, "a+", encoding="utf-8")  # noqa: SIM115 - held for the run
+        self._fh.seek(0, os.SEEK_END)
+        if self._fh.tell() > 0:
+            self._fh.seek(self._fh.tell() - 1)
+            if self._fh.read(1) != "\n":  # a line cut short by a killed driver: end it
+                self._fh.write("\n")
+        self.journal = journal
+
+    def write_job(self, record: dict) -> None:
+        _write_atomic(self.fs, f"{self.root.rstrip('/')}/{JOB_FILE}", (json.dumps(record, indent=2) + "\n").encode())
+
+    def append(self, row: dict) -> None:
+        self._fh.write(json.dumps(_manifest_row(row), sort_keys=True) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def finish(self, rows: list[dict]) -> None:
+        self._fh.close()
+        payload = "".join(json.dumps(_manifest_row(r), sort_keys=True) + "\n" for r in rows).encode()
+        _write_atomic(self.fs, self.path, payload)
+        if not self.local:
+            Path(self.journal).unlink(missing_ok=True)
+
+
+def _manifest_row(row: dict) -> dict:
+    outputs = row["outputs"]
+    return {**row, "outputs": json.loads(outputs) if isinstance(outputs, str) else outputs}
 
 
 def read_manifest(output: str) -> list[dict]:
+    """Rows of OUTPUT's manifest; a last line cut short by a killed driver is ignored."""
     fs, root = _fs(output)
     with fs.open_input_stream(f"{root.rstrip('/')}/{MANIFEST}") as fh:
-        return [json.loads(line) for line in fh.read().decode().splitlines() if line.strip()]
+        rows = []
+        for line in fh.read().decode().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
+
+
+def write_manifest(output: str, rows: list[dict]) -> str:
+    """The whole manifest, written atomically (one row per input)."""
+    journal = Journal(output)
+    journal.finish(_dedupe([{**r, "outputs": json.dumps(r["outputs"]) if not isinstance(r["outputs"], str)
+                                  else r["outputs"]} for r in rows]))
+    return journal.path
 
 
 def settings_dict(settings: BulkSettings) -> dict:

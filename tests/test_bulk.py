@@ -3,6 +3,7 @@ this machine with a worker killed mid-job."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def test_local_run_rerun_and_force(collection, tmp_path, fixed_model, photo_set)
     first = bulk(str(collection), str(out), "--model", str(fixed_model), "--batch-size", "2", "--save-depth", "png16")
     assert first.returncode == 1, first.stderr  # the two broken files
     assert "5 done, 0 skipped, 2 failed" in first.stdout
-    assert f"failed: {collection / 'empty.jpg'}: {collection / 'empty.jpg'}: empty file" in first.stderr
+    assert f"failed: {collection / 'empty.jpg'}: empty file" in first.stderr
+    assert "Traceback" not in first.stderr and "(raylet)" not in first.stderr + first.stdout
     rows = manifest(out)
     assert len(rows) == 7 and len({r["input"] for r in rows}) == 7
     by_rel = {r["relative"]: r for r in rows}
@@ -89,11 +91,21 @@ def test_outputs_match_the_heatmap_command(collection, tmp_path, fixed_model):
         assert np.abs(a - b).max() <= 1  # turbo is not monotonic per channel; 1 level is the bar
 
 
-def test_bad_arguments(tmp_path, fixed_model):
+def test_bad_arguments_are_one_line_before_ray_starts(tmp_path, fixed_model):
     r = bulk(str(tmp_path / "nowhere"), str(tmp_path / "out"), "--model", str(fixed_model))
-    assert r.returncode == 1 and "no such file or folder" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'nowhere'}: no such file or folder\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = bulk(str(empty), str(tmp_path / "out"), "--model", str(fixed_model))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {empty}: folder has no images or videos")
     r = bulk(str(tmp_path), str(tmp_path / "out"), "--model", str(fixed_model), "--colormap", "nope")
     assert r.returncode == 1 and "unknown colormap" in r.stderr
+    for model, message in [(tmp_path / "absent.onnx", "model file not found"),
+                           (REPO / "README.md", "is not a usable ONNX model")]:
+        t = time.perf_counter()
+        r = bulk(str(tmp_path), str(tmp_path / "out"), "--model", str(model))
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and message in r.stderr, r.stderr
+        assert time.perf_counter() - t < 15  # refused on the driver, before Ray starts
 
 
 def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_set):
@@ -137,4 +149,85 @@ def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_
     assert len(rows) == total and {r["status"] for r in rows} == {"done"}
     assert len({r["input"] for r in rows}) == total  # every input exactly once
     assert len({r["node"] for r in rows}) == 2
+    assert len(list(out.rglob("*.heatmap.png"))) == total and not list(out.rglob("*.tmp"))
+
+
+def test_settings_change_is_refused_and_output_inside_input_is_never_read(tmp_path, fixed_model, photo_set):
+    src = tmp_path / "photos"
+    src.mkdir()
+    for name in ("coffee", "chelsea"):
+        cv2.imwrite(str(src / f"{name}.jpg"), photo_set[name][:, :, ::-1])
+    out = src / "depth"  # inside the input folder
+    assert bulk(str(src), str(out), "--model", str(fixed_model)).returncode == 0
+    again = bulk(str(src), str(out), "--model", str(fixed_model))
+    assert again.returncode == 0 and "0 done, 2 skipped, 0 failed" in again.stdout  # outputs were not inputs
+    other = bulk(str(src), str(out), "--model", str(fixed_model), "--colormap", "turbo")
+    assert other.returncode == 2
+    assert other.stderr.startswith(f"error: {out} holds outputs made with other settings (colormap inferno -> turbo)")
+    forced = bulk(str(src), str(out), "--model", str(fixed_model), "--colormap", "turbo", "--force")
+    assert forced.returncode == 0 and "2 done" in forced.stdout
+    assert json.loads((out / "job.json").read_text())["colormap"] == "turbo"
+
+
+def test_an_input_that_kills_its_worker_is_retried_a_bounded_number_of_times(collection, tmp_path, fixed_model):
+    import os
+
+    env = {**os.environ, "MIDAS_ONNX_TEST_CRASH_ON": "astronaut"}  # the worker exits on reading it
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "midas_onnx", "bulk", str(collection), str(out), "--model", str(fixed_model),
+                        "--batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
+    assert r.returncode == 1
+    assert "4 done, 0 skipped, 3 failed" in r.stdout  # its batch-mates were redone one by one
+    assert f"failed: {collection / 'astronaut.jpg'}: the worker process died on each of 4 tries" in r.stderr
+    assert "Traceback" not in r.stderr and "(raylet)" not in r.stderr + r.stdout
+    rows = {row["relative"]: row for row in manifest(out)}
+    assert len(rows) == 7 and rows["astronaut.jpg"]["status"] == "failed"
+
+
+def test_a_worker_that_cannot_start_is_one_line(collection, tmp_path, fixed_model):
+    import os
+
+    env = {**os.environ, "MIDAS_ONNX_TEST_CRASH_ON": "__init__"}
+    r = subprocess.run([sys.executable, "-m", "midas_onnx", "bulk", str(collection), str(tmp_path / "out"),
+                        "--model", str(fixed_model)], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S,
+                       env=env)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "error: the bulk job stopped: RuntimeError: worker start failed (fault injected for tests) (Ray's output: ")
+
+
+def test_a_killed_driver_loses_nothing_finished_and_resumes(tmp_path, fixed_model, photo_set):
+    src = tmp_path / "many"
+    src.mkdir()
+    total = 60
+    names = ["astronaut", "coffee", "chelsea", "rocket"]
+    for i in range(total):
+        cv2.imwrite(str(src / f"{i:03d}.jpg"), cv2.resize(photo_set[names[i % 4]][:, :, ::-1], (320, 240)))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "bulk", str(src), str(out), "--model", str(fixed_model),
+                             "--batch-size", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    journal = out / "manifest.jsonl"
+    deadline = time.time() + HANG_GUARD_S
+    while not journal.exists() or len(journal.read_text().splitlines()) < 10:  # work recorded as it finishes
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    import os
+    import signal
+
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray processes are left to die with it
+    proc.wait()
+    recorded = [json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    done_before = {r["input"] for r in recorded if r["status"] == "done"}
+    assert 10 <= len(done_before) < total
+    assert all((out / (r["relative"] + ".heatmap.png")).is_file() for r in recorded)  # recorded = written
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # then the embedded Ray the kill orphaned (its own session)
+    resumed = bulk(str(src), str(out), "--model", str(fixed_model), "--batch-size", "2")
+    assert resumed.returncode == 0, resumed.stderr
+    rows = manifest(out)
+    assert len(rows) == total and len({r["input"] for r in rows}) == total  # one row per input
+    assert {r["status"] for r in rows} == {"done", "skipped"}
+    assert {r["input"] for r in rows if r["status"] == "skipped"} >= done_before
     assert len(list(out.rglob("*.heatmap.png"))) == total and not list(out.rglob("*.tmp"))
