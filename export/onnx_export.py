@@ -32,6 +32,9 @@ from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
 log = logging.getLogger(__name__)
 
 OPSET = 17
+# Provenance carried in every model file (and into its INT8 variants).
+WEIGHTS_LICENCE = ("MIT: MiDaS v2.1 small weights by isl-org/MiDaS (holds for the official checkpoint; "
+                   "see checkpoint_sha256 for which file this is)")
 MAX_REL_ERROR = 1e-4
 # Shapes checked after a dynamic export: square, landscape, portrait, and a batch of 2.
 DYNAMIC_CHECK_SHAPES = ((1, 256, 256), (1, 256, 384), (1, 320, 192), (2, 192, 256))
@@ -121,7 +124,7 @@ def export_onnx(
         info = ModelInfo(
             input_hw=input_hw,
             checkpoint_sha256=checkpoint_sha256,
-            extra={"export_versions": json.dumps(versions(), sort_keys=True)},
+            extra={"export_versions": json.dumps(versions(), sort_keys=True), "weights_licence": WEIGHTS_LICENCE},
         )
         set_metadata(proto, info.to_props())
         onnx.checker.check_model(proto, full_check=True)

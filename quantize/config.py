@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass, replace
 MODES = ("static", "dynamic")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Roles of layers that can be kept in float, resolved to node names in the graph by position.
-KEEP_FLOAT_ROLES = ("stem", "head")
+# "all" keeps every conv in float: a diagnostic (what INT8 costs when nothing is quantized).
+KEEP_FLOAT_ROLES = ("stem", "head", "all")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class QuantConfig:
     calibration: static only; "percentile" clips the 0.001% outliers that ReLU6-free
         decoder activations have. Chosen by measurement, see ``quantize/__init__.py``.
     per_channel: one weight scale per output channel (static); depthwise convs need it.
-    keep_float: layer roles left in fp32: "stem" (first conv), "head" (the output convs).
+    keep_float: layer roles left in fp32: "stem" (first conv), "head" (the output convs),
+        "all" (every conv: a diagnostic baseline).
     """
 
     mode: str = "static"

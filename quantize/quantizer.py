@@ -11,13 +11,14 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.cpu import cpu_name, int8_flags
 from runtime.errors import ModelError
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
 from runtime.metadata import PREFIX, ModelInfo, set_metadata
 from runtime.session import create_session
 
-from . import builtin_photos, report
+from . import builtin_photos, layers, report
 from .calibration import MIN_RECOMMENDED, CalibrationError, ImageCalibrationReader, list_images, load_inputs
 from .config import QuantConfig
 
@@ -49,6 +50,9 @@ def quantize_model(
     threads: int | None = None,
     latency_runs: int = 20,
     progress: bool = False,
+    report_layers: bool = False,
+    target_delta: float | None = None,
+    measure_layers: int = layers.DEFAULT_MEASURE,
 ) -> QuantizeResult:
     """Quantize ``src`` to ``out`` and write ``<out>.report.json`` beside it.
 
@@ -58,6 +62,10 @@ def quantize_model(
     without one, on every 5th calibration image, which is then *not* used for calibration.
     Dynamic mode needs images only for the report. Warnings (few calibration images) are
     raised before the work starts; ``progress`` shows a bar while calibrating.
+
+    ``report_layers``: a per-layer error table in the report (``quantize/layers.py``).
+    ``target_delta``: keep the most harmful layers in fp32 until the worst evaluation photo's
+    δ<1.25 against fp32 reaches it (static only); the chosen layers go into the metadata.
     """
     import onnx
     from onnxruntime.quantization import (
@@ -83,24 +91,20 @@ def quantize_model(
             stacklevel=2,
         )
 
+    if target_delta is not None and (config.mode != "static" or not 0 < target_delta <= 1):
+        raise ValueError("--target-delta needs static INT8 and a value in (0, 1]")
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
-    with tempfile.TemporaryDirectory(prefix="midas-quant-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        # skip_symbolic_shape: onnxruntime's symbolic shape pass cannot follow the decoder's
-        # x2 Resize on dynamic sizes ("Incomplete symbolic shape inference"); onnx's own
-        # shape inference and the graph optimisation still run.
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        exclude = keep_float_nodes(onnx.load(str(pre)), config.keep_float)
-        q_tmp = Path(tmp) / "q.onnx"
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+
+    def quantize(pre: Path, q_out: Path, exclude: list[str]) -> None:
         # onnxruntime's calibrators print their stages; the progress bar says it better.
         with contextlib.redirect_stdout(io.StringIO()):
             if config.mode == "static":
-                methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                           "percentile": CalibrationMethod.Percentile}
                 reader = ImageCalibrationReader(sets.calibration, progress=progress)
                 try:
                     quantize_static(
-                        str(pre), str(q_tmp), reader,
+                        str(pre), str(q_out), reader,
                         quant_format=QuantFormat.QDQ,
                         per_channel=config.per_channel,
                         activation_type=types[config.activation_type],
@@ -113,8 +117,35 @@ def quantize_model(
                 finally:
                     reader.close()
             else:
-                quantize_dynamic(str(pre), str(q_tmp), per_channel=config.per_channel,
+                quantize_dynamic(str(pre), str(q_out), per_channel=config.per_channel,
                                  weight_type=types[config.weight_type], nodes_to_exclude=exclude)
+
+    layer_table, fallback = None, None
+    with tempfile.TemporaryDirectory(prefix="midas-quant-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        # skip_symbolic_shape: onnxruntime's symbolic shape pass cannot follow the decoder's
+        # x2 Resize on dynamic sizes ("Incomplete symbolic shape inference"); onnx's own
+        # shape inference and the graph optimisation still run.
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        exclude = keep_float_nodes(onnx.load(str(pre)), config.keep_float)
+        q_tmp = Path(tmp) / "q.onnx"
+        quantize(pre, q_tmp, exclude)
+        if report_layers or target_delta is not None:
+            layer_table = layers.layer_report(pre, q_tmp, sets.evaluation, threads=threads, measure=measure_layers)
+        if target_delta is not None:
+            fallback = layers.choose_fallback(pre, q_tmp, sets.evaluation, layer_table["layers"], target_delta,
+                                              threads=threads)
+            if fallback["layers"]:
+                full = Path(tmp) / "full.onnx"
+                q_tmp.replace(full)
+                quantize(pre, q_tmp, exclude + fallback["layers"])  # the real thing, calibrated without them
+                fallback["final_worst_delta1"] = layers.worst_delta1(pre, q_tmp, sets.evaluation, threads)
+                if fallback["final_worst_delta1"] < layer_table["int8_worst_delta1"]:
+                    full.replace(q_tmp)  # never worse than full INT8: keep it, and say so
+                    fallback["reason"] += "; the recalibrated model scored below full INT8, so full INT8 was kept"
+                    fallback["layers"] = []
+                else:
+                    exclude = exclude + fallback["layers"]
         proto = onnx.load(str(q_tmp))
         props = dict(source_props)
         props[PREFIX + "precision"] = f"int8-{config.mode}"
@@ -122,6 +153,9 @@ def quantize_model(
         props[PREFIX + "source_model_sha256"] = sha256_file(src)
         if config.mode == "static":
             props[PREFIX + "calibration"] = f"{len(sets.calibration)} images: {sets.calibration_source}"
+        if fallback is not None:
+            props[PREFIX + "fallback_layers"] = json.dumps(fallback["layers"])
+            props[PREFIX + "fallback_target_delta1"] = str(target_delta)
         set_metadata(proto, props)
         write_atomic(out, proto.SerializeToString())
 
@@ -144,9 +178,34 @@ def quantize_model(
         "latency_ms": lat,
         "speedup_vs_fp32": {shape: r["fp32"]["median_ms"] / r["int8"]["median_ms"] for shape, r in lat.items()},
         "threads": threads or "physical cores",
+        "cpu": {"name": cpu_name(), "int8_flags": int8_flags()},
     }
+    result["speed_verdict"] = speed_verdict(result)
+    if layer_table is not None:
+        result["layers"] = layer_table
+    if fallback is not None:
+        result["fallback"] = fallback
     write_atomic(rep_path, (json.dumps(result, indent=2) + "\n").encode())
     return QuantizeResult(out, rep_path, result)
+
+
+MIN_USEFUL_SPEEDUP = 1.2
+
+
+def speed_verdict(result: dict) -> str | None:
+    """Plain words when INT8 is not worth it on this machine (under 1.2x fp32 at some shape),
+    naming the CPU features that decide it; None when it is."""
+    slowest = min(result["speedup_vs_fp32"].values())
+    if slowest >= MIN_USEFUL_SPEEDUP:
+        return None
+    flags = result["cpu"]["int8_flags"]
+    dot = [f for f in flags if f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")]
+    why = (f"this CPU has INT8 dot-product instructions ({', '.join(dot)})" if dot else
+           "this CPU has no INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or ARM dot-product), "
+           f"only {', '.join(flags) or 'none of the listed features'}")
+    return (f"INT8 is not worth it here: {slowest:.2f}x the speed of fp32 at its slowest shape (under "
+            f"{MIN_USEFUL_SPEEDUP}x); {why}. Keep the fp32 model on this machine, or check the kept-float "
+            "layers in the report.")
 
 
 def _check_source(src: Path) -> tuple[ModelInfo, dict[str, str]]:
@@ -213,12 +272,18 @@ def keep_float_nodes(proto, roles: tuple[str, ...]) -> list[str]:
     """Node names for the roles kept in fp32: "stem" = the first Conv, "head" = the last three
     Convs (the output head). Found by position, so renamed nodes do not matter."""
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
+    if "all" in roles:
+        return convs
     names: list[str] = []
     if "stem" in roles:
         names += convs[:1]
     if "head" in roles:
         names += convs[-3:]
     return names
+
+
+def _db(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}dB"
 
 
 def describe(result: dict) -> str:
@@ -242,4 +307,20 @@ def describe(result: dict) -> str:
         lines.append(f"  calibration   {result['calibration_images']} images ({result['calibration_source']}); "
                      f"kept in float: {', '.join(result['kept_float_nodes']) or 'nothing'}")
     lines.append(f"  evaluation    {result['evaluation_source']}")
+    if result.get("layers"):
+        lt = result["layers"]
+        lines.append(f"  layers        {len(lt['layers'])} quantized convs on {lt['images']} photos ({lt['seconds']:.0f} s); "
+                     f"most harmful first (δ gain when kept in fp32, measured for the {lt['measured']} lowest-SQNR):")
+        lines.append(f"    {'rank':>4}  {'δ gain':>7}  {'act SQNR':>8}  {'w SQNR':>6}  {'role':<30} name")
+        for row in lt["layers"][:10]:
+            gain = row.get("delta1_gain_if_float")
+            lines.append(f"    {row['rank']:>4}  {'' if gain is None else f'{gain:+.4f}':>7}  "
+                         f"{_db(row['activation_sqnr_db']):>9}  {_db(row['weight_sqnr_db']):>6}  {row['role']:<30} {row['name']}")
+    if result.get("fallback"):
+        fb = result["fallback"]
+        lines.append(f"  fallback      target worst-photo δ<1.25 >= {fb['target_worst_delta1']}: {fb['reason']}; "
+                     f"{len(fb['layers'])} layers kept in fp32, worst δ {fb['reached_worst_delta1']:.4f}")
+    lines.append(f"  cpu           {result['cpu']['name']} ({' '.join(result['cpu']['int8_flags']) or 'no INT8 features listed'})")
+    if result.get("speed_verdict"):
+        lines.append(f"  verdict       {result['speed_verdict']}")
     return "\n".join(lines)

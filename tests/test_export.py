@@ -168,6 +168,7 @@ def test_metadata_round_trip(fixed_model, dynamic_model, random_checkpoint, reci
         assert info.mean == (0.485, 0.456, 0.406) and info.std == (0.229, 0.224, 0.225)
         assert info.checkpoint_sha256 == sha256_file(ckpt)
         assert info.precision == "fp32"
+        assert info.extra["weights_licence"].startswith("MIT: MiDaS v2.1 small weights by isl-org/MiDaS")
         versions = json.loads(info.extra["export_versions"])
         assert versions["torch"] == torch.__version__ and versions["opset"] == "17"
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from midas_onnx.cli import main
-from quantize import PRESETS, QuantConfig, quantize_model
+from quantize import PRESETS, QuantConfig, describe, quantize_model
 from quantize.calibration import CalibrationError
 from runtime import DepthHeatmapper, ModelError, ModelInfo
 from runtime.files import sha256_file
@@ -96,15 +96,17 @@ def test_bare_quantize_works_offline_with_builtin_photos(tmp_path, dynamic_model
     assert info.extra["calibration"].startswith("41 images: built-in")
 
 
-def test_metadata_is_carried_and_extended(static_result, fixed_model):
+def test_metadata_is_carried_and_extended(static_result, fixed_model, calib_dir):
     src = dict(create_session(fixed_model).get_modelmeta().custom_metadata_map)
     dst = dict(create_session(static_result.model_path).get_modelmeta().custom_metadata_map)
-    for key in ("midas_onnx.input_size", "midas_onnx.checkpoint_sha256", "midas_onnx.mean", "midas_onnx.export_versions"):
+    for key in ("midas_onnx.input_size", "midas_onnx.checkpoint_sha256", "midas_onnx.mean", "midas_onnx.export_versions",
+                "midas_onnx.weights_licence"):
         assert dst[key] == src[key]
     info = ModelInfo.from_props(dst)
     assert info.precision == "int8-static"
     assert QuantConfig.from_dict(json.loads(dst["midas_onnx.quantization"])) == PRESETS["static"]
     assert dst["midas_onnx.source_model_sha256"] == sha256_file(fixed_model)
+    assert dst["midas_onnx.calibration"] == f"9 images: {calib_dir}"
 
 
 def test_held_out_split_without_eval(tmp_path, fixed_model, calib_dir):
@@ -200,3 +202,23 @@ def test_cli_warns_before_the_work_and_shows_progress(tmp_path, fixed_model, cal
     assert warning < proc.stderr.index("calibrating:") < proc.stderr.rindex("9/9")
     assert "Collecting tensor data" not in proc.stdout
     assert proc.stdout.startswith("int8-static model:") and "report:" in proc.stdout
+
+
+def test_speed_verdict_when_int8_is_not_faster(tmp_path, fixed_model, calib_dir, eval_dir):
+    """Every conv kept in float: the "INT8" model runs at fp32 speed, and the report says so
+    plainly, with the CPU features that decide INT8 speed; a real INT8 model gets no verdict
+    on CPUs where it is faster (checked on the static model's report)."""
+    import warnings
+
+    from runtime.cpu import int8_flags
+
+    cfg = PRESETS["static"].with_(keep_float=("all",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = quantize_model(fixed_model, tmp_path / "all-float.onnx", cfg, calib_dir, eval_dir, threads=2, latency_runs=10)
+    r = res.report
+    assert len(r["kept_float_nodes"]) == 97  # every conv of MiDaS small
+    assert min(r["speedup_vs_fp32"].values()) < 1.2
+    assert r["speed_verdict"].startswith("INT8 is not worth it here: ")
+    assert r["cpu"]["int8_flags"] == int8_flags()
+    assert "verdict       INT8 is not worth it here" in describe(r)

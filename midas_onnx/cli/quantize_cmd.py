@@ -22,13 +22,19 @@ from .common import DEFAULT_MODEL, friendly_errors, require_extra
               help="Folder of held-out photos for the fidelity report.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="Calibration method (static). Default: the preset's (percentile).")
-@click.option("--keep-float", default="", help="Layer roles kept in fp32, comma-separated: stem, head.")
+@click.option("--keep-float", default="", help="Layer roles kept in fp32, comma-separated: stem, head (all: a diagnostic).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Default: MODEL's name with .int8 (static) or .int8-dynamic (dynamic).")
+@click.option("--report-layers", is_flag=True,
+              help="Add a per-layer error table (SQNR and the depth error each conv adds) to the report.")
+@click.option("--target-delta", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Keep the most harmful layers in fp32 until the worst evaluation photo's delta<1.25 "
+                   "against fp32 reaches this (e.g. 0.97). Static only.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency report.")
 @click.option("--force", is_flag=True, help="Overwrite the output model and report.")
 def command(model: Path, int8: bool, static: bool, calibration: Path | None, eval_dir: Path | None,
-            method: str | None, keep_float: str, output: Path | None, threads: int | None, force: bool) -> None:
+            method: str | None, keep_float: str, output: Path | None, report_layers: bool, target_delta: float | None,
+            threads: int | None, force: bool) -> None:
     """Write an INT8 version of MODEL and a fidelity/speed report against it (<out>.report.json).
 
     \b
@@ -59,8 +65,10 @@ def command(model: Path, int8: bool, static: bool, calibration: Path | None, eva
             # Shown as they happen (before the long calibration), one line each.
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = lambda message, *_a, **_k: click.echo(f"warning: {message}", err=True)
+            if target_delta is not None and not static:
+                raise click.UsageError("--target-delta applies to static quantization only")
             result = quantize_model(model, output, config, calibration, eval_dir, force=force, threads=threads,
-                                    progress=True)
+                                    progress=True, report_layers=report_layers, target_delta=target_delta)
     for message in result.report["unreadable_images"]:
         click.echo(f"warning: skipped {message}", err=True)
     click.echo(describe(result.report))
