@@ -153,7 +153,24 @@ def keep_float(qdq_proto, float_proto, conv_names: list[str]):
                 model.graph.initializer.append(tensor)
                 have.add(alias)
             node.input[k] = alias
+    _drop_dead_nodes(model)
     return model
+
+
+def _drop_dead_nodes(model) -> None:
+    """Remove nodes whose outputs nobody reads (the chosen convs' old Q/DQ and weight DQ),
+    and initializers no node reads any more, so the file holds only what runs."""
+    graph_outputs = {o.name for o in model.graph.output}
+    while True:
+        used = {i for n in model.graph.node for i in n.input} | graph_outputs
+        dead = [n for n in model.graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            model.graph.node.remove(n)
+    used = {i for n in model.graph.node for i in n.input}
+    for t in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(t)
 
 
 def _worst(scores: list[tuple[float, float]]) -> tuple[float, float]:
@@ -263,11 +280,3 @@ def choose_fallback(float_path: Path, qdq_path: Path, inputs: list[np.ndarray], 
             "met": current["worst_delta1"] >= target_delta, "reason": reason, "steps": steps,
             "fp32_ms": fp32_ms, "int8_ms": int8_ms}
 
-
-def worst_delta1(float_path: Path, qdq_path: Path, inputs: list[np.ndarray], threads: int | None = None) -> float:
-    """The worst evaluation photo's δ<1.25 of a QDQ file against its float model."""
-    import onnx
-
-    fp32 = _session(onnx.load(str(float_path)), threads)
-    refs = [fp32.run(None, {INPUT_NAME: x})[0] for x in inputs]
-    return evaluate(_session(onnx.load(str(qdq_path)), threads), refs, inputs)["worst_delta1"]

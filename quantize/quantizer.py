@@ -136,16 +136,11 @@ def quantize_model(
             fallback = layers.choose_fallback(pre, q_tmp, sets.evaluation, layer_table["layers"], target_delta,
                                               threads=threads)
             if fallback["layers"]:
-                full = Path(tmp) / "full.onnx"
-                q_tmp.replace(full)
-                quantize(pre, q_tmp, exclude + fallback["layers"])  # the real thing, calibrated without them
-                fallback["final_worst_delta1"] = layers.worst_delta1(pre, q_tmp, sets.evaluation, threads)
-                if fallback["final_worst_delta1"] < layer_table["int8_worst_delta1"]:
-                    full.replace(q_tmp)  # never worse than full INT8: keep it, and say so
-                    fallback["reason"] += "; the recalibrated model scored below full INT8, so full INT8 was kept"
-                    fallback["layers"] = []
-                else:
-                    exclude = exclude + fallback["layers"]
+                # The model measured is the model written: the QDQ file with the chosen convs
+                # reading float inputs and weights, every other scale as calibrated.
+                chosen = layers.keep_float(onnx.load(str(q_tmp)), onnx.load(str(pre)), fallback["layers"])
+                onnx.save(chosen, str(q_tmp))
+                exclude = exclude + fallback["layers"]
         proto = onnx.load(str(q_tmp))
         props = dict(source_props)
         props[PREFIX + "precision"] = f"int8-{config.mode}"
