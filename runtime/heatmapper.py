@@ -38,8 +38,13 @@ class DepthResult:
         return postprocess.colorize(self.depth, self.colormap)
 
     def colorized(self, colormap: int | None = None) -> np.ndarray:
-        """The heatmap in another OpenCV colormap (its id); the cached one for this result's own."""
-        return self.heatmap if colormap is None or colormap == self.colormap else postprocess.colorize(self.depth, colormap)
+        """The heatmap in another OpenCV colormap (its id), made once per colormap."""
+        if colormap is None or colormap == self.colormap:
+            return self.heatmap
+        made = self.__dict__.setdefault("_colorized", {})  # frozen: the instance dict holds the cache
+        if colormap not in made:
+            made[colormap] = postprocess.colorize(self.depth, colormap)
+        return made[colormap]
 
     @cached_property
     def image(self) -> np.ndarray:

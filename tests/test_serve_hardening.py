@@ -301,6 +301,10 @@ def test_each_result_is_colorized_once(fixed_model, photo_set, monkeypatch):
                        headers={"content-type": "image/jpeg"}, timeout=60)
         assert r.status_code == 200 and calls == [cv2.COLORMAP_TURBO]
         calls.clear()
+        r = httpx.post(base + "/v1/depth?format=json&colormap=turbo&overlay=true", content=data,
+                       headers={"content-type": "image/jpeg"}, timeout=60)
+        assert r.status_code == 200 and calls == [cv2.COLORMAP_TURBO]  # heatmap and overlay share it
+        calls.clear()
         r = httpx.post(base + "/v1/depth?format=depth16", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
         assert r.status_code == 200 and calls == []
 
