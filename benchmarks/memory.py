@@ -1,6 +1,6 @@
 """Peak memory of a dynamic-size model over many images of varied sizes, arena on vs off.
 
-    python -m benchmarks.memory models/midas_small_dynamic.onnx --images 300
+    python -m benchmarks.memory models/midas_small.onnx --images 300     # the default export: dynamic size
 
 Each setting runs in a fresh process (VmHWM/VmRSS from /proc/self/status), so one cannot
 inflate the other. onnxruntime's CPU arena keeps buffers per new shape; with dynamic models
