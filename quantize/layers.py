@@ -31,7 +31,7 @@ from runtime.metadata import INPUT_NAME
 
 from . import report
 
-DEFAULT_MEASURE = 24  # layers whose depth impact is measured (lowest activation SQNR first)
+DEFAULT_MEASURE = 16  # layers whose depth impact is measured (lowest activation SQNR first): 40 photos in < 2 min
 
 
 def role(node_name: str) -> str:
