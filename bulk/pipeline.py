@@ -31,16 +31,16 @@ import socket
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from runtime.depth_files import FORMATS, check_format, encode_depth
+from runtime.depth_files import check_format, encode_depth
 from runtime.errors import MidasOnnxError
-from runtime.outputs import IMAGE_EXTENSIONS, expand_inputs, render
+from runtime.outputs import IMAGE_EXTENSIONS, expand_inputs, output_suffixes, render
 
 MANIFEST = "manifest.jsonl"
 JOB_FILE = "job.json"
@@ -134,18 +134,10 @@ def list_inputs(spec: str, output: str) -> tuple[str, list[str]]:
     return root, files
 
 
-def suffixes(save_depth: str) -> dict[str, str]:
-    """kind -> suffix after the input's full name, as `heatmap` names its outputs."""
-    out = {"heatmap": ".heatmap.png"}
-    if save_depth != "none":
-        out["depth"] = FORMATS[save_depth][0]
-    return out
-
-
 def outputs_for(rel: str, out_root: str, save_depth: str) -> dict[str, str]:
     """Mirror of the input's relative path, full name kept: ``x/a.jpg`` -> ``OUT/x/a.jpg.heatmap.png``."""
     base = f"{out_root.rstrip('/')}/{rel}"
-    return {kind: base + suffix for kind, suffix in suffixes(save_depth).items()}
+    return {kind: base + suffix for kind, suffix in output_suffixes(save_depth).items()}
 
 
 def _relative(path: str, root: str) -> str:
@@ -530,14 +522,3 @@ def read_manifest(output: str) -> list[dict]:
                 continue
         return rows
 
-
-def write_manifest(output: str, rows: list[dict]) -> str:
-    """The whole manifest, written atomically (one row per input)."""
-    journal = Journal(output)
-    journal.finish(_dedupe([{**r, "outputs": json.dumps(r["outputs"]) if not isinstance(r["outputs"], str)
-                                  else r["outputs"]} for r in rows]))
-    return journal.path
-
-
-def settings_dict(settings: BulkSettings) -> dict:
-    return asdict(settings)

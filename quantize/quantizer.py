@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cpu import cpu_name, int8_flags
+from runtime.cpu import cpu_name, dot_product_flags, int8_flags
 from runtime.errors import ModelError
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
@@ -194,7 +194,7 @@ def speed_verdict(result: dict) -> str | None:
     if slowest >= MIN_USEFUL_SPEEDUP:
         return None
     flags = result["cpu"]["int8_flags"]
-    dot = [f for f in flags if f in ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")]
+    dot = dot_product_flags(flags)
     why = (f"this CPU has INT8 dot-product instructions ({', '.join(dot)})" if dot else
            "this CPU has no INT8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or ARM dot-product), "
            f"only {', '.join(flags) or 'none of the listed features'}")

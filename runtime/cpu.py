@@ -35,7 +35,15 @@ def int8_flags() -> list[str]:
     return [f for f in INT8_FLAGS if f in have]
 
 
-def has_int8_dot_product(flags: list[str] | None = None) -> bool:
-    """VNNI (x86) or dot-product (ARM): the instructions that make INT8 convolutions fast."""
+# VNNI (x86) or dot-product (ARM): the instructions that make INT8 convolutions fast.
+DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def dot_product_flags(flags: list[str] | None = None) -> list[str]:
+    """The INT8 dot-product instructions among ``flags`` (default: this CPU's)."""
     flags = int8_flags() if flags is None else flags
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8", "asimddp"} & set(flags))
+    return [f for f in flags if f in DOT_PRODUCT_FLAGS]
+
+
+def has_int8_dot_product(flags: list[str] | None = None) -> bool:
+    return bool(dot_product_flags(flags))

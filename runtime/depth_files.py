@@ -27,7 +27,6 @@ FORMATS: dict[str, tuple[str, str]] = {
     "pfm": (".depth.pfm", "image/x-portable-floatmap"),
     "exr": (".depth.exr", "image/x-exr"),
 }
-FLOAT_FORMATS = ("npy", "pfm", "exr")
 
 
 class DepthFormatError(MidasOnnxError, ValueError):

@@ -38,7 +38,7 @@ def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
         raise ImageError(f"{name}: empty file")
-    if buf[:3].tobytes() == b"\xff\xd8\xff" and not jpeg_is_complete(bytes(data)):
+    if buf[:3].tobytes() == b"\xff\xd8\xff" and not jpeg_is_complete(data):
         # libjpeg decodes a cut-off JPEG "successfully" with grey rows and a stderr warning.
         raise ImageError(f"{name}: truncated JPEG (no end-of-image marker); the file is incomplete")
     try:
@@ -58,7 +58,7 @@ def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels
 _MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
-def jpeg_is_complete(data: bytes) -> bool:
+def jpeg_is_complete(data: bytes | bytearray | memoryview) -> bool:
     """True when the JPEG's image data reaches its end-of-image marker (EOI).
 
     Walks the segments to the first start-of-scan, then scans for the next marker, skipping

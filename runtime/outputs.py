@@ -21,7 +21,7 @@ from .files import write_atomic
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
-SUFFIXES = {"heatmap": ".heatmap.png", "depth": ".depth.png", "overlay": ".overlay.png"}
+SUFFIXES = {"heatmap": ".heatmap.png", "overlay": ".overlay.png"}  # depth: runtime.depth_files.FORMATS
 
 
 def expand_inputs(specs: Iterable[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
@@ -64,10 +64,21 @@ def common_root(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
-def output_path(src: Path, root: Path, outdir: Path, kind: str) -> Path:
-    """The output file for ``src`` of ``kind`` ("heatmap", "depth", "overlay" or a video suffix)."""
+def output_suffixes(depth: str | None = None, overlay: bool = False) -> dict[str, str]:
+    """kind -> suffix after the input's full name, as `heatmap` and `bulk` both name outputs."""
+    from .depth_files import FORMATS  # depth_files encodes PNGs through this module
+
+    out = {"heatmap": SUFFIXES["heatmap"]}
+    if depth and depth != "none":
+        out["depth"] = FORMATS[depth][0]
+    if overlay:
+        out["overlay"] = SUFFIXES["overlay"]
+    return out
+
+
+def output_path(src: Path, root: Path, outdir: Path, suffix: str) -> Path:
+    """The output file for ``src`` with ``suffix`` (from ``output_suffixes``, or a video's)."""
     rel = src.relative_to(root) if src.is_relative_to(root) else Path(src.name)
-    suffix = SUFFIXES.get(kind, kind)
     return outdir / rel.parent / (rel.name + suffix)
 
 

@@ -35,10 +35,12 @@ _BLOCK_ROWS = 256
 
 def depth_range(depth: np.ndarray) -> tuple[float, float]:
     """(lo, hi) for min-max normalisation; a constant map gives hi == lo (all levels 0)."""
-    lo, hi = float(depth.min()), float(depth.max())
-    if not hi - lo > 1e-12 * max(1.0, abs(hi)):
-        return lo, lo
-    return lo, hi
+    return _flat_to_point(float(depth.min()), float(depth.max()))
+
+
+def _flat_to_point(lo: float, hi: float) -> tuple[float, float]:
+    """A range too narrow to divide by becomes (lo, lo): one colour, never a division by zero."""
+    return (lo, hi) if hi - lo > 1e-12 * max(1.0, abs(hi)) else (lo, lo)
 
 
 def normalise(depth: np.ndarray) -> np.ndarray:
@@ -120,7 +122,5 @@ class SteadyRange:
         if self.range is not None:
             lo = self.keep * self.range[0] + (1 - self.keep) * lo
             hi = self.keep * self.range[1] + (1 - self.keep) * hi
-        if not hi - lo > 1e-12 * max(1.0, abs(hi)):
-            hi = lo  # flat: colorize maps it to one colour
-        self.range = (lo, hi)
+        self.range = _flat_to_point(lo, hi)
         return self.range

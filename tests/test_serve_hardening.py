@@ -181,14 +181,27 @@ def test_chunked_body_is_capped_while_it_arrives(fixed_model, multipart):
         assert ok.status_code == 200
 
 
-def test_a_refused_request_costs_no_decode(fixed_model, photo_set, decodes):
-    settings = ServeSettings(model=fixed_model, threads=1, queue_size=1, max_batch=1, access_log=False)
+@contextlib.contextmanager
+def one_held_in_inference(model, photo, name: str):
+    """A server with room for one waiting image, and a first request ``name`` held inside
+    inference until ``held.release`` is set: yields (base, svc, held, first's responses)."""
+    settings = ServeSettings(model=model, threads=1, queue_size=1, max_batch=1, access_log=False)
     with live_app(settings) as (base, svc):
         held = HeldInference(svc)
+        first: list = []
+        thread = post_async(base + "/v1/depth", first, files={"file": (name, jpeg(photo), "image/jpeg")})
+        assert held.entered.acquire(timeout=30)
+        try:
+            yield base, svc, held, first
+        finally:
+            held.release.set()
+            thread.join(60)
+
+
+def test_a_refused_request_costs_no_decode(fixed_model, photo_set, decodes):
+    with one_held_in_inference(fixed_model, photo_set["coffee"], "first.jpg") as (base, svc, held, first):
         url = base + "/v1/depth"
-        first, second = [], []
-        t1 = post_async(url, first, files={"file": ("first.jpg", jpeg(photo_set["coffee"]), "image/jpeg")})
-        assert held.entered.acquire(timeout=30)  # first is in inference, held
+        second = []
         t2 = post_async(url, second, files={"file": ("second.jpg", jpeg(photo_set["chelsea"]), "image/jpeg")})
         wait_until(lambda: svc.batcher.depth() == 1 and decodes.get("second.jpg") == 1, "second queued")
 
@@ -198,20 +211,15 @@ def test_a_refused_request_costs_no_decode(fixed_model, photo_set, decodes):
         assert "third.jpg" not in decodes
 
         held.release.set()
-        t1.join(60)
         t2.join(60)
+        wait_until(lambda: first, "first answered")
         assert first[0].status_code == 200 and second[0].status_code == 200
         wait_until(lambda: svc.batcher.depth() == 0, "queue drained")
         assert decodes == {"first.jpg": 1, "second.jpg": 1}
 
 
 def test_disconnect_while_queued_frees_the_place(fixed_model, photo_set, decodes):
-    settings = ServeSettings(model=fixed_model, threads=1, queue_size=1, max_batch=1, access_log=False)
-    with live_app(settings) as (base, svc):
-        held = HeldInference(svc)
-        first = []
-        t1 = post_async(base + "/v1/depth", first, files={"file": ("first.jpg", jpeg(photo_set["coffee"]), "image/jpeg")})
-        assert held.entered.acquire(timeout=30)
+    with one_held_in_inference(fixed_model, photo_set["coffee"], "first.jpg") as (base, svc, held, first):
         body = jpeg(photo_set["rocket"])
         host, port = base.removeprefix("http://").split(":")
         sock = socket.create_connection((host, int(port)))
@@ -224,26 +232,20 @@ def test_disconnect_while_queued_frees_the_place(fixed_model, photo_set, decodes
         t3 = post_async(base + "/v1/depth", third, files={"file": ("third.jpg", jpeg(photo_set["chelsea"]), "image/jpeg")})
         wait_until(lambda: svc.batcher.depth() == 1 and decodes.get("third.jpg") == 1, "third admitted")
         held.release.set()
-        t1.join(60)
         t3.join(60)
+        wait_until(lambda: first, "first answered")
         assert first[0].status_code == 200 and third[0].status_code == 200
         assert held.calls == 2  # the gone client's image never reached inference
 
 
 def test_jobs_decode_each_image_once_and_wait_for_room(fixed_model, photo_set, decodes):
-    settings = ServeSettings(model=fixed_model, threads=1, queue_size=1, max_batch=1, access_log=False)
-    with live_app(settings) as (base, svc):
-        held = HeldInference(svc)
-        blocker = []
-        t = post_async(base + "/v1/depth", blocker, files={"file": ("blocker.jpg", jpeg(photo_set["coffee"]), "image/jpeg")})
-        assert held.entered.acquire(timeout=30)
+    with one_held_in_inference(fixed_model, photo_set["coffee"], "blocker.jpg") as (base, svc, held, _):
         files = [("file", (f"{n}.jpg", jpeg(photo_set[n]), "image/jpeg")) for n in ("astronaut", "chelsea", "rocket")]
         job = httpx.post(base + "/v1/jobs", files=files, timeout=30).json()
         wait_until(lambda: svc.batcher.depth() == 1, "first job image queued")
         time.sleep(0.3)  # while held, a polling job would decode again and again; this one waits
         assert decodes.get("chelsea.jpg", 0) == 0 and decodes["astronaut.jpg"] == 1
         held.release.set()
-        t.join(60)
         wait_until(lambda: httpx.get(base + job["url"]).json()["status"] == "done", "job done")
         view = httpx.get(base + job["url"]).json()
         assert [r["name"] for r in view["results"]] == ["astronaut.jpg", "chelsea.jpg", "rocket.jpg"]
