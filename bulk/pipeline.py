@@ -434,7 +434,11 @@ def _run_pass(settings: BulkSettings, inputs: str, in_root: str, paths: list[str
         ds = ds.map_batches(
             worker,
             batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(paths) // batch_size) or 1)),
+            # One by one (the pass that isolates an input that kills its worker), each actor
+            # holds one task at a time: tasks queued behind a dying one would fail with it and
+            # use up their own retries, turning innocent inputs into failed rows.
+            compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(paths) // batch_size) or 1),
+                                               max_tasks_in_flight_per_actor=1 if batch_size == 1 else None),
             num_cpus=settings.cpu_share * settings.threads_per_worker,
             max_restarts=-1,  # a lost actor (node gone, process killed) is replaced ...
             max_task_retries=TASK_RETRIES,  # ... and its batch re-run, a bounded number of times
