@@ -5,8 +5,8 @@ What moves: the object store carries input *paths* (local files the workers can 
 URIs any node opens through pyarrow); bytes are shipped through Ray only for local inputs on
 a cluster without a shared filesystem (``ship_bytes``). A pool of actors, each holding one
 ``DepthHeatmapper`` (session made once per actor), runs the runtime's own pipeline: reads and
-decodes in a small thread pool, one session call per network shape for each batch
-(``predict_batch``), colouring and encoding in the thread pool again.
+decodes in a small thread pool, session calls of up to ``SESSION_BATCH`` images of one
+network shape (``predict_batch``), colouring and encoding in the thread pool again.
 
 What survives: the driver appends every finished row to ``OUTPUT/manifest.jsonl`` and
 flushes it as batches finish, so a killed driver leaves every finished input recorded; the
@@ -24,10 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 import logging
+import math
 import os
 import socket
+import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +48,10 @@ from runtime.outputs import IMAGE_EXTENSIONS, expand_inputs, output_suffixes, re
 MANIFEST = "manifest.jsonl"
 JOB_FILE = "job.json"
 DEPTH_MODES = ("none", "png16", "npy", "pfm", "exr")  # as `heatmap --save-depth` (runtime.depth_files)
+# Images of one network shape per session call. The INT8 model at 640x480 (one thread, 2-core
+# EPYC) costs 51-53 ms of CPU an image in calls of 2 or 4 and 59 ms in calls of 8: larger
+# batches' activations outgrow the cache.
+SESSION_BATCH = 4
 TASK_RETRIES = 3
 ACTOR_INIT_RETRIES = 3
 # Fault injection for tests: a worker that reads an input whose name contains this exits
@@ -64,7 +71,10 @@ class BulkSettings:
     address: str | None = None
     workers: int | None = None
     threads_per_worker: int = 1
-    batch_size: int = 8
+    # Images per actor call. Each call costs Ray Data ~22 ms of CPU on a 2-core EPYC
+    # (`benchmarks.bulk_bench`, ray_data_task_cost): 16 images a call make that ~1.4 ms an
+    # image, against 5.5 at 4. Inference goes SESSION_BATCH images at a time whatever this is.
+    batch_size: int = 16
     save_depth: str = "none"
     colormap: str = "inferno"
     force: bool = False
@@ -179,7 +189,7 @@ class HeatmapWorker:
                 rows[i].update(status="failed", error=item, outputs=[])
         if ok:
             try:
-                results = self.hm.predict_batch([loaded[i] for i in ok])  # one session call per shape
+                results = self.hm.predict_batch([loaded[i] for i in ok], per_call=SESSION_BATCH)
             except MidasOnnxError as exc:
                 results = [exc] * len(ok)
             for row, error in zip([rows[i] for i in ok], self.io.map(self._write, [rows[i] for i in ok], results),
@@ -293,12 +303,19 @@ def run(settings: BulkSettings, inputs: str, output: str) -> tuple[Summary, list
     from runtime import DepthHeatmapper
 
     t0 = time.perf_counter()
-    DepthHeatmapper(settings.model, threads=1, colormap=settings.colormap)  # the model, checked before Ray starts
-    record = job_record(settings)
-    check_job(settings, output, record)
-    in_root, todo, rows = plan(settings, inputs, output)
-    journal = Journal(output)
-    journal.write_job(record)
+    # Ray Data's import (~0.6 s of Python) runs beside the driver's own checks, which spend
+    # their time in onnxruntime, hashlib and the filesystem; Ray itself starts only after them.
+    importer = threading.Thread(target=_import_if_present, args=("ray.data",), name="import-ray-data")
+    importer.start()
+    try:
+        DepthHeatmapper(settings.model, threads=1, colormap=settings.colormap)  # the model, checked before Ray starts
+        record = job_record(settings)
+        check_job(settings, output, record)
+        in_root, todo, rows = plan(settings, inputs, output)
+        journal = Journal(output)
+        journal.write_job(record)
+    finally:
+        importer.join()
     if todo:
         rows += _with_ray(settings, lambda: list(_process(settings, inputs, in_root, todo, output, journal)))
     rows = _dedupe(rows)
@@ -309,6 +326,12 @@ def run(settings: BulkSettings, inputs: str, output: str) -> tuple[Summary, list
             summary.nodes[row["node"]] = summary.nodes.get(row["node"], 0) + 1
     journal.finish(rows)
     return summary, rows
+
+
+def _import_if_present(module: str) -> None:
+    """Import ahead of use; a missing module is reported where it is used, not from a thread."""
+    with contextlib.suppress(ImportError):
+        importlib.import_module(module)
 
 
 def _with_ray(settings: BulkSettings, work):
@@ -346,10 +369,33 @@ def _with_ray(settings: BulkSettings, work):
             raise BulkError(f"the bulk job stopped: {_cause(exc)}{where}") from None
         finally:
             if started_here:
-                ray.shutdown()
+                _shutdown_local_ray()
     if log_path:
         Path(log_path).unlink(missing_ok=True)
     return result
+
+
+def _shutdown_local_ray() -> None:
+    """``ray.shutdown()`` without the second it loses on every local run.
+
+    Ray stops its GCS before the autoscaler monitor; the monitor's SIGTERM handler then
+    reports its own end to the dead GCS and blocks until Ray's one-second grace period runs
+    out (the same order was fixed for ``ray stop`` in ray-project/ray#30672, not for
+    ``ray.shutdown``). The monitor of a local Ray we started holds no state, so it is killed
+    first. Private Ray API: if it moves, shutdown is merely a second slower.
+    """
+    import ray
+
+    try:
+        from ray._private import ray_constants
+        from ray._private.worker import _global_node
+
+        if _global_node is not None and _global_node.is_head():
+            _global_node._kill_process_type(ray_constants.PROCESS_TYPE_MONITOR, check_alive=False,
+                                            allow_graceful=False)
+    except Exception:  # noqa: BLE001 - only a speed-up; ray.shutdown below still stops everything
+        pass
+    ray.shutdown()
 
 
 @contextlib.contextmanager
@@ -419,11 +465,14 @@ def _run_pass(settings: BulkSettings, inputs: str, in_root: str, paths: list[str
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = settings.workers or max(1, int(cpus // settings.threads_per_worker))
+    # A job smaller than a batch for every worker is split so that every worker gets some.
+    batch_size = max(1, min(batch_size, math.ceil(len(paths) / workers)))
+    tasks = math.ceil(len(paths) / batch_size)
     in_uri = inputs if "://" in inputs else "/"
     if settings.ship_bytes and "://" not in inputs:
         ds = ray.data.read_binary_files(paths, include_paths=True, ray_remote_args={"num_cpus": 0.1})
     else:
-        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=max(1, len(paths) // batch_size))
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=tasks)
     worker = _bound_worker(model=str(Path(settings.model).resolve()), threads=settings.threads_per_worker,
                            colormap=settings.colormap, save_depth=settings.save_depth, in_uri=in_uri,
                            in_root=in_root, out_uri=output)
@@ -437,7 +486,7 @@ def _run_pass(settings: BulkSettings, inputs: str, in_root: str, paths: list[str
             # One by one (the pass that isolates an input that kills its worker), each actor
             # holds one task at a time: tasks queued behind a dying one would fail with it and
             # use up their own retries, turning innocent inputs into failed rows.
-            compute=ray.data.ActorPoolStrategy(size=min(workers, max(1, len(paths) // batch_size) or 1),
+            compute=ray.data.ActorPoolStrategy(size=min(workers, tasks),
                                                max_tasks_in_flight_per_actor=1 if batch_size == 1 else None),
             num_cpus=settings.cpu_share * settings.threads_per_worker,
             max_restarts=-1,  # a lost actor (node gone, process killed) is replaced ...

@@ -123,9 +123,12 @@ class DepthHeatmapper:
         return self.predict(image, order).heatmap
 
     # -- batches ---------------------------------------------------------------------------
-    def predict_batch(self, batch: Sequence[images.ImageInput], order: str = "bgr") -> list[DepthResult]:
+    def predict_batch(self, batch: Sequence[images.ImageInput], order: str = "bgr",
+                      per_call: int | None = None) -> list[DepthResult]:
         """Results in input order. Fixed-size models: one session call for the whole batch;
-        dynamic models: one call per distinct network input shape."""
+        dynamic models: one call per distinct network input shape. ``per_call`` caps the
+        images in one session call: on CPUs, larger batches stop paying once activations
+        outgrow the cache (bulk sends 4 at a time; see ``bulk.pipeline.SESSION_BATCH``)."""
         srcs = [images.load(item, order, self.max_pixels) for item in batch]
         depths: list[np.ndarray | None] = [None] * len(srcs)
 
@@ -133,10 +136,13 @@ class DepthHeatmapper:
             return network_size(srcs[i].pixels.shape[0], srcs[i].pixels.shape[1], self.info)
 
         for _, group in groupby(sorted(range(len(srcs)), key=key), key=key):
-            idx = list(group)
-            out = self._run(np.concatenate([network_input(srcs[i], self.info) for i in idx]))
-            for i, d in zip(idx, out, strict=True):
-                depths[i] = d
+            same_shape = list(group)
+            step = per_call or len(same_shape)
+            for start in range(0, len(same_shape), step):
+                idx = same_shape[start:start + step]
+                out = self._run(np.concatenate([network_input(srcs[i], self.info) for i in idx]))
+                for i, d in zip(idx, out, strict=True):
+                    depths[i] = d
         return [self._finish(src, d) for src, d in zip(srcs, depths, strict=True)]  # type: ignore[arg-type]
 
     # -- internals ---------------------------------------------------------------------------

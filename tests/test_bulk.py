@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,6 +22,20 @@ HANG_GUARD_S = 600  # a job that has not ended by then has hung (what fractional
 def bulk(*args: str, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "midas_onnx", "bulk", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def ray_processes() -> dict[int, str]:
+    """Live processes of any Ray (raylet, GCS, dashboard, monitors, workers), by pid."""
+    found = {}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and ("ray::" in cmd or "/ray/" in cmd):
+            found[int(proc.name)] = cmd[:120]
+    return found
 
 
 def manifest(out) -> list[dict]:
@@ -43,8 +58,16 @@ def collection(tmp_path_factory, photo_set):
 
 def test_local_run_rerun_and_force(collection, tmp_path, fixed_model, photo_set):
     out = tmp_path / "out"
+    before = ray_processes()
     first = bulk(str(collection), str(out), "--model", str(fixed_model), "--batch-size", "2", "--save-depth", "png16")
     assert first.returncode == 1, first.stderr  # the two broken files
+    # The embedded Ray goes with the command (its monitor is now killed first, a second saved
+    # on every run): nothing it started outlives it. Workers see their raylet go and exit on
+    # their own, a moment after the driver; a leak would still be there after the guard.
+    deadline = time.monotonic() + 30
+    while (left := {pid: cmd for pid, cmd in ray_processes().items() if pid not in before}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, left
     assert "5 done, 0 skipped, 2 failed" in first.stdout
     assert f"failed: {collection / 'empty.jpg'}: empty file" in first.stderr
     assert "Traceback" not in first.stderr and "(raylet)" not in first.stderr + first.stdout

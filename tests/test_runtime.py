@@ -118,6 +118,28 @@ def test_batch_equals_one_by_one(hm, hm_dyn, photo_set):
             np.testing.assert_allclose(res.depth, alone.depth, rtol=0, atol=1e-4 * np.ptp(alone.depth))
 
 
+def test_batch_session_calls_follow_shapes_and_the_cap(hm_dyn, photo_set):
+    """One session call per network shape, split into calls of at most ``per_call`` images;
+    results in input order whatever the split."""
+    photo = photo_set["chelsea"]  # 300x451: network 160x256
+    wide = np.ascontiguousarray(np.concatenate([photo, photo], axis=1))  # 300x902: 96x256
+    batch = [photo, wide, photo, photo, wide, photo, photo]
+    sizes = []
+    real = hm_dyn._run
+    hm_dyn._run = lambda x: (sizes.append(x.shape[:3]), real(x))[1]
+    try:
+        whole = hm_dyn.predict_batch(batch, order="rgb")
+        calls_whole, sizes[:] = list(sizes), []
+        capped = hm_dyn.predict_batch(batch, order="rgb", per_call=2)
+    finally:
+        del hm_dyn._run
+    assert sorted(calls_whole) == [(2, 3, 96), (5, 3, 160)]
+    assert sorted(sizes) == [(1, 3, 160), (2, 3, 96), (2, 3, 160), (2, 3, 160)]
+    for item, a, b in zip(batch, whole, capped, strict=True):
+        assert a.depth.shape == b.depth.shape == item.shape[:2]
+        np.testing.assert_allclose(a.depth, b.depth, rtol=0, atol=1e-4 * np.ptp(a.depth))
+
+
 def test_concurrent_calls_from_threads(hm, photo_set):
     photos = list(photo_set.values())
     expected = [hm.predict(p, order="rgb").depth for p in photos]

@@ -18,8 +18,9 @@ from .common import MODEL_HELP, default_model, friendly_errors, require_extra
               help="Ray cluster address (e.g. ray://head:10001 or auto). Default: a fresh embedded local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Inference actors (default: cluster CPUs / threads).")
 @click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per actor call; images of one network shape share one session call.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True,
+              help="Images per actor call (Ray's own cost is per call); inference then takes the "
+                   "call's images of one network shape 4 at a time.")
 @click.option("--save-depth", type=click.Choice(["none", "png16", "npy", "pfm", "exr"]), default="none", show_default=True,
               help="Also write the depth: png16 (16-bit, normalised), npy or pfm (float32), exr.")
 @click.option("--colormap", default="inferno", show_default=True)
