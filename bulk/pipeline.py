@@ -465,8 +465,7 @@ def _run_pass(settings: BulkSettings, inputs: str, in_root: str, paths: list[str
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
     workers = settings.workers or max(1, int(cpus // settings.threads_per_worker))
-    # A job smaller than a batch for every worker is split so that every worker gets some.
-    batch_size = max(1, min(batch_size, math.ceil(len(paths) / workers)))
+    batch_size = call_size(len(paths), batch_size, workers)
     tasks = math.ceil(len(paths) / batch_size)
     in_uri = inputs if "://" in inputs else "/"
     if settings.ship_bytes and "://" not in inputs:
@@ -495,6 +494,12 @@ def _run_pass(settings: BulkSettings, inputs: str, in_root: str, paths: list[str
     for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
         for i in range(len(batch["input"])):
             yield {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
+
+
+def call_size(inputs: int, batch_size: int, workers: int) -> int:
+    """Images per actor call: ``batch_size``, or fewer when a job has less than a batch for
+    every worker, so that every worker gets some (12 photos on 2 workers: 6 and 6, not 12 and 0)."""
+    return max(1, min(batch_size, math.ceil(inputs / workers)))
 
 
 def _bound_worker(**kwargs) -> type:
