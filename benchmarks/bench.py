@@ -77,16 +77,9 @@ QUICK = Settings(runs=6, batch_runs=2, photos=3, threads=(os.cpu_count() or 1,),
 
 # --- machine -------------------------------------------------------------------------------
 def machine() -> dict[str, str]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from runtime.cpu import int8_flags
+    from runtime.cpu import cpu_name, int8_flags
 
+    cpu = cpu_name()
     isa = int8_flags()
     import onnxruntime
 

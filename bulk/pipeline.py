@@ -150,6 +150,15 @@ def outputs_for(rel: str, out_root: str, save_depth: str) -> dict[str, str]:
     return {kind: base + suffix for kind, suffix in output_suffixes(save_depth).items()}
 
 
+def manifest_row(path: str, relative: str, status: str, outputs: list[str], error: str = "", *, node: str = "",
+                 host: str = "", pid: int = 0, seconds: float = 0.0) -> dict:
+    """One manifest row. Outputs travel as a JSON string (one Arrow string column through Ray
+    Data) and are written to the manifest as a list. Rows made on the driver (skipped inputs,
+    inputs whose worker kept dying) have no node, host or pid."""
+    return {"input": path, "relative": relative, "status": status, "outputs": json.dumps(outputs), "error": error,
+            "node": node, "host": host, "pid": pid, "seconds": seconds, "finished": time.time()}
+
+
 def _relative(path: str, root: str) -> str:
     root = root.rstrip("/") + "/"
     return path[len(root):] if path.startswith(root) else os.path.basename(path)
@@ -181,32 +190,24 @@ class HeatmapWorker:
         paths = [str(p) for p in batch["path"]]
         blobs = list(batch["bytes"]) if "bytes" in batch else [None] * len(paths)
         t0 = time.perf_counter()
-        rows = [self._row(p) for p in paths]
+        rels = [_relative(p, self.in_root) for p in paths]
+        outs = [outputs_for(rel, self.out_root, self.save_depth) for rel in rels]
         loaded = list(self.io.map(self._load, paths, blobs))
-        ok = [i for i, item in enumerate(loaded) if not isinstance(item, str)]
-        for i, item in enumerate(loaded):
-            if isinstance(item, str):
-                rows[i].update(status="failed", error=item, outputs=[])
+        errors = [item if isinstance(item, str) else "" for item in loaded]
+        ok = [i for i, error in enumerate(errors) if not error]
         if ok:
             try:
                 results = self.hm.predict_batch([loaded[i] for i in ok], per_call=SESSION_BATCH)
             except MidasOnnxError as exc:
                 results = [exc] * len(ok)
-            for row, error in zip([rows[i] for i in ok], self.io.map(self._write, [rows[i] for i in ok], results),
-                                  strict=True):
-                if error:
-                    row.update(status="failed", error=error, outputs=[])
-        seconds = (time.perf_counter() - t0) / max(1, len(rows))
-        for row in rows:
-            row["seconds"], row["finished"] = seconds, time.time()
-            row["outputs"] = json.dumps(row["outputs"])
+            for i, error in zip(ok, self.io.map(self._write, [paths[i] for i in ok], [outs[i] for i in ok], results),
+                                strict=True):
+                errors[i] = error
+        seconds = (time.perf_counter() - t0) / max(1, len(paths))
+        rows = [manifest_row(path, rel, "failed" if error else "done", [] if error else list(out.values()), error,
+                             node=self.node, host=self.host, pid=os.getpid(), seconds=seconds)
+                for path, rel, out, error in zip(paths, rels, outs, errors, strict=True)]
         return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-
-    def _row(self, path: str) -> dict:
-        rel = _relative(path, self.in_root)
-        return {"input": path, "relative": rel, "status": "done",
-                "outputs": list(outputs_for(rel, self.out_root, self.save_depth).values()),
-                "error": "", "node": self.node, "host": self.host, "pid": os.getpid()}
 
     def _load(self, path: str, data):
         """Decoded pixels, or the error message."""
@@ -224,19 +225,18 @@ class HeatmapWorker:
         except OSError as exc:
             return f"{path}: cannot be read ({exc.strerror or exc})"
 
-    def _write(self, row: dict, result) -> str:
+    def _write(self, path: str, outs: dict[str, str], result) -> str:
         """Write the outputs (each written beside, then renamed); the error message, or ''."""
         if isinstance(result, Exception):
             return str(result)
-        outs = outputs_for(row["relative"], self.out_root, self.save_depth)
         try:
             payloads = {"heatmap": render(result, "heatmap")}
             if "depth" in outs:
                 payloads["depth"] = encode_depth(result.depth, self.save_depth)
-            for kind, path in outs.items():
-                _write_atomic(self.out_fs, path, payloads[kind])
+            for kind, target in outs.items():
+                _write_atomic(self.out_fs, target, payloads[kind])
         except (MidasOnnxError, OSError) as exc:
-            return f"{row['input']}: could not write output ({exc})"
+            return f"{path}: could not write output ({exc})"
         return ""
 
 
@@ -291,8 +291,7 @@ def plan(settings: BulkSettings, inputs: str, output: str) -> tuple[str, list[st
         rel = _relative(path, in_root)
         outs = outputs_for(rel, out_root, settings.save_depth)
         if not settings.force and all(out_fs.get_file_info(p).type == pafs.FileType.File for p in outs.values()):
-            skipped.append({"input": path, "relative": rel, "status": "skipped", "outputs": json.dumps(list(outs.values())),
-                            "error": "", "node": "", "host": "", "pid": 0, "seconds": 0.0, "finished": time.time()})
+            skipped.append(manifest_row(path, rel, "skipped", list(outs.values())))
         else:
             todo.append(path)
     return in_root, todo, skipped
@@ -451,10 +450,9 @@ def _process(settings: BulkSettings, inputs: str, in_root: str, todo: list[str],
             break
     for path in todo:
         if path not in finished:
-            row = {"input": path, "relative": _relative(path, in_root), "status": "failed", "outputs": "[]",
-                   "error": f"{path}: the worker process died on each of {TASK_RETRIES + 1} tries with this input "
-                            "alone (a crash, or out of memory); skipped",
-                   "node": "", "host": "", "pid": 0, "seconds": 0.0, "finished": time.time()}
+            row = manifest_row(path, _relative(path, in_root), "failed", [],
+                               f"{path}: the worker process died on each of {TASK_RETRIES + 1} tries with this "
+                               "input alone (a crash, or out of memory); skipped")
             journal.append(row)
             yield row
 

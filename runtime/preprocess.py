@@ -117,8 +117,9 @@ def preprocess(image: np.ndarray, info: ModelInfo, order: str = "bgr") -> np.nda
         small = np.repeat(small[:, :, None], 3, axis=2)
     else:
         small = small[:, :, channels]
-    mean = np.asarray(info.mean, np.float32) * np.float32(_scale_of(image))
-    std = np.asarray(info.std, np.float32) * np.float32(_scale_of(image))
+    scale = np.float32(_scale_of(image))
+    mean = np.asarray(info.mean, np.float32) * scale
+    std = np.asarray(info.std, np.float32) * scale
     normalised = (small - mean) / std
     return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
 

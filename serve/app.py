@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from runtime import DepthHeatmapper, ImageError, ImageTooLarge, MidasOnnxError
 from runtime.images import decode
-from runtime.outputs import PNG_PARAMS, encode_png, render
+from runtime.outputs import PNG_PARAMS, encode_png
 from runtime.postprocess import colormap_id
 
 from .batcher import Batcher, QueueFull

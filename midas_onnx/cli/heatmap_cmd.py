@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .common import MODEL_HELP, default_model, friendly_errors
 
@@ -274,8 +273,7 @@ class _Job:
         fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
         declared = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.get(cv2.CAP_PROP_FRAME_COUNT) > 0 else None
         temps = {kind: t.with_name(f".{t.name}.partial{t.suffix}") for kind, t in targets.items()}
-        for t in temps.values():
-            shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+        _remove(*temps.values())  # left by an interrupted earlier run
         writers: dict[str, cv2.VideoWriter] = {}
         ranges: list[str] = ["frame,lo,hi"]
         steady = SteadyRange() if self.normalize == "video" else None
@@ -323,8 +321,7 @@ class _Job:
         if error is None and declared is not None and frames < declared - 1:
             error = f"decoding stopped at frame {frames} of {declared} (damaged or cut short)"
         if error is not None:
-            for t in temps.values():
-                shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+            _remove(*temps.values())
             self._fail(f"{src}: {error}")
             return
         if self.outputs.depth == "png16":
@@ -335,3 +332,14 @@ class _Job:
             t.replace(targets[kind])
         self.videos_done += 1
         self.frames += frames
+
+
+def _remove(*paths: Path) -> None:
+    """Delete files or folders (a video's depth frames) that may not exist."""
+    import shutil
+
+    for path in paths:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
