@@ -144,11 +144,12 @@ def test_dynamic_export_parity_on_photos_and_sizes(dynamic_model, recipe_checkpo
     model, _ = build_model(recipe_checkpoint)
     info = ModelInfo(input_hw=None)
     inputs = [network_input(img, info, "rgb") for img in photo_set.values()]
-    assert {x.shape[2:] for x in inputs} >= {(256, 256), (160, 256), (160, 256)}
+    inputs.append(network_input(photo_set["coffee"][:, :260], info, "rgb"))  # a portrait crop
+    assert {x.shape[2:] for x in inputs} >= {(256, 256), (160, 256), (256, 160)}
     rng = np.random.default_rng(7)
     inputs += [rng.standard_normal((1, 3, h, w)).astype(np.float32) for h, w in [(128, 448), (384, 96), (64, 64)]]
     results = check_parity(dynamic_model, model, inputs)
-    assert len(results) == 8
+    assert len(results) == 9
     assert max(r.max_rel for r in results) < 1e-4
 
 

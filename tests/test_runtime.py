@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from runtime import DepthHeatmapper, ImageError, ImageTooLarge, ModelError
-from runtime.postprocess import COLORMAPS, normalise
+from runtime.heatmapper import DepthResult
+from runtime.postprocess import COLORMAPS
 
 from .conftest import FIXTURES, REPO, write_foreign_onnx
 
@@ -189,8 +190,20 @@ def test_exif_orientation_is_applied(hm, photo_set, tmp_path):
 def test_constant_image_does_not_divide_by_zero(hm):
     result = hm.predict(np.full((100, 120, 3), 128, np.uint8))
     assert np.isfinite(result.depth).all()
-    assert (normalise(np.ones((5, 5), np.float32)) == 0).all()
     assert result.heatmap.shape == (100, 120, 3)
+
+
+@pytest.mark.parametrize("spread", [0.0, 1e-14])
+def test_flat_depth_maps_to_one_colour_in_every_block(spread):
+    """A flat (or flatter than float can divide) depth map of more rows than one level block
+    becomes level 0 everywhere: one colour in the heatmap, zeros in the 16-bit PNG, no NaN."""
+    depth = np.full((600, 40), 3.0, np.float32)
+    depth[-1, -1] += spread
+    result = DepthResult(depth, source=None)
+    want = cv2.applyColorMap(np.zeros((1, 1), np.uint8), result.colormap)[0, 0]
+    assert (result.heatmap == want).all()
+    png16 = result.depth_png16()
+    assert png16.dtype == np.uint16 and not png16.any()
 
 
 def test_overlay_and_depth16(hm, photo_set):
