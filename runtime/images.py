@@ -1,6 +1,8 @@
 """Decoding and normalising input images: every accepted form becomes float32 RGB in [0, 1].
 
-Accepted: file paths, encoded bytes (JPEG, PNG, TIFF, WebP, BMP ... what OpenCV decodes),
+Accepted: file paths, encoded bytes (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM/PAM/PFM, Sun raster,
+Radiance HDR, JPEG 2000, AVIF: the formats whose header ``image_header`` reads, so the pixel
+limit holds before any decode),
 and numpy arrays that are grayscale (HxW or HxWx1), 3-channel (BGR or RGB, as the caller
 says) or 4-channel (alpha dropped), of dtype uint8, uint16, or float in [0, 1]. Files are
 decoded as an image viewer shows them: EXIF orientation applied, 16-bit kept at 16 bits.
@@ -16,10 +18,13 @@ from typing import NamedTuple, Union
 import numpy as np
 
 from .errors import ImageError, ImageTooLarge
+from .image_header import FORMATS as HEADER_FORMATS
+from .image_header import HeaderError, header_size
 
 # Decompression-bomb guard: refuse images above this many pixels (100 MP: a 12,000 x 8,000
-# photo still passes). OpenCV is told the same limit *before* it is imported, so it refuses
-# from the header instead of allocating; callers can lower it per DepthHeatmapper.
+# photo still passes). ``check_header`` applies the caller's limit (DepthHeatmapper's
+# max_pixels, serve's --max-pixels) from the file header before decoding; OpenCV's own
+# process-wide limit is set to the default too, as a second line behind it.
 MAX_PIXELS = int(os.environ.get("MIDAS_ONNX_MAX_PIXELS", 100_000_000))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 # FFmpeg (behind cv2.VideoCapture) prints its decoder complaints straight to stderr, before
@@ -41,6 +46,7 @@ def decode(data: bytes | bytearray | memoryview, name: str = "image", max_pixels
     if buf[:3].tobytes() == b"\xff\xd8\xff" and not jpeg_is_complete(data):
         # libjpeg decodes a cut-off JPEG "successfully" with grey rows and a stderr warning.
         raise ImageError(f"{name}: truncated JPEG (no end-of-image marker); the file is incomplete")
+    check_header(data, name, max_pixels)
     try:
         image = cv2.imdecode(buf, _DECODE_FLAGS)
     except cv2.error as exc:
@@ -103,6 +109,24 @@ def read(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     except OSError as exc:
         raise ImageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return decode(data, str(path), max_pixels)
+
+
+def check_header(data: bytes | bytearray | memoryview, name: str, max_pixels: int) -> None:
+    """Refuse, from the header alone, a file above ``max_pixels`` or of a format whose header
+    is not read (so no format reaches the decoder unchecked); costs microseconds, no pixels."""
+    try:
+        found = header_size(data)
+    except HeaderError as exc:
+        raise ImageError(f"{name}: not a decodable image ({exc})") from None
+    if found is None:
+        raise ImageError(f"{name}: not a decodable image (unknown format; accepted: {', '.join(HEADER_FORMATS)})")
+    fmt, width, height = found
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{name}: {fmt} header declares an empty image ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f"{name}: {fmt} header declares {width}x{height} ({width * height:,} pixels): exceeds the pixel "
+            f"limit ({max_pixels:,} pixels); refused before decoding (decompression-bomb guard)")
 
 
 def check_pixels(image: np.ndarray, name: str, max_pixels: int) -> None:

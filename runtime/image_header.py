@@ -1,0 +1,241 @@
+"""Image size from the file header, before any decoding: the decompression-bomb guard.
+
+A 600 KB PNG can declare 100 megapixels; decoding it first and checking after costs seconds
+of CPU and a gigabyte of memory. ``header_size`` reads only the width and height the file
+declares, for every format ``images.decode`` passes to OpenCV (its signature decides), so a
+bomb is refused in microseconds. A file whose signature is none of these is refused by
+``decode`` without ever reaching a decoder, so no format escapes the check.
+
+Every reader bounds its own work: fixed offsets, or a walk over segments/boxes/IFD entries
+whose count is capped, never a scan that grows with a declared length.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from typing import Callable
+
+# Formats this module reads, by name, in the order ``header_size`` tries their signatures.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "PNM/PAM/PFM", "Sun raster", "Radiance HDR",
+           "JPEG 2000", "AVIF")
+_MAX_STEPS = 4096  # segments, IFD entries or boxes a reader walks before giving up
+
+
+class HeaderError(ValueError):
+    """The signature is known but the header is cut short or inconsistent."""
+
+
+def header_size(data: bytes | bytearray | memoryview) -> tuple[str, int, int] | None:
+    """``(format, width, height)`` as the header declares them; None when no known signature
+    matches. Raises ``HeaderError`` for a known signature with a broken header."""
+    head = bytes(data[:16])
+    for test, reader in _READERS:
+        if test(head):
+            try:
+                return reader(data)
+            except (struct.error, IndexError, ValueError) as exc:
+                if isinstance(exc, HeaderError):
+                    raise
+                raise HeaderError(f"{reader.__name__.removeprefix('_')}: header is cut short or malformed") from None
+    return None
+
+
+def _u16(data, pos: int, fmt: str = ">H") -> int:
+    return struct.unpack_from(fmt, data, pos)[0]
+
+
+def _jpeg(data) -> tuple[str, int, int]:
+    pos, n = 2, len(data)
+    for _ in range(_MAX_STEPS):
+        if pos + 4 > n:
+            break
+        if data[pos] != 0xFF:
+            raise HeaderError("jpeg: no marker where one was expected")
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return "JPEG", width, height
+        if marker == 0xDA:
+            break  # scan data before any frame header
+        pos += 2 + _u16(data, pos + 2)
+    raise HeaderError("jpeg: no frame header (SOF) before the image data")
+
+
+def _png(data) -> tuple[str, int, int]:
+    if bytes(data[12:16]) != b"IHDR":
+        raise HeaderError("png: first chunk is not IHDR")
+    width, height = struct.unpack_from(">II", data, 16)
+    return "PNG", width, height
+
+
+def _gif(data) -> tuple[str, int, int]:
+    width, height, flags = struct.unpack_from("<HHB", data, 6)
+    after = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the global colour table
+    if data[after] not in (0x21, 0x2C, 0x3B):
+        raise HeaderError("gif: no extension, image or trailer block after the header")
+    return "GIF", width, height
+
+
+def _bmp(data) -> tuple[str, int, int]:
+    dib = struct.unpack_from("<I", data, 14)[0]
+    if dib == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        width, height = struct.unpack_from("<HH", data, 18)
+    else:
+        width, height = struct.unpack_from("<ii", data, 18)
+    return "BMP", abs(width), abs(height)
+
+
+def _tiff(data) -> tuple[str, int, int]:
+    end = "<" if bytes(data[:2]) == b"II" else ">"
+    big = _u16(data, 2, end + "H") == 43
+    offset = struct.unpack_from(end + ("Q" if big else "I"), data, 8 if big else 4)[0]
+    count = struct.unpack_from(end + ("Q" if big else "H"), data, offset)[0]
+    entry_size, first = (20, offset + 8) if big else (12, offset + 2)
+    sizes: dict[int, int] = {}
+    for k in range(min(count, _MAX_STEPS)):
+        pos = first + k * entry_size
+        tag, typ = struct.unpack_from(end + "HH", data, pos)
+        if tag in (256, 257):
+            value_at = pos + (12 if big else 8)
+            code = {3: "H", 4: "I", 16: "Q"}.get(typ)
+            if code is None:
+                raise HeaderError(f"tiff: image size tag of type {typ}")
+            sizes[tag] = struct.unpack_from(end + code, data, value_at)[0]
+    if 256 not in sizes or 257 not in sizes:
+        raise HeaderError("tiff: first image has no width or length tag")
+    return "TIFF", sizes[256], sizes[257]
+
+
+def _webp(data) -> tuple[str, int, int]:
+    chunk = bytes(data[12:16])
+    if chunk == b"VP8 ":
+        if bytes(data[23:26]) != b"\x9d\x01\x2a":
+            raise HeaderError("webp: bad VP8 start code")
+        width, height = struct.unpack_from("<HH", data, 26)
+        return "WebP", width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L":
+        bits = struct.unpack_from("<I", data, 21)[0]
+        return "WebP", (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X":
+        width = int.from_bytes(data[24:27], "little") + 1
+        height = int.from_bytes(data[27:30], "little") + 1
+        return "WebP", width, height
+    raise HeaderError(f"webp: unknown first chunk {chunk!r}")
+
+
+_TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*([^\s#]+)")
+
+
+def _pnm(data) -> tuple[str, int, int]:
+    head = bytes(data[:4096])
+    if head[:2] == b"P7":  # PAM: KEY VALUE lines up to ENDHDR
+        fields = dict(re.findall(rb"^(WIDTH|HEIGHT)\s+(\d+)", head.split(b"ENDHDR")[0], re.M))
+        if b"WIDTH" not in fields or b"HEIGHT" not in fields:
+            raise HeaderError("pam: no WIDTH or HEIGHT before ENDHDR")
+        return "PAM", int(fields[b"WIDTH"]), int(fields[b"HEIGHT"])
+    pos, values = 2, []
+    for _ in range(2):
+        m = _TOKEN.match(head, pos)
+        if m is None or not m.group(1).isdigit():
+            raise HeaderError("pnm: width and height must follow the magic number")
+        values.append(int(m.group(1)))
+        pos = m.end()
+    return ("PFM" if head[1:2] in (b"F", b"f") else "PNM"), values[0], values[1]
+
+
+def _sun(data) -> tuple[str, int, int]:
+    width, height = struct.unpack_from(">II", data, 4)
+    return "Sun raster", width, height
+
+
+def _hdr(data) -> tuple[str, int, int]:
+    head = bytes(data[:8192])
+    blank = head.find(b"\n\n")
+    if blank < 0:
+        raise HeaderError("hdr: no end of header within 8 KB")
+    line = head[blank + 2:].split(b"\n", 1)[0]
+    m = re.fullmatch(rb"\s*[-+][YX]\s+(\d+)\s+[-+][YX]\s+(\d+)\s*", line)
+    if m is None:
+        raise HeaderError("hdr: bad resolution line")
+    first, second = int(m.group(1)), int(m.group(2))  # "-Y rows +X columns" in the usual order
+    if line.strip()[1:2] == b"Y":
+        first, second = second, first
+    return "Radiance HDR", first, second
+
+
+def _boxes(data, start: int, stop: int):
+    """(type, payload start, box end) of ISO base media boxes between start and stop."""
+    pos = start
+    for _ in range(_MAX_STEPS):
+        if pos + 8 > stop:
+            return
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        head = 8
+        if size == 1:
+            size, head = struct.unpack_from(">Q", data, pos + 8)[0], 16
+        elif size == 0:
+            size = stop - pos
+        if size < head:
+            raise HeaderError("box with an impossible size")
+        yield kind, pos + head, min(pos + size, stop)
+        pos += size
+
+
+def _jp2(data) -> tuple[str, int, int]:
+    if bytes(data[:4]) == b"\xff\x4f\xff\x51":  # raw codestream: SIZ marker segment
+        xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", data, 8)
+        return "JPEG 2000", xsiz - xo, ysiz - yo
+    for kind, at, end in _boxes(data, 0, len(data)):
+        if kind == b"jp2h":
+            for sub, sat, _ in _boxes(data, at, end):
+                if sub == b"ihdr":
+                    height, width = struct.unpack_from(">II", data, sat)
+                    return "JPEG 2000", width, height
+    raise HeaderError("jpeg 2000: no image header box (ihdr)")
+
+
+def _avif(data) -> tuple[str, int, int]:
+    """The largest image spatial extent ('ispe') in the meta box: the primary image, a grid's
+    full size, or an auxiliary image, whichever is largest."""
+    best: tuple[int, int] | None = None
+
+    def walk(start: int, stop: int, depth: int) -> None:
+        nonlocal best
+        for kind, at, end in _boxes(data, start, stop):
+            if kind == b"ispe":
+                width, height = struct.unpack_from(">II", data, at + 4)
+                if best is None or width * height > best[0] * best[1]:
+                    best = (width, height)
+            elif kind in (b"meta", b"iprp", b"ipco") and depth < 4:
+                walk(at + (4 if kind == b"meta" else 0), end, depth + 1)
+
+    walk(0, len(data), 0)
+    if best is None:
+        raise HeaderError("avif: no image size property (ispe)")
+    return "AVIF", best[0], best[1]
+
+
+def _is_pnm(h: bytes) -> bool:
+    return h[:1] == b"P" and h[1:2] in b"1234567Ff" and h[2:3] in b" \t\r\n#"
+
+
+_READERS: tuple[tuple[Callable[[bytes], bool], Callable], ...] = (
+    (lambda h: h[:3] == b"\xff\xd8\xff", _jpeg),
+    (lambda h: h[:8] == b"\x89PNG\r\n\x1a\n", _png),
+    (lambda h: h[:6] in (b"GIF87a", b"GIF89a"), _gif),
+    (lambda h: h[:2] == b"BM", _bmp),
+    (lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff),
+    (lambda h: h[:4] == b"RIFF" and h[8:12] == b"WEBP", _webp),
+    (_is_pnm, _pnm),
+    (lambda h: h[:4] == b"\x59\xa6\x6a\x95", _sun),
+    (lambda h: h[:2] == b"#?", _hdr),
+    (lambda h: h[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or h[:4] == b"\xff\x4f\xff\x51", _jp2),
+    (lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"avif", b"avis", b"mif1", b"miaf"), _avif),
+)
