@@ -1,13 +1,28 @@
-"""How steady a heatmap video's colours are: `--normalize frame` (each frame's min/max) against
-`--normalize video` (robust percentiles carried across frames, ``runtime.postprocess.SteadyRange``).
+"""How steady a heatmap video's colours are, for three ways of choosing each frame's colours:
 
-    python -m benchmarks.video_stability models/midas_small.onnx [--frames 60]
+- ``frame``: each frame's own min/max (`--normalize frame`);
+- ``video-old``: robust percentiles smoothed over time, each frame's scale and shift left as
+  the network gives them (``runtime.postprocess.SteadyRange``);
+- ``video``: each frame aligned to a running reference by a robust scale-and-shift fit, then
+  the smoothed range (``runtime.steady.SteadyNormalizer``; `--normalize video`).
 
-The clip is synthetic and reproducible: a scikit-image photo with sensor-like noise, a
-brightness ramp (0.8x to 1.2x) and a bright disc passing through. For each mode:
-(a) range drift: the frame-to-frame change of the colour mapping's low and high ends, as a
-share of the clip's whole depth range (mean over frames); (b) flicker: the mean absolute
-change between consecutive heatmap frames (0-255 per channel).
+    python -m benchmarks.video_stability models/midas_small.int8.onnx [--frames 60]
+
+Two synthetic, reproducible 640x480 clips. ``steady``: a scikit-image photo with sensor-like
+noise, a 15% brightness step at the middle frame and a bright patch over the second third of
+the frames (as issue #23 describes its clip). ``cut``: the same photo, then a different photo
+from the middle frame on (a scene cut), each with noise.
+
+Figures, per clip and mode:
+- biggest jump: the largest change of the mean heatmap level (0-255) between two
+  consecutive frames; on the cut clip also without the cut itself (``jump w/o cut``);
+- range drift: the frame-to-frame change of the colour range's two ends, as a share of the
+  clip's whole depth range, in the units the frames are coloured in (network units for
+  ``frame``/``video-old``, reference units for ``video``), mean over frames;
+- flicker: the mean absolute change between consecutive heatmap frames (0-255 per channel);
+- cuts: frames where ``video`` restarted its reference (it must be exactly the cut frame);
+- drag: on the cut clip, the mean |heatmap level - per-frame level| over the 10 frames after
+  the cut: how much the old scene's range still colours the new one.
 """
 
 from __future__ import annotations
@@ -16,57 +31,94 @@ import argparse
 
 import numpy as np
 
-MODES = ("frame", "video")
+MODES = ("frame", "video-old", "video")
+SIZE = (640, 480)
 
 
-def synthetic_clip(frames: int = 60, size: tuple[int, int] = (320, 240), seed: int = 0) -> list[np.ndarray]:
-    """BGR uint8 frames: noise, a brightness ramp and a bright object moving left to right."""
+def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
+    """A scikit-image photo as float32 BGR at ``size``; a synthetic scene without scikit-image."""
     import cv2
 
     try:
         import skimage.data
 
-        base = skimage.data.coffee()[:, :, ::-1]
-    except ImportError:  # the runtime alone: a smooth synthetic scene instead
+        base = getattr(skimage.data, name)()[:, :, ::-1]
+    except ImportError:
         yy, xx = np.mgrid[0:240, 0:320]
-        base = np.dstack([xx % 256, yy % 256, (xx + yy) % 256]).astype(np.uint8)
-    base = cv2.resize(base, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        k = {"coffee": 1, "chelsea": 3, "astronaut": 5}.get(name, 7)
+        base = np.dstack([(xx * k) % 256, yy % 256, (xx + k * yy) % 256]).astype(np.uint8)
+    return cv2.resize(np.ascontiguousarray(base), size, interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
+def synthetic_clip(frames: int = 60, size: tuple[int, int] = SIZE, seed: int = 0,
+                   cut_at: int | None = None) -> list[np.ndarray]:
+    """BGR uint8 frames of one photo with noise (sigma 4 levels). Without ``cut_at``: a 15%
+    brightness step at the middle frame and a bright patch (a quarter of the width and
+    height) over the second third of the frames. With ``cut_at``: a second photo from that
+    frame on, nothing else changing."""
+    import cv2
+
     rng = np.random.default_rng(seed)
     w, h = size
+    scenes = (_photo("coffee", size), _photo("chelsea", size))
     out = []
     for t in range(frames):
-        img = base * (0.8 + 0.4 * t / max(1, frames - 1))
-        cx = int(-40 + (w + 80) * t / max(1, frames - 1))
-        cv2.circle(img, (cx, h // 2), max(8, h // 10), (255, 255, 255), -1)
-        img += rng.normal(0, 4.0, img.shape)
+        if cut_at is not None:
+            img = scenes[1 if t >= cut_at else 0].copy()
+        else:
+            img = scenes[0] * (1.15 if t >= frames // 2 else 1.0)
+            if frames // 3 <= t < 2 * frames // 3:
+                cv2.rectangle(img, (w // 8, h // 2), (w // 8 + w // 4, h // 2 + h // 4), (250, 250, 250), -1)
+        img = img + rng.normal(0, 4.0, img.shape)
         out.append(np.clip(img, 0, 255).astype(np.uint8))
     return out
 
 
-def colour_ranges(depths: list[np.ndarray], mode: str) -> list[tuple[float, float]]:
-    """The (lo, hi) each frame is coloured with, as `midas-onnx heatmap --normalize MODE` does."""
+def colour_ranges(depths: list[np.ndarray], mode: str, images: list[np.ndarray] | None = None):
+    """Per frame: (depth as coloured, (lo, hi) in its units, restarted here). ``video`` colours
+    the aligned depth (the same heatmap as ``SteadyFrame.colorize`` on the network depth)."""
     from runtime.postprocess import SteadyRange, depth_range
+    from runtime.steady import SteadyNormalizer
 
     if mode == "frame":
-        return [depth_range(d) for d in depths]
-    steady = SteadyRange()
-    return [steady.update(d) for d in depths]
+        return [(d, depth_range(d), False) for d in depths]
+    if mode == "video-old":
+        old = SteadyRange()
+        return [(d, old.update(d), False) for d in depths]
+    if mode != "video":
+        raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+    steady = SteadyNormalizer()
+    out = []
+    for i, d in enumerate(depths):
+        s = steady.update(d, None if images is None else images[i])
+        out.append((s.aligned(d), (s.lo, s.hi), s.cut))
+    return out
 
 
-def stability(depths: list[np.ndarray], mode: str, colormap: int | None = None) -> dict[str, float]:
-    """Range drift (share of the clip's range per frame) and heatmap flicker (levels per frame)."""
+def stability(depths: list[np.ndarray], mode: str, images: list[np.ndarray] | None = None,
+              cut_at: int | None = None) -> dict:
+    """Biggest jump of the mean level, range drift, flicker (and cut figures) for one mode."""
     import cv2
 
-    from runtime.postprocess import colorize
+    from runtime.postprocess import colorize, to_levels
 
-    colormap = cv2.COLORMAP_INFERNO if colormap is None else colormap
-    ranges = colour_ranges(depths, mode)
-    span = max(float(d.max()) for d in depths) - min(float(d.min()) for d in depths)
-    lo, hi = np.array(ranges).T
+    coloured = colour_ranges(depths, mode, images)
+    levels = [to_levels(d, 255, np.uint8, r) for d, r, _ in coloured]
+    means = np.array([lv.mean() for lv in levels])
+    jumps = np.abs(np.diff(means))
+    span = max(float(d.max()) for d, _, _ in coloured) - min(float(d.min()) for d, _, _ in coloured)
+    lo, hi = np.array([r for _, r, _ in coloured]).T
     drift = float(np.mean((np.abs(np.diff(lo)) + np.abs(np.diff(hi))) / 2) / span) if span > 0 else 0.0
-    heat = [colorize(d, colormap, r).astype(np.int16) for d, r in zip(depths, ranges, strict=True)]
+    heat = [colorize(d, cv2.COLORMAP_INFERNO, r).astype(np.int16) for d, r, _ in coloured]
     flicker = float(np.mean([np.abs(b - a).mean() for a, b in zip(heat, heat[1:])]))
-    return {"range_drift": drift, "flicker": flicker}
+    out = {"biggest_jump": float(jumps.max()), "range_drift": drift, "flicker": flicker,
+           "cuts": [i for i, (_, _, c) in enumerate(coloured) if c and i > 0]}
+    if cut_at is not None:
+        out["jump_without_cut"] = float(np.delete(jumps, cut_at - 1).max())
+        per_frame = [to_levels(d, 255, np.uint8) for d in depths[cut_at:cut_at + 10]]
+        out["drag"] = float(np.mean([np.abs(a.astype(np.int16) - b).mean()
+                                     for a, b in zip(levels[cut_at:cut_at + 10], per_frame)]))
+    return out
 
 
 def main() -> None:
@@ -78,13 +130,21 @@ def main() -> None:
     from runtime.cpu import cpu_name, int8_flags
 
     hm = DepthHeatmapper(args.model)
-    depths = [hm.predict(f).depth for f in synthetic_clip(args.frames)]
-    print(f"{args.model}, {args.frames} frames at 320x240; CPU {cpu_name()} ({' '.join(int8_flags())})")
-    print("| normalize | range drift (share of range per frame) | flicker (mean |change| per frame, 0-255) |")
-    print("|---|---|---|")
-    for mode in MODES:
-        r = stability(depths, mode)
-        print(f"| {mode} | {r['range_drift']:.4f} | {r['flicker']:.2f} |")
+    print(f"{args.model} ({hm.info.precision}), {args.frames} frames at {SIZE[0]}x{SIZE[1]}; "
+          f"CPU {cpu_name()} ({' '.join(int8_flags())})")
+    print("| clip | normalize | biggest jump (mean level, 0-255) | jump w/o cut | range drift | flicker | "
+          "restarts at | drag after cut |")
+    print("|---|---|---|---|---|---|---|---|")
+    for clip, cut_at in (("steady", None), ("cut", args.frames // 2)):
+        frames = synthetic_clip(args.frames, cut_at=cut_at)
+        depths = [hm.predict(f).depth for f in frames]
+        for mode in MODES:
+            r = stability(depths, mode, frames, cut_at)
+            extra = (f"{r['jump_without_cut']:.2f} | {r['range_drift']:.4f} | {r['flicker']:.2f} | "
+                     f"{r['cuts'] if mode == 'video' else '-'} | {r['drag']:.1f}" if cut_at is not None else
+                     f"- | {r['range_drift']:.4f} | {r['flicker']:.2f} | "
+                     f"{r['cuts'] if mode == 'video' else '-'} | -")
+            print(f"| {clip} | {mode} | {r['biggest_jump']:.2f} | {extra} |")
 
 
 if __name__ == "__main__":
