@@ -41,7 +41,7 @@ def test_folder_end_to_end(photo_dir, tmp_path, fixed_model, photo_set):
     assert r.returncode == 1  # two bad files
     assert f"error: {photo_dir / 'empty.jpg'}: empty file" in r.stderr
     assert f"error: {photo_dir / 'corrupt.png'}: not a decodable image" in r.stderr
-    assert "5 done, 0 skipped (exist; --force to overwrite), 2 failed" in r.stdout
+    assert "5 done, 0 skipped, 2 failed" in r.stdout
     assert "Traceback" not in r.stderr
     made = sorted(str(p.relative_to(out)) for p in out.rglob("*.png"))
     names = ["a.jpg", "a.png", "gray.png", "x/c.jpg", "y/c.jpg"]
@@ -81,13 +81,14 @@ def test_glob_missing_path_and_empty_folder_each_say_which(photo_dir, tmp_path, 
     assert f"error: {tmp_path / 'absent.jpg'}: no such file or folder" in r.stderr
     assert f"error: {empty}: folder has no images or videos (" in r.stderr
     # the summary counts files: two photos done, and the three bad specs are not "failed images"
-    assert "2 done, 0 skipped (exist; --force to overwrite), 0 failed" in r.stdout
+    assert "2 done, 0 skipped, 0 failed" in r.stdout
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["x/c.jpg.heatmap.png", "y/c.jpg.heatmap.png"]
 
 
 def test_nothing_to_do_is_an_error(tmp_path, fixed_model):
     r = run_cli("heatmap", str(tmp_path / "absent"), "-o", str(tmp_path / "out"), "--model", str(fixed_model))
-    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1] == "error: no input files"
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines()[-1] == f"error: no input files; {tmp_path / 'absent'}: no such file or folder"
 
 
 def test_output_folder_inside_the_input_folder_is_never_read(photo_dir, tmp_path, fixed_model):
@@ -123,7 +124,7 @@ def test_jpegs_with_data_after_their_end_are_photos(tmp_path, fixed_model, photo
     out = tmp_path / "out"
     r = run_cli("heatmap", str(tmp_path), "-o", str(out), "--model", str(fixed_model))
     assert r.returncode == 1
-    assert "2 done, 0 skipped (exist; --force to overwrite), 2 failed" in r.stdout
+    assert "2 done, 0 skipped, 2 failed" in r.stdout
     for name in ("cut_with_thumbnail.jpg", "cut_progressive.jpg"):
         assert f"error: {tmp_path / name}: truncated JPEG" in r.stderr
     heat = cv2.imread(str(out / "motion.jpg.heatmap.png"))
@@ -168,7 +169,7 @@ def test_video_heatmap_overlay_and_lossless_depth(tmp_path, fixed_model, photo_s
     out = tmp_path / "out"
     r = run_cli("heatmap", str(src), "-o", str(out), "--model", str(fixed_model), "--overlay", "--save-depth")
     assert r.returncode == 0, r.stderr
-    assert "1 done (1 videos, 12 frames), 0 skipped (exist; --force to overwrite), 0 failed" in r.stdout
+    assert "1 done (1 videos, 12 frames), 0 skipped, 0 failed" in r.stdout
     assert cv2.VideoCapture(str(out / "clip.mp4.heatmap.mp4")).get(cv2.CAP_PROP_FPS) == pytest.approx(8.0)
     heat, over = read_frames(out / "clip.mp4.heatmap.mp4"), read_frames(out / "clip.mp4.overlay.mp4")
     assert len(heat) == len(over) == 12 and heat[0].shape == over[0].shape == (120, 160, 3)
@@ -198,10 +199,10 @@ def test_a_video_that_fails_partway_leaves_nothing_and_counts_as_failed(tmp_path
     for _ in range(2):  # and a rerun does not skip it: there is nothing under the final name
         r = run_cli("heatmap", str(tmp_path / "clips"), "-o", str(out), "--model", str(fixed_model), "--save-depth")
         assert r.returncode == 1
-        assert "0 done, 0 skipped (exist; --force to overwrite), 2 failed" in r.stdout
+        assert "0 done, 0 skipped, 2 failed" in r.stdout
         assert f"error: {bad}: decoding stopped at frame" in r.stderr
         assert f"error: {tmp_path / 'clips' / 'junk.mp4'}: cannot be opened as a video" in r.stderr
-        assert not out.exists() or not [p for p in out.rglob("*") if p.is_file()]
+        assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["job.json", "manifest.jsonl"]
         assert f"{bad}: decoding stopped at frame 18 of 30" in r.stderr
         # FFmpeg's own complaints ("[mjpeg @ 0x55d...] overread 8", "moov atom not found") do not leak
         assert " @ 0x" not in r.stderr and "moov atom" not in r.stderr, r.stderr

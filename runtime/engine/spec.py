@@ -1,0 +1,124 @@
+"""What a job writes for each input, validated once before any work starts.
+
+``OutputSpec`` is the one description of a job's outputs: ``heatmap`` and ``bulk`` build it
+from their options, workers render with it, and ``job.json`` records it so that a rerun
+with other settings is refused instead of mixing two kinds of output in one folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..depth_files import FORMATS as DEPTH_FORMATS
+from ..depth_files import check_format, encode_depth
+from ..errors import MidasOnnxError
+from ..metric import Point, align, as_points, metric_depth
+from ..outputs import output_suffixes, render
+from ..pointcloud import DEFAULT_FOV_DEG, Intrinsics, ply_bytes
+from ..postprocess import colormap_id
+
+VIDEO_SUFFIXES = {"heatmap": ".heatmap.mp4", "overlay": ".overlay.mp4", "depth": ".depth"}
+NORMALIZE = ("video", "frame")
+
+
+class OutputSpecError(MidasOnnxError, ValueError):
+    """Output options that cannot go together, or that this machine cannot write."""
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Every output of one input. ``points``: known (x, y, metres), making depth files and
+    point clouds metric; ``normalize``: how video frames are coloured."""
+
+    colormap: str = "inferno"
+    depth: str | None = None
+    overlay: bool = False
+    points: tuple[Point, ...] | None = None
+    ply: bool = False
+    ply_step: int = 1
+    fov: float | None = None
+    intrinsics: Intrinsics | None = None
+    normalize: str = "video"
+
+    @classmethod
+    def make(cls, *, colormap: str = "inferno", depth: str | None = None, overlay: bool = False,
+             points: Sequence | None = None, ply: bool = False, ply_step: int = 1, fov: float | None = None,
+             intrinsics: str | Intrinsics | None = None, normalize: str = "video") -> "OutputSpec":
+        """A checked spec: every refusal here happens before any input is read."""
+        colormap_id(colormap)
+        depth = None if depth in (None, "none") else depth
+        if depth is not None:
+            check_format(depth)
+        if points is not None:
+            points = tuple(as_points(points))
+            if depth == "png16":
+                raise OutputSpecError("png16 depth is normalised per image and cannot hold metres; "
+                                      "use npy, pfm or exr with known depths")
+            depth = depth or "npy"  # metres need a float format
+        if fov is not None and intrinsics is not None:
+            raise OutputSpecError("a field of view and intrinsics are alternatives; give one")
+        if ply_step < 1:
+            raise OutputSpecError(f"the point-cloud step must be >= 1, got {ply_step}")
+        if normalize not in NORMALIZE:
+            raise OutputSpecError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        if isinstance(intrinsics, str):
+            intrinsics = Intrinsics.parse(intrinsics)
+        return cls(colormap.lower(), depth, overlay, points, ply, ply_step, fov, intrinsics, normalize)
+
+    def image_suffixes(self) -> dict[str, str]:
+        """kind -> suffix after a still image's full name."""
+        kinds = output_suffixes(self.depth, self.overlay)
+        if self.points is not None:
+            kinds["align"] = ".align.json"
+        if self.ply:
+            kinds["ply"] = ".ply"
+        return kinds
+
+    def video_suffixes(self) -> dict[str, str]:
+        """kind -> suffix after a video's full name (point clouds and fits are per image)."""
+        kinds = {"heatmap": VIDEO_SUFFIXES["heatmap"]}
+        if self.overlay:
+            kinds["overlay"] = VIDEO_SUFFIXES["overlay"]
+        if self.depth:
+            kinds["depth"] = VIDEO_SUFFIXES["depth"]
+        return kinds
+
+    def record(self) -> dict:
+        """The settings every output depends on, as ``job.json`` keeps them."""
+        return {
+            "colormap": self.colormap,
+            "depth": self.depth,
+            "overlay": self.overlay,
+            "points": [[p.x, p.y, p.depth_m] for p in self.points] if self.points is not None else None,
+            "ply": [self.ply_step, self.fov, list(vars(self.intrinsics).values()) if self.intrinsics else None]
+            if self.ply else None,
+            "normalize": self.normalize,
+        }
+
+    def render(self, result, kinds: Sequence[str]) -> dict[str, bytes]:
+        """Every requested output's bytes for one image's result, all made before any is
+        written; metric outputs use one fit per image."""
+        fit = align(result.depth, self.points) if self.points is not None else None
+        depth = metric_depth(result.depth, fit) if fit is not None else result.depth
+        out: dict[str, bytes] = {}
+        for kind in kinds:
+            if kind in ("heatmap", "overlay"):
+                out[kind] = render(result, kind)
+            elif kind == "depth":
+                out[kind] = encode_depth(depth, self.depth)
+            elif kind == "align":
+                out[kind] = (json.dumps(fit.to_dict(), indent=2) + "\n").encode()
+            elif kind == "ply":
+                h, w = depth.shape
+                cam = self.intrinsics or Intrinsics.from_fov(w, h, self.fov or DEFAULT_FOV_DEG)
+                out[kind] = ply_bytes(depth, result.image, cam, self.ply_step, metric=fit is not None)
+            else:
+                raise ValueError(f"unknown output kind {kind!r}")
+        return out
+
+
+def depth_frame_suffix(depth: str) -> str:
+    """A video's depth frames: ``000000.png`` / ``.npy`` / ``.pfm`` / ``.exr``."""
+    return DEPTH_FORMATS[depth][0].removeprefix(".depth")

@@ -1,0 +1,84 @@
+"""Video files frame by frame: OpenCV's reader in, heatmap/overlay videos and depth frames out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+
+from ..depth_files import encode_depth
+from ..errors import ImageError
+from ..postprocess import SteadyRange, colorize, depth_range, overlay
+from .spec import OutputSpec, depth_frame_suffix
+
+
+class VideoFrames:
+    """Iterates a video's frames; ``check_complete`` refuses a video that stopped early."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.capture = cv2.VideoCapture(str(source))
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise ImageError(f"{source}: cannot be opened as a video (not a video, or its header is damaged)")
+        self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
+        count = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.declared = int(count) if count > 0 else None
+
+    def __enter__(self) -> "VideoFrames":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.capture.release()
+
+    def __iter__(self):
+        while True:
+            ok, frame = self.capture.read()
+            if not ok:
+                return
+            yield frame
+
+    def check_complete(self, frames: int) -> None:
+        if frames == 0:
+            raise ImageError(f"{self.source}: no decodable video frames")
+        if self.declared is not None and frames < self.declared - 1:
+            raise ImageError(f"{self.source}: decoding stopped at frame {frames} of {self.declared} "
+                             "(damaged or cut short)")
+
+
+class VideoWriters:
+    """Heatmap (and overlay) videos plus depth frames under temporary names."""
+
+    def __init__(self, temps: dict[str, Path], spec: OutputSpec, fps: float = 25.0) -> None:
+        self.temps, self.spec, self.fps = temps, spec, fps
+        self.writers: dict[str, cv2.VideoWriter] = {}
+        self.steady = SteadyRange() if spec.normalize == "video" else None
+        self.ranges = ["frame,lo,hi"]
+        self.frames = 0
+
+    def add(self, result) -> None:
+        heat = (colorize(result.depth, result.colormap, self.steady.update(result.depth))
+                if self.steady is not None else result.heatmap)
+        for kind in ("heatmap", "overlay"):
+            if kind in self.temps:
+                self._write(kind, heat if kind == "heatmap" else overlay(result.image, heat))
+        if "depth" in self.temps:
+            folder = self.temps["depth"]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{self.frames:06d}{depth_frame_suffix(self.spec.depth)}").write_bytes(
+                encode_depth(result.depth, self.spec.depth))
+            lo, hi = depth_range(result.depth)
+            self.ranges.append(f"{self.frames},{lo!r},{hi!r}")
+        self.frames += 1
+
+    def _write(self, kind: str, image) -> None:
+        if kind not in self.writers:
+            self.temps[kind].parent.mkdir(parents=True, exist_ok=True)
+            self.writers[kind] = cv2.VideoWriter(str(self.temps[kind]), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
+                                                 (image.shape[1], image.shape[0]))
+        self.writers[kind].write(image)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.release()
+        self.writers.clear()
