@@ -5,10 +5,13 @@ pixels whose distance is known (a laser, a tape, a LiDAR return), the scale and 
 inverse-depth space (``1 / depth_m ~ scale * prediction + shift``, as the MiDaS paper
 aligns predictions to ground truth) turn the prediction into metres.
 
-Robustness: RANSAC over every pair of points (the minimal sample for two unknowns; all
-pairs, so the result is deterministic), keeping the pair whose line agrees with the most
-points (within ``INLIER_TOLERANCE`` relative error in metres, ties to the lower error), then
-least squares on those points. A wrong point (the tape hit another surface, a LiDAR return
+Robustness: RANSAC over pairs of points (the minimal sample for two unknowns), keeping the
+pair whose line agrees with the most points (within ``INLIER_TOLERANCE`` relative error in
+metres, ties to the lower error), then least squares on those points. Every pair is tried
+while there are at most ``MAX_PAIRS`` of them; beyond that, ``MAX_PAIRS`` pairs drawn with a
+fixed seed, so the result stays deterministic and the cost grows linearly with the points
+(``MAX_PAIRS`` x points agreement checks; with half the points wrong, the chance that no
+drawn pair is all-inlier is 0.75^300, about 1e-37). At most ``MAX_POINTS`` points. A wrong point (the tape hit another surface, a LiDAR return
 from glass) is a gross outlier: with few points an M-estimator can still be pulled by two
 of them, while a consensus of at least 3 points rejects them outright.
 
@@ -30,9 +33,12 @@ from typing import Sequence
 
 import numpy as np
 
+from .align import fit_scale_shift
 from .errors import MidasOnnxError
 
 MIN_POINTS = 3
+MAX_POINTS = 1000  # far beyond any hand-measured set; bounds memory and time per image
+MAX_PAIRS = 300  # all pairs up to 25 points; a fixed-seed draw of this many beyond
 INLIER_TOLERANCE = 0.10  # a point agrees with a fit when its metric depth is within 10%
 
 
@@ -57,7 +63,8 @@ class Alignment:
     used: tuple[Point, ...]
     rejected: tuple[Point, ...]
     residual_m: float
-    method: str = f"RANSAC over all point pairs (inliers within {INLIER_TOLERANCE:.0%}), then least squares, in inverse depth"
+    method: str = (f"RANSAC over point pairs (all of them up to {MAX_PAIRS}, else {MAX_PAIRS} drawn with a fixed "
+                   f"seed; inliers within {INLIER_TOLERANCE:.0%}), then least squares, in inverse depth")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -77,6 +84,8 @@ def read_points(path: str | Path) -> list[Point]:
             rows = list(reader)
     except OSError as exc:
         raise AlignmentError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if len(rows) > MAX_POINTS:
+        raise AlignmentError(f"{path}: {len(rows):,} points; at most {MAX_POINTS:,} are accepted")
     points = []
     for i, row in enumerate(rows, start=2):
         try:
@@ -88,6 +97,8 @@ def read_points(path: str | Path) -> list[Point]:
 
 def as_points(items: Sequence) -> list[Point]:
     """Points from (x, y, depth_m) triples or {"x", "y", "depth_m"} mappings (JSON)."""
+    if len(items) > MAX_POINTS:
+        raise AlignmentError(f"{len(items):,} known points; at most {MAX_POINTS:,} are accepted")
     out = []
     for item in items:
         try:
@@ -119,8 +130,8 @@ def align(depth: np.ndarray, points: Sequence) -> Alignment:
     metres = np.array([p.depth_m for p in points], np.float64)
 
     best: tuple[int, float, np.ndarray] | None = None
-    for i, j in itertools.combinations(range(len(points)), 2):
-        fit = _lstsq(pred[[i, j]], target[[i, j]])
+    for i, j in _pairs(len(points)):
+        fit = fit_scale_shift(pred[[i, j]], target[[i, j]])
         if fit is None:
             continue
         inliers, err = _agreement(fit, pred, metres)
@@ -131,7 +142,7 @@ def align(depth: np.ndarray, points: Sequence) -> Alignment:
             f"the known points do not agree on one scale and shift: at most {0 if best is None else best[0]} of "
             f"{len(points)} fit within {INLIER_TOLERANCE:.0%}; check them, or add points")
     keep = best[2]
-    fit = _lstsq(pred[keep], target[keep])
+    fit = fit_scale_shift(pred[keep], target[keep])
     if fit is None:
         raise AlignmentError("the known points all have the same predicted depth; pick points at different distances")
     scale, shift = fit
@@ -163,12 +174,15 @@ def _sample(depth: np.ndarray, x: float, y: float) -> float:
     return float(top * (1 - fy) + bottom * fy)
 
 
-def _lstsq(pred: np.ndarray, target: np.ndarray) -> tuple[float, float] | None:
-    if np.ptp(pred) <= 1e-12 * max(1.0, float(np.abs(pred).max())):
-        return None
-    a = np.stack([pred, np.ones_like(pred)], axis=1)
-    (scale, shift), *_ = np.linalg.lstsq(a, target, rcond=None)
-    return float(scale), float(shift)
+def _pairs(n: int):
+    """Every pair while there are at most MAX_PAIRS, else MAX_PAIRS distinct pairs drawn with a
+    fixed seed (deterministic, and the caller's cost stays linear in n)."""
+    if n * (n - 1) // 2 <= MAX_PAIRS:
+        return list(itertools.combinations(range(n), 2))
+    rng = np.random.default_rng(0)
+    i = rng.integers(0, n, MAX_PAIRS)
+    j = (i + rng.integers(1, n, MAX_PAIRS)) % n  # never i itself
+    return list(zip(i.tolist(), j.tolist(), strict=True))
 
 
 def _agreement(fit: tuple[float, float], pred: np.ndarray, metres: np.ndarray) -> tuple[np.ndarray, float]:
