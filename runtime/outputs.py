@@ -16,6 +16,7 @@ from typing import Iterable
 import cv2
 import numpy as np
 
+from . import png, postprocess
 from .errors import ImageError
 from .files import write_atomic
 
@@ -64,15 +65,17 @@ def common_root(paths: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
-def output_suffixes(depth: str | None = None, overlay: bool = False) -> dict[str, str]:
-    """kind -> suffix after the input's full name, as `heatmap` and `bulk` both name outputs."""
+def output_suffixes(depth: str | None = None, overlay: bool = False, image_format: str = "png") -> dict[str, str]:
+    """kind -> suffix after the input's full name, as `heatmap` and `bulk` both name outputs.
+    ``image_format`` (``IMAGE_FORMATS``) is the heatmap's and overlay's file type."""
     from .depth_files import FORMATS  # depth_files encodes PNGs through this module
 
-    out = {"heatmap": SUFFIXES["heatmap"]}
+    ext = check_image_format(image_format)
+    out = {"heatmap": SUFFIXES["heatmap"].replace(".png", ext)}
     if depth and depth != "none":
         out["depth"] = FORMATS[depth][0]
     if overlay:
-        out["overlay"] = SUFFIXES["overlay"]
+        out["overlay"] = SUFFIXES["overlay"].replace(".png", ext)
     return out
 
 
@@ -86,30 +89,73 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-# PNG settings per output kind. A heatmap is a colormap's few colours along smooth
-# gradients: PNG's row filters cost time there and gain nothing (640x480 results on a 2-core
-# EPYC: zlib level 1 without filters 9.0 ms and 193 KB, OpenCV's default 11.0 ms and 216 KB).
-# Overlays carry the photo, where the filters pay (default 13.8 ms and 393 KB; without them
-# 20 ms and 588 KB), and so does the smooth 16-bit depth.
+# Encoded settings per output kind. The heatmap PNG is not encoded by OpenCV but by
+# ``png.encode_indexed`` (palette + levels); these parameters are for 3-channel heatmaps
+# given to ``encode_png`` (a colormap's few colours along smooth gradients: PNG's row
+# filters cost time there and gain nothing; 640x480 on a 2-core EPYC: zlib level 1 without
+# filters 9.0 ms and 193 KB, OpenCV's default 11.0 ms and 216 KB). Overlays carry the photo,
+# where the filters pay (default 13.8 ms and 393 KB; without them 20 ms and 588 KB), and so
+# does the smooth 16-bit depth.
 PNG_PARAMS: dict[str, list[int]] = {
     "heatmap": [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE],
     "depth": [],
     "overlay": [],
 }
+# Heatmap and overlay file types: format -> (extension, HTTP content type, OpenCV params).
+# PNG is lossless (the default); JPEG at quality 90 is 5-7x smaller again and encodes a
+# 1080p heatmap in about 5 ms; WebP at quality 90 is the smallest but the slowest to encode
+# (about 140 ms for a 1080p heatmap on one core).
+IMAGE_FORMATS: dict[str, tuple[str, str, list[int]]] = {
+    "png": (".png", "image/png", []),
+    "jpg": (".jpg", "image/jpeg", [cv2.IMWRITE_JPEG_QUALITY, 90]),
+    "webp": (".webp", "image/webp", [cv2.IMWRITE_WEBP_QUALITY, 90]),
+}
 
 
-def render(result, kind: str) -> bytes:
-    """One output of a ``DepthResult`` as PNG bytes: "heatmap", "depth" (16-bit) or "overlay".
-    The CLI, the server and bulk workers all encode their outputs here."""
+def check_image_format(image_format: str) -> str:
+    """The extension of ``image_format``, or a ValueError naming the choices."""
+    try:
+        return IMAGE_FORMATS[image_format][0]
+    except KeyError:
+        raise ValueError(f"unknown image format {image_format!r}; choose from {', '.join(IMAGE_FORMATS)}") from None
+
+
+def render(result, kind: str, image_format: str = "png") -> bytes:
+    """One output of a ``DepthResult`` as file bytes: "heatmap", "overlay" (both in
+    ``image_format``) or "depth" (16-bit PNG). The CLI, the server and bulk workers all
+    encode their outputs here."""
     if kind == "heatmap":
-        image = result.heatmap
-    elif kind == "depth":
-        image = result.depth_png16()
-    elif kind == "overlay":
-        image = result.overlay()
-    else:
-        raise ValueError(f"unknown output kind {kind!r}; expected one of {sorted(PNG_PARAMS)}")
-    return encode_png(image, PNG_PARAMS[kind])
+        return encode_heatmap(result.depth, result.colormap, image_format)
+    if kind == "depth":
+        return encode_png(result.depth_png16(), PNG_PARAMS["depth"])
+    if kind == "overlay":
+        return encode_image(result.overlay(), image_format, PNG_PARAMS["overlay"])
+    raise ValueError(f"unknown output kind {kind!r}; expected one of {sorted(PNG_PARAMS)}")
+
+
+def encode_heatmap(depth: np.ndarray, colormap: int, image_format: str = "png",
+                   value_range: tuple[float, float] | None = None) -> bytes:
+    """Depth through an OpenCV colormap (its id) as file bytes, min-max over ``value_range``
+    (default: the map's own). PNG is written as an indexed image straight from the levels,
+    block by block (no full-size BGR heatmap is made): ``cv2.imread`` gives back exactly
+    ``postprocess.colorize(depth, colormap)``. JPEG and WebP encode that BGR heatmap."""
+    check_image_format(image_format)
+    if image_format != "png":
+        return encode_image(postprocess.colorize(depth, colormap, value_range), image_format)
+    height, width = depth.shape
+    return png.encode_indexed(postprocess.level_blocks(depth, value_range), height, width,
+                              postprocess.palette(colormap))
+
+
+def encode_image(image: np.ndarray, image_format: str = "png", png_params: list[int] | None = None) -> bytes:
+    """An 8-bit BGR image as ``image_format`` bytes (``png_params`` apply to PNG only)."""
+    ext, _, params = IMAGE_FORMATS[image_format]
+    if image_format == "png":
+        return encode_png(image, png_params)
+    ok, buf = cv2.imencode(ext, image, params)
+    if not ok:
+        raise ImageError(f"{image_format} encoding failed for an array of shape {image.shape}, dtype {image.dtype}")
+    return buf.tobytes()
 
 
 def encode_png(image: np.ndarray, params: list[int] | None = None) -> bytes:

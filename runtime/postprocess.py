@@ -29,8 +29,9 @@ def resize_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(depth, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
-# Rows per block when mapping full-size depth to levels: float scratch stays a few MB.
-_BLOCK_ROWS = 256
+# Pixels per block when mapping full-size depth to levels: the float scratch (1 MB) stays
+# in cache between the five passes over it, and per-block overhead stays small.
+_BLOCK_PIXELS = 1 << 18
 
 
 def depth_range(depth: np.ndarray) -> tuple[float, float]:
@@ -51,18 +52,35 @@ def normalise(depth: np.ndarray) -> np.ndarray:
     return ((depth - lo) / (hi - lo)).astype(np.float32)
 
 
+def block_rows(width: int) -> int:
+    """Rows per block for a map ``width`` wide (at least one)."""
+    return max(1, _BLOCK_PIXELS // max(1, width))
+
+
 def _level_blocks(depth: np.ndarray, top: int, value_range: tuple[float, float] | None = None):
     """(row slice, float32 block of ``(d - lo) / (hi - lo) * top + 0.5`` clipped to [0, top])
     for blocks of rows, so a full-size float temporary never exists (a 40 MP depth map would
     need 160 MB more). ``value_range`` (lo, hi) defaults to the map's own min and max; a
-    constant map gives all zeros."""
+    constant map gives all zeros. The yielded block is scratch, overwritten by the next one.
+
+    The arithmetic is numpy's, in the map's float type, one operation at a time in this
+    order, in place on a reused block: every output is the same to the bit however the rows
+    are blocked, and no temporary is made per block."""
     lo, hi = value_range if value_range is not None else depth_range(depth)
-    for top_row in range(0, depth.shape[0], _BLOCK_ROWS):
-        rows = slice(top_row, top_row + _BLOCK_ROWS)
+    step = block_rows(depth.shape[1])
+    kind = np.result_type(depth.dtype, np.float32)  # float32 maps stay float32, float64 stay 64
+    scratch = np.empty((min(step, depth.shape[0]), *depth.shape[1:]), kind)
+    for top_row in range(0, depth.shape[0], step):
+        rows = slice(top_row, min(top_row + step, depth.shape[0]))
+        block = scratch[:rows.stop - rows.start]
         if hi == lo:
-            yield rows, np.zeros(depth[rows].shape, np.float32)
+            block.fill(0)
+            yield rows, block
             continue
-        block = (depth[rows] - lo) / (hi - lo) * top + 0.5
+        np.subtract(depth[rows], lo, out=block)
+        block /= hi - lo
+        block *= top
+        block += 0.5
         yield rows, np.clip(block, 0, top, out=block)
 
 
@@ -76,6 +94,23 @@ def to_levels(depth: np.ndarray, top: int, dtype: type, value_range: tuple[float
 
 def to_uint8(depth: np.ndarray) -> np.ndarray:
     return to_levels(depth, 255, np.uint8)
+
+
+def level_blocks(depth: np.ndarray, value_range: tuple[float, float] | None = None):
+    """uint8 colormap indices (0..255) of ``depth``, in blocks of rows from the top: what
+    ``colorize`` looks up, for writers that take the indices themselves (indexed PNG). Each
+    yielded block is scratch, overwritten by the next one."""
+    step = block_rows(depth.shape[1])
+    scratch = np.empty((min(step, depth.shape[0]), *depth.shape[1:]), np.uint8)
+    for rows, block in _level_blocks(depth, 255, value_range):
+        out = scratch[:rows.stop - rows.start]
+        np.copyto(out, block, casting="unsafe")
+        yield out
+
+
+def palette(colormap: int) -> np.ndarray:
+    """The 256 BGR colours (256x1x3 uint8) ``cv2.applyColorMap`` gives levels 0..255."""
+    return cv2.applyColorMap(np.arange(256, dtype=np.uint8).reshape(256, 1), colormap)
 
 
 def colorize(depth: np.ndarray, colormap: int, value_range: tuple[float, float] | None = None) -> np.ndarray:
