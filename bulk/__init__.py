@@ -1,6 +1,8 @@
-"""``midas-onnx bulk``: the runtime's pipeline over whole collections on Ray Data (optional
-``ray`` extra). ``runtime/`` never imports Ray; only this package does."""
+"""``midas-onnx bulk``: the job engine (``runtime.engine``) over Ray, one worker per node
+(optional ``ray`` extra). ``runtime/`` never imports Ray; only this package does."""
 
-from .pipeline import BulkSettings, Summary, read_manifest, run
+from runtime.engine import read_manifest
 
-__all__ = ["BulkSettings", "Summary", "read_manifest", "run"]
+from .pipeline import BulkError, BulkSettings, run
+
+__all__ = ["BulkError", "BulkSettings", "read_manifest", "run"]

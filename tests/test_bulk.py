@@ -59,7 +59,7 @@ def collection(tmp_path_factory, photo_set):
 def test_local_run_rerun_and_force(collection, tmp_path, fixed_model, photo_set):
     out = tmp_path / "out"
     before = ray_processes()
-    first = bulk(str(collection), str(out), "--model", str(fixed_model), "--batch-size", "2", "--save-depth", "png16")
+    first = bulk(str(collection), str(out), "--model", str(fixed_model), "--chunk-size", "2", "--save-depth", "png16")
     assert first.returncode == 1, first.stderr  # the two broken files
     # The embedded Ray goes with the command (its monitor is now killed first, a second saved
     # on every run): nothing it started outlives it. Workers see their raylet go and exit on
@@ -85,44 +85,58 @@ def test_local_run_rerun_and_force(collection, tmp_path, fixed_model, photo_set)
 
     again = bulk(str(collection), str(out), "--model", str(fixed_model), "--save-depth", "png16")
     assert "0 done, 5 skipped, 2 failed" in again.stdout  # done work is skipped, failures retried
-    assert sorted(r["status"] for r in manifest(out)) == ["failed"] * 2 + ["skipped"] * 5
+    assert sorted(r["status"] for r in manifest(out)) == ["done"] * 5 + ["failed"] * 2  # a skip keeps its done row
 
     forced = bulk(str(collection), str(out), "--model", str(fixed_model), "--save-depth", "png16", "--force")
     assert "5 done, 0 skipped, 2 failed" in forced.stdout
 
 
-def test_outputs_match_the_heatmap_command(collection, tmp_path, fixed_model):
-    bulk_out, cli_out = tmp_path / "bulk", tmp_path / "cli"
-    bulk(str(collection), str(bulk_out), "--model", str(fixed_model), "--batch-size", "3", "--colormap", "turbo",
-         "--save-depth", "pfm")
-    subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(collection), "-o", str(cli_out),
-                    "--model", str(fixed_model), "--colormap", "turbo", "--save-depth", "pfm"], cwd=REPO, capture_output=True)
-    # float depth: the same file format from both, the same values
-    from runtime.depth_files import read_pfm
+def test_every_output_and_video_matches_the_heatmap_command(collection, tmp_path, fixed_model, photo_set):
+    from .test_heatmap_cli import write_video
 
-    pfms = sorted(p.relative_to(bulk_out) for p in bulk_out.rglob("*.depth.pfm"))
-    assert pfms == sorted(p.relative_to(cli_out) for p in cli_out.rglob("*.depth.pfm")) and len(pfms) == 5
-    for rel in pfms:
-        np.testing.assert_allclose(read_pfm(bulk_out / rel)[0], read_pfm(cli_out / rel)[0], rtol=0, atol=1e-5)
-    made = sorted(p.relative_to(bulk_out) for p in bulk_out.rglob("*.heatmap.png"))
-    assert made == sorted(p.relative_to(cli_out) for p in cli_out.rglob("*.heatmap.png"))
-    assert len(made) == 5
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in collection.rglob("*.jpg"):
+        if path.stat().st_size:
+            (src / path.name).write_bytes(path.read_bytes())
+    write_video(src / "clip.avi", photo_set["coffee"], frames=6, fourcc="MJPG")
+    points = tmp_path / "points.csv"
+    points.write_text("x,y,depth_m\n10,10,3.0\n100,50,3.0\n200,120,3.0\n50,150,3.0\n")  # any model fits these
+    options = ["--colormap", "turbo", "--save-depth", "pfm", "--overlay", "--save-ply", "--ply-step", "8",
+               "--known-depths", str(points)]
+    bulk_out, cli_out = tmp_path / "bulk", tmp_path / "cli"
+    r = bulk(str(src), str(bulk_out), "--model", str(fixed_model), "--chunk-size", "2", *options)
+    c = subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(src), "-o", str(cli_out),
+                        "--model", str(fixed_model), *options], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == c.returncode == 0, (r.stderr, c.stderr)
+    assert "4 done (1 videos, 6 frames)" in r.stdout and "4 done (1 videos, 6 frames)" in c.stdout
+    made = sorted(str(p.relative_to(bulk_out)) for p in bulk_out.rglob("*") if p.is_file() and p.name[0] != ".")
+    assert made == sorted(str(p.relative_to(cli_out)) for p in cli_out.rglob("*") if p.is_file() and p.name[0] != ".")
+    for suffix in (".heatmap.png", ".overlay.png", ".depth.pfm", ".ply", ".align.json", ".heatmap.mp4"):
+        assert any(m.endswith(suffix) for m in made), suffix
     for rel in made:
-        a = cv2.imread(str(bulk_out / rel)).astype(int)
-        b = cv2.imread(str(cli_out / rel)).astype(int)
-        assert a.shape == b.shape
-        assert np.abs(a - b).max() <= 1  # turbo is not monotonic per channel; 1 level is the bar
+        if rel.endswith((".png", ".pfm", ".ply", ".align.json")) and "/" not in rel:
+            assert (bulk_out / rel).read_bytes() == (cli_out / rel).read_bytes(), rel  # one engine: same bytes
+    for name in ("job.json",):
+        a, b = json.loads((bulk_out / name).read_text()), json.loads((cli_out / name).read_text())
+        assert a["outputs"] == b["outputs"] and a["model_sha256"] == b["model_sha256"]
 
 
 def test_bad_arguments_are_one_line_before_ray_starts(tmp_path, fixed_model):
     r = bulk(str(tmp_path / "nowhere"), str(tmp_path / "out"), "--model", str(fixed_model))
-    assert r.returncode == 2 and r.stderr == f"error: {tmp_path / 'nowhere'}: no such file or folder\n"
+    assert r.returncode == 2 and r.stderr == f"error: no input files; {tmp_path / 'nowhere'}: no such file or folder\n"
     empty = tmp_path / "empty"
     empty.mkdir()
     r = bulk(str(empty), str(tmp_path / "out"), "--model", str(fixed_model))
-    assert r.returncode == 2 and r.stderr.startswith(f"error: {empty}: folder has no images or videos")
+    assert r.returncode == 2 and r.stderr.startswith(f"error: no input files; {empty}: folder has no images or videos")
     r = bulk(str(tmp_path), str(tmp_path / "out"), "--model", str(fixed_model), "--colormap", "nope")
     assert r.returncode == 1 and "unknown colormap" in r.stderr
+    (tmp_path / "photo.jpg").write_bytes(b"x")
+    corrupt = tmp_path / "out2"
+    corrupt.mkdir()
+    (corrupt / "job.json").write_text("[1, 2")
+    r = bulk(str(tmp_path / "photo.jpg"), str(corrupt), "--model", str(fixed_model))
+    assert r.returncode == 2 and r.stderr.startswith(f"error: {corrupt / 'job.json'}: not a job file midas-onnx wrote")
     for model, message in [(tmp_path / "absent.onnx", "model file not found"),
                            (REPO / "README.md", "is not a usable ONNX model")]:
         sessions = set(Path("/tmp/ray").glob("session_2*"))
@@ -132,13 +146,13 @@ def test_bad_arguments_are_one_line_before_ray_starts(tmp_path, fixed_model):
 
 
 def test_small_jobs_are_split_so_every_worker_gets_some():
-    from bulk.pipeline import call_size
+    from bulk.scheduler import chunk_size
 
-    assert call_size(600, 16, 2) == 16
-    assert call_size(12, 16, 2) == 6  # 6 and 6, not 12 and nothing
-    assert call_size(7, 4, 2) == 4
-    assert call_size(3, 16, 8) == 1
-    assert call_size(1, 16, 2) == 1
+    assert chunk_size(600, 64, 2) == 64
+    assert chunk_size(12, 64, 2) == 3  # two chunks in flight on each of 2 workers
+    assert chunk_size(7, 2, 2) == 2
+    assert chunk_size(3, 64, 8) == 1
+    assert chunk_size(1, 64, 2) == 1
 
 
 def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_set):
@@ -155,13 +169,17 @@ def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_
     cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     out = tmp_path / "out"
+    monitors = set(subprocess.run(["pgrep", "-f", "autoscaler/_private/monitor.py"], capture_output=True,
+                                  text=True).stdout.split())
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "bulk", str(src), str(out), "--model", str(fixed_model),
-                                 "--address", cluster.address, "--batch-size", "2", "--workers", "2"],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        pattern = "MapBatches\\(HeatmapWorker\\)"
+        # OUTPUT relative to the driver's folder: resolved there, never in each worker's own
+        proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "bulk", str(src), "out", "--model", str(fixed_model),
+                                 "--address", cluster.address, "--chunk-size", "2", "--workers", "2",
+                                 "--threads-per-worker", "1"],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        pattern = "ray::NodeWorker"
         deadline = time.time() + HANG_GUARD_S
-        while True:  # both actors up (one per node: 0.75 CPU each on 1-CPU nodes) and work flowing
+        while True:  # both workers up (one per node) and work flowing
             actors = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
             if len(actors) >= 2 and len(list(out.rglob("*.heatmap.png"))) >= 10:
                 break
@@ -173,6 +191,9 @@ def test_two_node_cluster_survives_a_killed_worker(tmp_path, fixed_model, photo_
         subprocess.run(["kill", "-9", oldest], check=True)
         killed_at = len(list(out.rglob("*.heatmap.png")))
         stdout, stderr = proc.communicate(timeout=HANG_GUARD_S)
+        alive = set(subprocess.run(["pgrep", "-f", "autoscaler/_private/monitor.py"], capture_output=True,
+                                   text=True).stdout.split())
+        assert monitors <= alive  # a cluster it joined keeps its monitor: only a Ray it started loses it
     finally:
         cluster.shutdown()
     assert proc.returncode == 0, stderr
@@ -196,10 +217,11 @@ def test_settings_change_is_refused_and_output_inside_input_is_never_read(tmp_pa
     assert again.returncode == 0 and "0 done, 2 skipped, 0 failed" in again.stdout  # outputs were not inputs
     other = bulk(str(src), str(out), "--model", str(fixed_model), "--colormap", "turbo")
     assert other.returncode == 2
-    assert other.stderr.startswith(f"error: {out} holds outputs made with other settings (colormap inferno -> turbo)")
+    assert other.stderr.startswith(f"error: {out} holds outputs made with other settings "
+                                   "(outputs.colormap inferno -> turbo)")
     forced = bulk(str(src), str(out), "--model", str(fixed_model), "--colormap", "turbo", "--force")
     assert forced.returncode == 0 and "2 done" in forced.stdout
-    assert json.loads((out / "job.json").read_text())["colormap"] == "turbo"
+    assert json.loads((out / "job.json").read_text())["outputs"]["colormap"] == "turbo"
 
 
 def test_an_input_that_kills_its_worker_is_retried_a_bounded_number_of_times(collection, tmp_path, fixed_model):
@@ -208,9 +230,10 @@ def test_an_input_that_kills_its_worker_is_retried_a_bounded_number_of_times(col
     env = {**os.environ, "MIDAS_ONNX_TEST_CRASH_ON": "astronaut"}  # the worker exits on reading it
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "midas_onnx", "bulk", str(collection), str(out), "--model", str(fixed_model),
-                        "--batch-size", "4"], cwd=REPO, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
+                        "--chunk-size", "4", "--workers", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=HANG_GUARD_S, env=env)
     assert r.returncode == 1
-    assert "4 done, 0 skipped, 3 failed" in r.stdout  # its batch-mates were redone one by one
+    assert "4 done, 0 skipped, 3 failed" in r.stdout  # its chunk-mates were redone one by one
     assert f"failed: {collection / 'astronaut.jpg'}: the worker process died on each of 4 tries" in r.stderr
     assert "Traceback" not in r.stderr and "(raylet)" not in r.stderr + r.stdout
     rows = {row["relative"]: row for row in manifest(out)}
@@ -226,8 +249,8 @@ def test_a_worker_that_cannot_start_is_one_line(collection, tmp_path, fixed_mode
                        env=env)
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(
-        "error: the bulk job stopped: RuntimeError: worker start failed (fault injected for tests) (Ray's output: ")
+    assert len(lines) == 1 and lines[0].startswith("error: workers could not start (4 tries): ")
+    assert "RuntimeError: worker start failed (fault injected for tests)" in lines[0] and "(Ray's output: " in lines[0]
 
 
 def test_a_killed_driver_loses_nothing_finished_and_resumes(tmp_path, fixed_model, photo_set):
@@ -239,7 +262,7 @@ def test_a_killed_driver_loses_nothing_finished_and_resumes(tmp_path, fixed_mode
         cv2.imwrite(str(src / f"{i:03d}.jpg"), cv2.resize(photo_set[names[i % 4]][:, :, ::-1], (320, 240)))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "bulk", str(src), str(out), "--model", str(fixed_model),
-                             "--batch-size", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             "--chunk-size", "2"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     journal = out / "manifest.jsonl"
     deadline = time.time() + HANG_GUARD_S
@@ -251,16 +274,19 @@ def test_a_killed_driver_loses_nothing_finished_and_resumes(tmp_path, fixed_mode
 
     os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray processes are left to die with it
     proc.wait()
-    recorded = [json.loads(line) for line in journal.read_text().splitlines() if line.strip().endswith("}")]
+    text = journal.read_text() + ((out / ".manifest.journal").read_text() if (out / ".manifest.journal").exists() else "")
+    recorded = [json.loads(line) for line in text.splitlines() if line.strip().endswith("}")]
+    assert len(journal.read_text().splitlines()) == len({json.loads(x)["input"] for x in journal.read_text().splitlines()})
     done_before = {r["input"] for r in recorded if r["status"] == "done"}
     assert 10 <= len(done_before) < total
     assert all((out / (r["relative"] + ".heatmap.png")).is_file() for r in recorded)  # recorded = written
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # then the embedded Ray the kill orphaned (its own session)
-    resumed = bulk(str(src), str(out), "--model", str(fixed_model), "--batch-size", "2")
+    resumed = bulk(str(src), str(out), "--model", str(fixed_model), "--chunk-size", "2")
     assert resumed.returncode == 0, resumed.stderr
+    skipped = int(resumed.stdout.split(" skipped")[0].rsplit(" ", 1)[1])
+    assert skipped >= len(done_before)  # nothing finished is done twice
     rows = manifest(out)
     assert len(rows) == total and len({r["input"] for r in rows}) == total  # one row per input
-    assert {r["status"] for r in rows} == {"done", "skipped"}
-    assert {r["input"] for r in rows if r["status"] == "skipped"} >= done_before
+    assert {r["status"] for r in rows} == {"done"}
     assert len(list(out.rglob("*.heatmap.png"))) == total and not list(out.rglob("*.tmp"))

@@ -20,7 +20,7 @@ COMMANDS = {
     "heatmap": ("heatmap_cmd", "Depth heatmaps for images, folders, globs and videos."),
     "bench": ("bench_cmd", "Benchmark model variants side by side."),
     "serve": ("serve_cmd", "Serve heatmaps over HTTP: upload page, API, jobs, metrics."),
-    "bulk": ("bulk_cmd", "Heatmaps for whole collections on Ray Data (local or a cluster)."),
+    "bulk": ("bulk_cmd", "Heatmaps for whole collections on Ray: the heatmap job on every node."),
     "info": ("info_cmd", "Show a model's metadata, inputs/outputs, size and sha256."),
 }
 

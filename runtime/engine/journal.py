@@ -55,18 +55,23 @@ def read_job(store: Store) -> dict | None:
     return record
 
 
-def job_changes(old: dict, new: dict) -> list[str]:
-    """What differs between two job records, for the refusal message."""
+def job_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """What differs between two job records (``outputs.colormap inferno -> turbo``)."""
     changed = []
     for key in sorted(set(old) | set(new)):
-        if key != "midas_onnx" and old.get(key) != new.get(key):
-            changed.append(f"{key} {_short(old.get(key))} -> {_short(new.get(key))}")
+        a, b = old.get(key), new.get(key)
+        if key == "midas_onnx" or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += job_changes(a, b, f"{prefix}{key}.")
+        else:
+            changed.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
     return changed
 
 
 def _short(value) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 class Journal:

@@ -31,15 +31,16 @@ def where() -> dict:
     return {"node": os.environ.get("MIDAS_ONNX_NODE", ""), "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str) -> dict:
-    """The item's manifest row: ``done`` with its outputs written, or ``failed`` with why."""
+def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str, data: bytes | None = None) -> dict:
+    """The item's manifest row: ``done`` with its outputs written, or ``failed`` with why.
+    ``data``: the input's bytes when they were sent along instead of read here."""
     started = time.perf_counter()
     try:
         if item.video:
             frames = process_video(hm, item, spec, store)
             return make_row(item, "done", digest, note=f"{frames} frames", seconds=time.perf_counter() - started,
                             where=where())
-        process_image(hm, item, spec, store)
+        process_image(hm, item, spec, store, data)
         status, error = "done", ""
     except MidasOnnxError as exc:
         status, error = "failed", str(exc)
@@ -51,15 +52,15 @@ def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str) -> dict
     return make_row(item, status, digest, error=error, seconds=time.perf_counter() - started, where=where())
 
 
-def process_image(hm, item: Item, spec: OutputSpec, store: Store) -> None:
+def process_image(hm, item: Item, spec: OutputSpec, store: Store, data: bytes | None = None) -> None:
     inject = os.environ.get(RAISE_ENV)
     if inject and inject in item.source:
         raise RuntimeError("fault injected for tests")
-    if is_uri(item.source):
-        src = images.load(images.decode(read_input(item.source), item.source, hm.max_pixels))
-        result = hm.predict(src)
+    if data is not None or is_uri(item.source):
+        data = read_input(item.source) if data is None else data
+        result = hm.predict(images.load(images.decode(data, item.source, hm.max_pixels)))
     else:
-        result = hm.predict(item.source)
+        result = hm.predict(item.source)  # the runtime reads the file (EXIF orientation, 16-bit kept)
     payloads = spec.render(result, list(item.targets))  # all, before any is written
     for kind, target in item.targets.items():
         store.write(target, payloads[kind])

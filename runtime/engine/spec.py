@@ -8,7 +8,7 @@ with other settings is refused instead of mixing two kinds of output in one fold
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 from ..depth_files import FORMATS as DEPTH_FORMATS
@@ -100,6 +100,9 @@ class OutputSpec:
     def render(self, result, kinds: Sequence[str]) -> dict[str, bytes]:
         """Every requested output's bytes for one image's result, all made before any is
         written; metric outputs use one fit per image."""
+        wanted = colormap_id(self.colormap)
+        if result.colormap != wanted:  # the spec decides the colours, not the session's default
+            result = replace(result, colormap=wanted)
         fit = align(result.depth, self.points) if self.points is not None else None
         depth = metric_depth(result.depth, fit) if fit is not None else result.depth
         out: dict[str, bytes] = {}

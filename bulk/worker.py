@@ -1,0 +1,43 @@
+"""The Ray worker: one per node, running the job engine's ``LocalRunner`` on chunks of items.
+
+A node's worker holds one ``DepthHeatmapper`` (one session, made once) and one pool of
+whole-image threads, exactly what ``heatmap`` runs on one machine, so a node's throughput
+is ``heatmap``'s less Ray's cost per chunk (a chunk carries tens of inputs, so that cost
+is paid once per tens of images). Two chunks may run at once on a worker (``max_concurrency``
+2): the next starts on the shared threads while the last images of the previous one finish,
+so no thread idles at a chunk's end.
+"""
+
+from __future__ import annotations
+
+import os
+
+from runtime.engine import Item, LocalRunner, OutputSpec, Store
+
+# Fault injection for tests: a worker whose chunk holds an input whose name contains this
+# exits at once, as a crash or the kernel's OOM killer would ("__init__": fails to start).
+CRASH_ENV = "MIDAS_ONNX_TEST_CRASH_ON"
+
+
+class NodeWorker:
+    """Holds the session and the threads; ``run`` processes one chunk and returns its rows."""
+
+    def __init__(self, model: str, spec: OutputSpec, output: str, digest: str, threads: int) -> None:
+        import ray
+
+        from runtime import DepthHeatmapper
+
+        self.crash_on = os.environ.get(CRASH_ENV)
+        if self.crash_on == "__init__":
+            raise RuntimeError("worker start failed (fault injected for tests)")
+        os.environ["MIDAS_ONNX_NODE"] = ray.get_runtime_context().get_node_id()
+        hm = DepthHeatmapper(model, threads=1, colormap=spec.colormap)
+        self.runner = LocalRunner(hm, spec, Store(output), digest, workers=threads)
+
+    def ready(self) -> str:
+        return os.environ["MIDAS_ONNX_NODE"]
+
+    def run(self, items: list[Item], blobs: dict[str, bytes] | None = None) -> list[dict]:
+        if self.crash_on and any(self.crash_on in item.source for item in items):
+            os._exit(17)  # fault injection: see CRASH_ENV
+        return self.runner.map(items, blobs)
