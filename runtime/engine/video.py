@@ -8,7 +8,8 @@ import cv2
 
 from ..depth_files import encode_depth
 from ..errors import ImageError
-from ..postprocess import SteadyRange, colorize, depth_range, overlay
+from ..postprocess import colormap_id, depth_range, overlay
+from ..steady import SteadyNormalizer
 from .spec import OutputSpec, depth_frame_suffix
 
 
@@ -47,18 +48,25 @@ class VideoFrames:
 
 
 class VideoWriters:
-    """Heatmap (and overlay) videos plus depth frames under temporary names."""
+    """Heatmap (and overlay) videos plus depth frames under temporary names.
+
+    Depth frames hold the network's own output for every frame (each with its own scale and
+    shift, as MiDaS predicts it); only the colours are steadied, so depth files never carry
+    a smoothing the user did not ask for."""
 
     def __init__(self, temps: dict[str, Path], spec: OutputSpec, fps: float = 25.0) -> None:
         self.temps, self.spec, self.fps = temps, spec, fps
         self.writers: dict[str, cv2.VideoWriter] = {}
-        self.steady = SteadyRange() if spec.normalize == "video" else None
+        self.colormap = colormap_id(spec.colormap)
+        self.steady = SteadyNormalizer() if spec.normalize == "video" else None
         self.ranges = ["frame,lo,hi"]
         self.frames = 0
 
     def add(self, result) -> None:
-        heat = (colorize(result.depth, result.colormap, self.steady.update(result.depth))
-                if self.steady is not None else result.heatmap)
+        if self.steady is not None:  # aligned to the running reference, then one smoothed range
+            heat = self.steady.update(result.depth, result.image).colorize(result.depth, self.colormap)
+        else:
+            heat = result.colorized(self.colormap)
         for kind in ("heatmap", "overlay"):
             if kind in self.temps:
                 self._write(kind, heat if kind == "heatmap" else overlay(result.image, heat))
