@@ -13,7 +13,7 @@ from .job_options import output_options, progress, traceback_log
 
 @click.command("heatmap")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for the results (created if needed).")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP)
 @output_options
@@ -22,8 +22,14 @@ from .job_options import output_options, progress, traceback_log
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Inference threads per image (default: 1 with several workers; all cores with one).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Refuse larger images (default 100,000,000).")
-def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, spec, force: bool, workers: int | None,
-            threads: int | None, max_pixels: int | None) -> None:
+@click.option("--size", default=None, help="Live input '-': the raw bgr24 frames' size, WxH (e.g. 640x480).")
+@click.option("--stdout", "to_stdout", is_flag=True, help="Live input: raw bgr24 heatmap frames to stdout, for a pipe.")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Live input: stop after N frames.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Live input: stop after this many seconds.")
+def command(inputs: tuple[str, ...], outdir: Path | None, model: Path | None, spec, force: bool,
+            workers: int | None, threads: int | None, max_pixels: int | None, size: str | None, to_stdout: bool,
+            max_frames: int | None, duration: float | None) -> None:
     """Write a depth heatmap for every image in INPUTS (files, folders, globs) and every video.
 
     \b
@@ -38,10 +44,25 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, spec, for
     that were in OUTPUT before are never overwritten without --force. A corrupt, empty or
     oversized file is reported by name; the exit status is then 1. Files inside OUTPUT are
     never inputs.
+
+    \b
+    Live inputs (one at a time): camera:N, a stream URL (rtsp://, http:// MJPEG, ...), or -
+    for raw bgr24 frames on stdin (--size WxH, as ffmpeg -f rawvideo writes them). Heatmap
+    frames go to stdout (--stdout, raw bgr24) and/or a video in OUTPUT; when inference falls
+    behind, stale frames are dropped, never queued. Ctrl-C, --max-frames or --duration stop
+    it with a summary (frames in, processed, dropped, latency).
+      ffmpeg -i in.mp4 -f rawvideo -pix_fmt bgr24 - | midas-onnx heatmap - --size 640x480 \\
+        --stdout | ffmpeg -f rawvideo -pix_fmt bgr24 -s 640x480 -i - out.mp4
     """
     from runtime import DepthHeatmapper, images
     from runtime.engine import Job, LocalRunner
+    from runtime.engine.live import is_live
 
+    if any(is_live(i) for i in inputs):
+        _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration)
+        return
+    if outdir is None:
+        raise click.UsageError("missing option '-o' / '--output'")
     with friendly_errors():
         model = default_model(model)
         workers = workers or len(os.sched_getaffinity(0))
@@ -58,4 +79,22 @@ def command(inputs: tuple[str, ...], outdir: Path, model: Path | None, spec, for
     tracebacks = f"; tracebacks: {log()}" if log() else ""
     click.echo(f"{summary.line()} -> {outdir}; manifest: {job.manifest}{tracebacks}")
     if summary.failed or job.inputs.problems:
+        sys.exit(1)
+
+
+def _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration) -> None:
+    """One live input: all cores on each frame (latency, not throughput, is what counts)."""
+    from runtime import DepthHeatmapper
+    from runtime.engine.live import run_live_job
+
+    if len(inputs) != 1:
+        raise click.UsageError("a live input (camera:N, a stream URL or -) is run alone")
+    with friendly_errors():
+        hm = DepthHeatmapper(default_model(model), threads=threads, colormap=spec.colormap)
+        if outdir is not None:
+            outdir.mkdir(parents=True, exist_ok=True)
+        summary = run_live_job(hm, inputs[0], spec, size=size, stdout=sys.stdout.buffer if to_stdout else None,
+                               outdir=outdir, max_frames=max_frames, duration=duration)
+    click.echo(summary.text(), err=True)
+    if not summary.ok:
         sys.exit(1)

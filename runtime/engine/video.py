@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 from ..depth_files import encode_depth
 from ..errors import ImageError
@@ -62,7 +63,8 @@ class VideoWriters:
         self.ranges = ["frame,lo,hi"]
         self.frames = 0
 
-    def add(self, result) -> None:
+    def add(self, result) -> np.ndarray:
+        """Write one frame's outputs; returns its heatmap (uint8 BGR)."""
         if self.steady is not None:  # aligned to the running reference, then one smoothed range
             heat = self.steady.update(result.depth, result.image).colorize(result.depth, self.colormap)
         else:
@@ -78,6 +80,7 @@ class VideoWriters:
             lo, hi = depth_range(result.depth)
             self.ranges.append(f"{self.frames},{lo!r},{hi!r}")
         self.frames += 1
+        return heat
 
     def _write(self, kind: str, image) -> None:
         if kind not in self.writers:
