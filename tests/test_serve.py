@@ -45,7 +45,7 @@ def running_server(model: Path, *args: str, wait_ready: bool = True):
     log = Path(tempfile.mkdtemp(prefix="midas-serve-")) / "server.log"
     with open(log, "w") as sink:  # a file, not a pipe: a chatty server never blocks on it
         proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--model", str(model), "--port", str(port),
-                                 "--threads", "2", *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
+                                 *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
     base = _Base(f"http://127.0.0.1:{port}")
     base.proc, base.log = proc, log
     try:
@@ -184,6 +184,7 @@ def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
         name, data = item
         return name, httpx.post(server + "/v1/depth", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
 
+    before = sample(httpx.get(server + "/metrics").text)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(send, uploads))
     for name, r in results:
@@ -197,9 +198,26 @@ def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
         # batched with others: float rounding may move a pixel by one colormap level
         assert np.abs(heat.astype(int) - want).max() <= 8 and (heat == want).mean() > 0.99
     metrics = httpx.get(server + "/metrics").text
-    assert 'midas_requests_total{route="/v1/depth",status="200"}' in metrics
-    assert "midas_request_seconds_bucket" in metrics and "midas_queue_depth" in metrics
-    assert "midas_batch_size_count" in metrics
+    after = sample(metrics)
+    delta = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+    assert delta(("midas_requests_total", ("key", "-"), ("route", "/v1/depth"), ("status", "200"))) == 12
+    assert delta(("midas_requests_total", ("key", "-"), ("route", "/v1/depth"), ("status", "422"))) == 1
+    assert delta(("midas_request_seconds_count", ("route", "/v1/depth"))) == 13
+    for stage in ("queue", "decode", "render"):  # the corrupt upload fails in decode: timed, not queued
+        assert delta(("midas_stage_seconds_count", ("stage", stage))) == (13 if stage == "decode" else 12), stage
+    assert 0 < delta(("midas_stage_seconds_count", ("stage", "inference"))) <= 12
+    assert delta(("midas_batch_size_sum",)) == 12
+    assert after[("midas_requests_in_flight",)] == 1  # this scrape
+    assert after[("process_resident_memory_bytes",)] > 50e6 and after[("process_cpu_seconds_total",)] > 0
+    assert ("midas_jobs", ("state", "running")) in after and "midas_queue_depth" in metrics
+
+
+def sample(text: str) -> dict[tuple, float]:
+    """Prometheus text -> {(sample name, *sorted label pairs): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, *sorted(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_limits(fixed_model, photo_set):
@@ -234,10 +252,10 @@ def test_model_that_fails_to_load(tmp_path):
     junk.write_bytes(b"not onnx")
     with running_server(junk, wait_ready=False) as base:
         deadline = time.time() + 20
-        while "error" not in (ready := httpx.get(base + "/readyz")).json():
+        while (ready := httpx.get(base + "/readyz")).json()["error"]["code"] != "model_failed":
             assert time.time() < deadline
             time.sleep(0.1)
-        assert ready.status_code == 503 and "is not a usable ONNX model" in ready.json()["error"]
+        assert ready.status_code == 503 and "is not a usable ONNX model" in ready.json()["error"]["message"]
         r = httpx.post(base + "/v1/depth", content=b"x", headers={"content-type": "image/jpeg"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
 

@@ -71,16 +71,16 @@ class HeldInference:
 @pytest.fixture()
 def decodes(monkeypatch):
     """Counts decodes by image name."""
-    import serve.app
+    import serve.service
 
     counts: dict[str, int] = {}
-    real = serve.app.decode
+    real = serve.service.decode
 
     def counting(data, name="image", max_pixels=None):
         counts[name] = counts.get(name, 0) + 1
         return real(data, name, max_pixels)
 
-    monkeypatch.setattr(serve.app, "decode", counting)
+    monkeypatch.setattr(serve.service, "decode", counting)
     return counts
 
 
@@ -163,7 +163,7 @@ def test_chunked_body_is_capped_while_it_arrives(fixed_model, multipart):
         else:
             ctype = "image/jpeg"
             parts = [block] * 1024
-        head = (f"POST /v1/depth HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+        head = (f"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
                 "Transfer-Encoding: chunked\r\n\r\n").encode()
         result = {}
 
@@ -185,7 +185,7 @@ def test_chunked_body_is_capped_while_it_arrives(fixed_model, multipart):
 def one_held_in_inference(model, photo, name: str):
     """A server with room for one waiting image, and a first request ``name`` held inside
     inference until ``held.release`` is set: yields (base, svc, held, first's responses)."""
-    settings = ServeSettings(model=model, threads=1, queue_size=1, max_batch=1, access_log=False)
+    settings = ServeSettings(model=model, threads=1, workers=1, queue_size=1, max_batch=1, access_log=False)
     with live_app(settings) as (base, svc):
         held = HeldInference(svc)
         first: list = []
@@ -223,7 +223,7 @@ def test_disconnect_while_queued_frees_the_place(fixed_model, photo_set, decodes
         body = jpeg(photo_set["rocket"])
         host, port = base.removeprefix("http://").split(":")
         sock = socket.create_connection((host, int(port)))
-        sock.sendall(f"POST /v1/depth HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        sock.sendall(f"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         wait_until(lambda: svc.batcher.depth() == 1 and decodes.get("upload") == 1, "queued")
         sock.close()  # the client goes away while its image waits
@@ -281,7 +281,7 @@ def test_every_load_failure_ends_as_readyz_503_with_the_reason(tmp_path, fixed_m
     with caplog.at_level("ERROR", logger="midas_onnx.serve"), live_app(settings, wait_ready=False) as (base, svc):
         wait_until(svc.loaded.is_set, "load attempt")
         ready = httpx.get(base + "/readyz")
-        assert ready.status_code == 503 and reason in ready.json()["error"]
+        assert ready.status_code == 503 and reason in ready.json()["error"]["message"]
         r = httpx.post(base + "/v1/depth", content=b"x", headers={"content-type": "image/jpeg"})
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_failed"
     assert len([rec for rec in caplog.records if "model failed to load" in rec.getMessage()]) == 1

@@ -1,4 +1,5 @@
-"""``midas-onnx serve``."""
+"""``midas-onnx serve``: flags over ``serve.ServeSettings`` (environment MIDAS_ONNX_* fills
+what a flag does not give; serve.settings.ENV lists the names)."""
 
 from __future__ import annotations
 
@@ -8,70 +9,77 @@ import click
 
 from .common import MODEL_HELP, default_model, require_extra
 
+_INT1 = click.IntRange(min=1)
+_POS = click.FloatRange(min=0, min_open=True)
+
 
 @click.command("serve")
-@click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP)
-@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP + " Env: MIDAS_ONNX_MODEL.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Bind address. Beyond loopback, API keys are required (or --insecure-no-auth).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Inference threads (default: physical cores).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="How long a request waits for others to share its batch.")
-@click.option("--queue-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Images allowed to wait; beyond it requests get 503 + Retry-After.")
-@click.option("--timeout", "request_timeout_s", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
-@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=20.0, show_default=True)
-@click.option("--max-pixels", type=click.IntRange(min=1), default=40_000_000, show_default=True)
-@click.option("--quiet", is_flag=True, help="No access log (one line per request, on by default).")
-@click.option("--job-ttl", "job_ttl_s", type=click.FloatRange(min=0.1), default=600.0, show_default=True,
-              help="Seconds a finished job's result is kept.")
-def command(model: Path, host: str, port: int, threads: int | None, max_batch: int, max_wait_ms: float,
-            queue_size: int, request_timeout_s: float, max_body_mb: float, max_pixels: int, quiet: bool,
-            job_ttl_s: float) -> None:
+@click.option("--workers", type=_INT1, default=None, help="Inference workers pulling from the queue (default: CPUs).")
+@click.option("--threads", type=_INT1, default=None,
+              help="Inference threads per worker (default: 1 with several workers, else physical cores).")
+@click.option("--max-batch", type=_INT1, default=None, help="Images per inference call at most [4].")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=None,
+              help="How long a worker waits for more images to share its call [10].")
+@click.option("--queue-size", type=_INT1, default=None,
+              help="Images allowed to wait; beyond it requests get 503 + Retry-After [32].")
+@click.option("--timeout", "request_timeout_s", type=_POS, default=None, help="Seconds per request after its body [30].")
+@click.option("--max-body-mb", type=_POS, default=None, help="Request body cap [20].")
+@click.option("--max-pixels", type=_INT1, default=None, help="Pixel cap, checked from the image header [40000000].")
+@click.option("--max-uploads", type=_INT1, default=None, help="Bodies received at once; beyond: 503 [32].")
+@click.option("--body-timeout", "body_timeout_s", type=_POS, default=None, help="Seconds to receive one body [30].")
+@click.option("--max-known-points", type=_INT1, default=None, help="known_depths points per request [256].")
+@click.option("--job-ttl", "job_ttl_s", type=_POS, default=None, help="Seconds a finished job's result is kept [600].")
+@click.option("--max-job-mb", type=_POS, default=None, help="Bytes all jobs may hold (uploads + results) [512].")
+@click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=None,
+              help="On SIGTERM: seconds accepted work may take to finish before exit [30].")
+@click.option("--quiet", is_flag=True, default=None, help="No access log (one line per request, on by default).")
+@click.option("--api-key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="API keys, one a line (re-read on SIGHUP or when it changes). Env: MIDAS_ONNX_API_KEYS=k1,k2.")
+@click.option("--insecure-no-auth", is_flag=True, default=None, help="Serve beyond loopback without API keys.")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="Host header to accept besides loopback names and --host ('*': any). Repeatable.")
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Web origin allowed to call the API. Repeatable.")
+@click.option("--key-rate", type=click.FloatRange(min=0), default=None, help="Requests per second per key (0: no limit).")
+@click.option("--key-concurrency", type=click.IntRange(min=0), default=None,
+              help="Requests in progress per key (0: no limit).")
+@click.option("--public-metrics", is_flag=True, default=None, help="/metrics without a key.")
+def command(host: str, port: int, model: Path | None, quiet: bool | None, max_body_mb: float | None,
+            max_job_mb: float | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], **given) -> None:
     """Serve depth heatmaps over HTTP, with an upload page at / and the API under /v1."""
     require_extra("serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
     import uvicorn
 
     from runtime.session import missing_model_message
     from serve import ServeSettings, create_app
+    from serve.access import bind_refusal, is_loopback, keys_in
+    from serve.lifecycle import prepare_process
 
-    model = default_model(model)
-    if not model.is_file():
-        raise click.ClickException(missing_model_message(model))
-    settings = ServeSettings(model=model, threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                             queue_size=queue_size, request_timeout_s=request_timeout_s,
-                             max_body_bytes=int(max_body_mb * 1024 * 1024), max_pixels=max_pixels, job_ttl_s=job_ttl_s,
-                             access_log=not quiet)
-    _log_to_stderr()
-    _limit_malloc_arenas()
+    mb = 1024 * 1024
+    given |= {"access_log": None if quiet is None else not quiet,
+              "max_body_bytes": int(max_body_mb * mb) if max_body_mb else None,
+              "max_job_bytes": int(max_job_mb * mb) if max_job_mb else None,
+              "cors_origins": cors_origins or None,
+              "allowed_hosts": (allowed_hosts + (() if is_loopback(host) or host in ("0.0.0.0", "::") else (host,)))
+              or None}
+    try:
+        settings = ServeSettings.from_env(model=str(default_model(model)) if model or _no_env_model() else None,
+                                          **given)
+        refusal = bind_refusal(host, settings, keys_in(settings))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if refusal:
+        raise click.ClickException(refusal)
+    if not settings.model.is_file():
+        raise click.ClickException(missing_model_message(settings.model))
+    prepare_process()
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
 
 
-def _log_to_stderr() -> None:
-    """The service's own lines (access log, load errors) on stderr, one line each."""
-    import logging
-    import sys
+def _no_env_model() -> bool:
+    import os
 
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("midas_onnx")
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread that allocates its own malloc arena; with a pool of decode
-    threads handling multi-megabyte images, freed memory stays scattered across them and RSS
-    creeps up. Capping arenas (as MALLOC_ARENA_MAX does) keeps it flat. No-op off glibc."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
+    return "MIDAS_ONNX_MODEL" not in os.environ

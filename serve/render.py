@@ -1,0 +1,135 @@
+"""One result -> the response asked for (PNG, JSON, depth file), and ``known_depths`` parsing.
+
+``parse_points`` bounds what a query string can cost before any JSON is parsed: its length,
+its nesting depth, each number's digits, and the number of points, each over the limit a
+422 in the service's envelope (Python's json would otherwise recurse or overflow into a 500).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+from fastapi.responses import JSONResponse, Response
+
+from runtime import MidasOnnxError
+from runtime.outputs import PNG_PARAMS, encode_png
+
+from .errors import ApiError
+
+# ?format= -> content type; depth16/npy/pfm/exr are depth files (runtime.depth_files).
+FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png", "npy": "application/x-npy",
+           "pfm": "image/x-portable-floatmap", "exr": "image/x-exr"}
+DEPTH_FORMATS = {"depth16": "png16", "npy": "npy", "pfm": "pfm", "exr": "exr"}
+MAX_NESTING = 3  # [[x, y, d], ...] or [{"x":..}, ...]: two levels; one spare
+MAX_NUMBER_CHARS = 32
+
+
+def choose_format(fmt: str | None, accept: str) -> str:
+    if fmt is not None:
+        return fmt
+    return "json" if "application/json" in accept and "image/png" not in accept else "png"
+
+
+def _bad(message: str) -> ApiError:
+    return ApiError(422, "bad_known_depths", message)
+
+
+def _nesting(text: str) -> int:
+    """Deepest bracket nesting outside strings: one linear pass, no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _number(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _bad(f"known_depths: a number of {len(text)} characters; at most {MAX_NUMBER_CHARS}")
+    value = float(text)
+    if not np.isfinite(value):
+        raise _bad(f"known_depths: {text[:40]} is out of range")
+    return value
+
+
+def _constant(name: str) -> float:
+    raise _bad(f"known_depths: {name} is not a number")
+
+
+def parse_points(text: str | None, fmt: str, max_points: int):
+    if text is None:
+        return None
+    from runtime.metric import as_points
+
+    if fmt in ("png", "depth16"):
+        raise ApiError(422, "bad_format", "known_depths gives metres: ask for format=json, npy, pfm or exr")
+    if _nesting(text) > MAX_NESTING:
+        raise _bad(f"known_depths: nested deeper than {MAX_NESTING} levels; send a list of [x, y, depth_m]")
+    try:
+        items = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_constant)
+    except json.JSONDecodeError as exc:
+        raise _bad(f"known_depths must be a JSON list of [x, y, depth_m]: {exc}") from None
+    if not isinstance(items, list):
+        raise _bad("known_depths must be a JSON list of [x, y, depth_m]")
+    if len(items) > max_points:
+        raise _bad(f"known_depths: {len(items):,} points; at most {max_points:,} per request")
+    try:
+        return as_points(items)
+    except MidasOnnxError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _heatmap(result, cmap: int, with_overlay: bool, alpha: float) -> np.ndarray:
+    return result.overlay(alpha, cmap) if with_overlay else result.colorized(cmap)
+
+
+def summary(result, cmap: int, precision: str) -> dict:
+    d = result.depth
+    return {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": precision,
+            "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
+            "heatmap_png_base64": base64.b64encode(encode_png(result.colorized(cmap), PNG_PARAMS["heatmap"])).decode()}
+
+
+def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precision: str, points=None) -> Response:
+    from runtime.depth_files import encode_depth
+    from runtime.metric import align, metric_depth
+
+    depth, fit = result.depth, None
+    if points is not None:
+        try:
+            fit = align(result.depth, points)
+        except MidasOnnxError as exc:
+            raise _bad(str(exc)) from None
+        depth = metric_depth(result.depth, fit)
+    if fmt in DEPTH_FORMATS:
+        try:
+            return Response(encode_depth(depth, DEPTH_FORMATS[fmt]), media_type=FORMATS[fmt])
+        except MidasOnnxError as exc:
+            raise ApiError(422, "format_unavailable", str(exc)) from None
+    if fmt == "json":
+        body = summary(result, cmap, precision)
+        if with_overlay:
+            body["overlay_png_base64"] = base64.b64encode(encode_png(_heatmap(result, cmap, True, alpha))).decode()
+        if fit is not None:
+            finite = depth[np.isfinite(depth)]
+            body["alignment"] = fit.to_dict()
+            body["metric_depth_m"] = ({"min": float(finite.min()), "max": float(finite.max()),
+                                       "median": float(np.median(finite))} if finite.size else None)
+        return JSONResponse(body)
+    params = PNG_PARAMS["overlay" if with_overlay else "heatmap"]
+    return Response(encode_png(_heatmap(result, cmap, with_overlay, alpha), params), media_type="image/png")
