@@ -314,8 +314,9 @@ class LatencyStats:
 @dataclass(frozen=True)
 class LiveSummary:
     """What a live run did. ``frames_in`` = processed + dropped + (at most a frame or two
-    read but not yet taken when a stop came). Latency: from a frame's arrival (read off the
-    source) to its handler returning (its output written)."""
+    read but not yet taken when a stop came). ``seconds``: from the first frame's arrival to
+    the last output (a slow-starting source does not count against ``fps``). Latency: from a
+    frame's arrival (read off the source) to its handler returning (its output written)."""
 
     source: str
     frames_in: int
@@ -352,6 +353,7 @@ def run_live(source: FrameSource, handle: Callable[[Frame], object], *, max_fram
     the handler propagate (after the source is released)."""
     stats, processed, stopped = LatencyStats(), 0, "end of stream"
     started = time.perf_counter()
+    first = last = started
     deadline = None if duration is None else started + duration
     reader = LiveReader(source, drop)
     try:
@@ -364,7 +366,9 @@ def run_live(source: FrameSource, handle: Callable[[Frame], object], *, max_fram
                 stopped = "duration"  # timed out waiting
                 break
             handle(frame)
-            stats.add(time.perf_counter() - frame.arrived)
+            last = time.perf_counter()
+            stats.add(last - frame.arrived)
+            first = frame.arrived if processed == 0 else first
             processed += 1
             if deadline is not None and time.perf_counter() >= deadline:
                 stopped = "duration"
@@ -379,7 +383,7 @@ def run_live(source: FrameSource, handle: Callable[[Frame], object], *, max_fram
         reader.stop()
     if reader.error is not None and stopped == "end of stream":
         stopped = f"error: {reader.error}"
-    return LiveSummary(source.name, reader.frames_in, processed, reader.dropped, time.perf_counter() - started,
+    return LiveSummary(source.name, reader.frames_in, processed, reader.dropped, last - first,
                        stats.percentile(50) * 1e3, stats.percentile(95) * 1e3, stats.max * 1e3, stopped, source.note)
 
 
