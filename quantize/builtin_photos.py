@@ -40,10 +40,16 @@ ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)
 CROPS_PER_PHOTO = 4
 DESCRIPTION = (f"built-in: {CROPS_PER_PHOTO} crops each of {len(PHOTOS)} scikit-image sample photos "
                "(public domain / CC0), 6 aspect ratios")
+# Source photos whose crops are never calibrated on, only evaluated: whole photos, so no
+# held-out crop shares its photo with a calibration crop. One of each kind with a relative
+# of its kind left in calibration: a grayscale photo (coins), a colour object photo (rocket),
+# a texture (brick, grass) and microscopy (retina, cell), the kind full INT8 does worst on.
+HELD_OUT = ("camera", "coffee", "gravel", "immunohistochemistry")
 
 
 def load() -> list[tuple[str, np.ndarray]]:
-    """(name, RGB or gray uint8 array) for every crop, deterministic (seeded)."""
+    """(name, RGB or gray uint8 array) for every crop, deterministic (seeded); a crop's name is
+    ``<photo>_<k>``, so ``source`` finds the photo it was cut from."""
     try:
         import skimage.data
     except ImportError:
@@ -72,3 +78,8 @@ def _crop(photo: np.ndarray, aspect: float, rng: np.random.Generator) -> np.ndar
     ch, cw = max(32, int(ch * scale)), max(32, int(cw * scale))
     y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
     return np.ascontiguousarray(photo[y:y + ch, x:x + cw])
+
+
+def source(crop_name: str) -> str:
+    """The scikit-image photo a crop was cut from (``"immunohistochemistry_2"`` -> ``"immunohistochemistry"``)."""
+    return crop_name.rsplit("_", 1)[0]

@@ -14,6 +14,8 @@ from runtime.metadata import INPUT_NAME, ModelInfo
 from runtime.outputs import IMAGE_EXTENSIONS
 from runtime.preprocess import network_input
 
+from .photos import PhotoSet, empty
+
 MIN_RECOMMENDED = 32  # fewer calibration images than this: ranges may not cover real photos
 
 
@@ -28,18 +30,22 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def load_inputs(items: list, info: ModelInfo, what: str) -> tuple[list[np.ndarray], list[str]]:
-    """Network inputs (each at its own network shape) for every readable image, and the
-    errors of the others. Items are paths or RGB arrays (the built-in photos)."""
-    inputs, errors = [], []
-    for item in items:
+def load_inputs(items: list[tuple[str, str, object]], info: ModelInfo, what: str) -> tuple[PhotoSet, list[str]]:
+    """Network inputs (each at its own network shape) for every readable image, with its name
+    and source photo, and the errors of the others. Items are ``(name, source, path or RGB
+    array)`` (arrays: the built-in photos)."""
+    kept, errors = empty(), []
+    for name, source, item in items:
         try:
-            inputs.append(network_input(item, info, "rgb"))
+            kept.inputs.append(network_input(item, info, "rgb"))
         except ImageError as exc:
             errors.append(str(exc))
-    if not inputs:
+            continue
+        kept.names.append(name)
+        kept.sources.append(source)
+    if not kept.inputs:
         raise CalibrationError(f"no readable {what} images among {len(items)} files" + (f" ({errors[0]} ...)" if errors else ""))
-    return inputs, errors
+    return kept, errors
 
 
 class ImageCalibrationReader(CalibrationDataReader):

@@ -1,37 +1,45 @@
 """Where INT8 error comes from, layer by layer, and which layers to keep in fp32.
 
-Per-layer report (``--report-layers``): onnxruntime's ``quantization.qdq_loss_debug``
-matches every quantized conv's output between the fp32 model and the QDQ model on the
-evaluation photos (activation SQNR: how much error has built up at that point) and compares
-each conv's weights before and after quantization (weight SQNR). Then the error each layer
-adds to the final depth is measured directly: the QDQ model with that one conv fed its
-float input and float weights (what ``nodes_to_exclude`` would give, without recalibrating)
-is run on the photos, and its worst-photo δ<1.25 against fp32 is compared with full INT8's.
-That is measured for the ``measure`` layers with the lowest activation SQNR (the others are
-ranked by SQNR only): most harmful first.
+Per-layer report (``--report-layers``): every quantized conv's output is compared between
+the fp32 and the QDQ model, photo by photo (activation SQNR: how much error has built up at
+that point), and each conv's weights before and after quantization (weight SQNR, from
+onnxruntime's ``quantization.qdq_loss_debug.create_weight_matching``). The activations are
+streamed: both models run one photo at a time with the conv outputs as extra graph outputs,
+and only two sums per conv are kept (signal and error energy), so memory is one photo's
+activations in each model whatever the number of photos (``qdq_loss_debug.collect_activations``
+keeps every photo's, which reached 16 GB for 40 photos). Then the error each layer adds to
+the final depth is measured directly: the QDQ model with that one conv fed its float input
+and float weights (what ``nodes_to_exclude`` would give, without recalibrating) is run on the
+photos, and its worst-photo δ<1.25 against fp32 is compared with full INT8's. That is
+measured for the ``measure`` layers with the lowest activation SQNR (the others are ranked by
+SQNR only): most harmful first.
 
 Fallback (``--target-delta D``): the most harmful layers are kept in fp32 one at a time, in
-that order, until the worst evaluation photo reaches δ<1.25 >= D, or keeping more would cost
-more than half of the INT8 speed-up, or the next layers would not raise δ any further; the
-report says which. The chosen layers are then excluded in a real ``quantize_static`` run.
-Everything is deterministic for the same model and photos.
+that order, kept only when they raise the worst search photo, until it reaches δ<1.25 >= D,
+or the next layer would leave less than half of the INT8 speed-up, or no measured layer is
+left; the report says which. The speed side is counted work, not a clock: the share of the
+model's conv multiply-adds (at 256x256) still run in INT8, so the choice is the same on every
+run and every machine for the same model and photos; the final report then times the model
+written. The photos are the search split only; the caller reports on the other split.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from runtime.metadata import INPUT_NAME
+from runtime.session import create_session
 
 from . import report
+from .photos import PhotoSet
 
-DEFAULT_MEASURE = 16  # layers whose depth impact is measured (lowest activation SQNR first): 40 photos in < 2 min
+DEFAULT_MEASURE = 16  # layers whose depth impact is measured (lowest activation SQNR first)
+MIN_SPEEDUP_KEPT = 0.5  # the fallback never leaves less than this share of INT8's counted work
 
 
 def role(node_name: str) -> str:
@@ -49,71 +57,15 @@ def role(node_name: str) -> str:
     return "other"
 
 
-def _sqnr(x, y) -> float:
-    """SQNR in dB over lists of arrays of any shapes (photos come at several network shapes)."""
-    left = np.concatenate([np.asarray(a, np.float64).ravel() for a in x])
-    right = np.concatenate([np.asarray(a, np.float64).ravel() for a in y])
-    eps = np.finfo(np.float64).eps
-    return 20 * math.log10(max(np.linalg.norm(left), eps) / max(np.linalg.norm(left - right), eps))
-
-
-def _or_inf(value: float | None) -> float:
-    return math.inf if value is None else value
-
-
-def _reader(inputs: list[np.ndarray]):
-    """The evaluation inputs as onnxruntime's data reader (one photo at a time, own shapes)."""
-    from .calibration import ImageCalibrationReader
-
-    return ImageCalibrationReader(inputs)
-
-
-def activation_and_weight_sqnr(float_path: Path, qdq_path: Path, inputs: list[np.ndarray]) -> dict[str, dict]:
-    """conv name -> {"output": tensor, "activation_sqnr_db", "weight_sqnr_db"} for every quantized conv."""
-    import onnx
-    from onnxruntime.quantization.qdq_loss_debug import (
-        collect_activations,
-        compute_activation_error,
-        create_activation_matching,
-        create_weight_matching,
-        modify_model_output_intermediate_tensors,
-    )
-
-    qdq = onnx.load(str(qdq_path))
-    convs = [n for n in qdq.graph.node if n.op_type == "Conv" and _is_quantized(qdq, n)]
-    with tempfile.TemporaryDirectory(prefix="midas-layers-") as tmp:
-        f_aug, q_aug = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
-        modify_model_output_intermediate_tensors(str(float_path), str(f_aug), op_types_for_saving=["Conv"])
-        modify_model_output_intermediate_tensors(str(qdq_path), str(q_aug), op_types_for_saving=["Conv"])
-        float_acts = collect_activations(str(f_aug), _reader(inputs))
-        qdq_acts = collect_activations(str(q_aug), _reader(inputs))
-    matched = create_activation_matching(qdq_acts, float_acts)
-    act_err = compute_activation_error(matched, err_func=_sqnr)
-    weights = create_weight_matching(str(float_path), str(qdq_path))
-    out = {}
-    for node in convs:
-        y = node.output[0]
-        w_name = _float_weight_name(qdq, node)
-        w = weights.get(w_name, {})
-        if "xmodel_err" in act_err.get(y, {}):  # the conv's output has its own Q/DQ pair
-            act = act_err[y]["xmodel_err"]
-        else:  # its output goes on in float (into an Add, say): compare it by name
-            act = _sqnr(float_acts[y], qdq_acts[y]) if y in float_acts and y in qdq_acts else None
-        out[node.name] = {
-            "output": y,
-            "activation_sqnr_db": act,  # None: the debug outputs did not capture it (a fused final conv)
-            "weight_sqnr_db": float(_sqnr([w["float"]], [w["dequantized"]])) if "float" in w else float("nan"),
-        }
-    return out
-
-
 def _producers(model) -> dict[str, object]:
     return {o: n for n in model.graph.node for o in n.output}
 
 
-def _is_quantized(model, conv) -> bool:
+def quantized_convs(model) -> list:
+    """Conv nodes that read a dequantized input or weight (the ones INT8 runs)."""
     prod = _producers(model)
-    return any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in conv.input[:2])
+    return [n for n in model.graph.node if n.op_type == "Conv"
+            and any(getattr(prod.get(i), "op_type", "") == "DequantizeLinear" for i in n.input[:2])]
 
 
 def _float_weight_name(model, conv) -> str:
@@ -122,12 +74,95 @@ def _float_weight_name(model, conv) -> str:
     return name.removesuffix("_quantized")
 
 
+def conv_work(float_proto, hw: tuple[int, int] = (256, 256)) -> dict[str, int]:
+    """Multiply-adds of every Conv at batch 1 and ``hw``, from the graph's own shapes."""
+    import onnx
+
+    proto = copy.deepcopy(float_proto)
+    for d, value in zip(proto.graph.input[0].type.tensor_type.shape.dim, (1, 3, *hw), strict=True):
+        d.ClearField("dim_param")
+        d.dim_value = value
+    del proto.graph.value_info[:]
+    proto = onnx.shape_inference.infer_shapes(proto)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+              for vi in [*proto.graph.value_info, *proto.graph.output]}
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    work = {}
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and node.input[1] in weights and node.output[0] in shapes:
+            cout, cin_per_group, kh, kw = weights[node.input[1]]
+            _, _, oh, ow = shapes[node.output[0]]
+            work[node.name] = oh * ow * cout * cin_per_group * kh * kw
+    return work
+
+
+def _tapped(proto, tensors: list[str]) -> bytes:
+    """The model with ``tensors`` as extra graph outputs (any shape), serialized."""
+    from onnx import TensorProto, helper
+
+    have = {o.name for o in proto.graph.output}
+    count = len(proto.graph.output)
+    proto.graph.output.extend(helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in tensors if t not in have)
+    try:
+        return proto.SerializeToString()
+    finally:
+        del proto.graph.output[count:]  # the caller's model is left as it was
+
+
+def _qdq_view(qdq_proto, conv) -> str:
+    """The tensor the QDQ model passes on for a conv's output: its DequantizeLinear output when
+    the output is quantized, else the conv output itself (it goes on in float, into an Add)."""
+    y = conv.output[0]
+    q = next((n for n in qdq_proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == y), None)
+    dq = q and next((n for n in qdq_proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0]), None)
+    return dq.output[0] if dq is not None else y
+
+
+def activation_sqnr(float_proto, qdq_proto, photos: PhotoSet, threads: int | None) -> dict[str, float]:
+    """conv name -> SQNR (dB) of its output in the QDQ model against the fp32 model, over all
+    photos, streamed one photo at a time (two running sums per conv)."""
+    convs = quantized_convs(qdq_proto)
+    float_taps = [c.output[0] for c in convs]
+    qdq_taps = [_qdq_view(qdq_proto, c) for c in convs]
+    fp32 = create_session(_tapped(float_proto, float_taps), threads=threads)
+    qdq = create_session(_tapped(qdq_proto, qdq_taps), threads=threads)
+    signal = np.zeros(len(convs))
+    noise = np.zeros(len(convs))
+    for x in photos.inputs:
+        f_out = fp32.run(float_taps, {INPUT_NAME: x})
+        q_out = qdq.run(qdq_taps, {INPUT_NAME: x})
+        for i, (f, q) in enumerate(zip(f_out, q_out, strict=True)):
+            f64 = f.astype(np.float64, copy=False).ravel()
+            signal[i] += float(f64 @ f64)
+            diff = f64 - q.ravel()
+            noise[i] += float(diff @ diff)
+        del f_out, q_out
+    eps = np.finfo(np.float64).eps
+    return {c.name: 10 * math.log10(max(s, eps) / max(n, eps)) for c, s, n in zip(convs, signal, noise, strict=True)}
+
+
+def weight_sqnr(float_path, qdq_path, qdq_proto) -> dict[str, float]:
+    """conv name -> SQNR (dB) of its dequantized INT8 weights against the float weights."""
+    from onnxruntime.quantization.qdq_loss_debug import create_weight_matching
+
+    weights = create_weight_matching(str(float_path), str(qdq_path))
+    out = {}
+    for conv in quantized_convs(qdq_proto):
+        w = weights.get(_float_weight_name(qdq_proto, conv), {})
+        if "float" not in w:
+            out[conv.name] = float("nan")
+            continue
+        f = np.asarray(w["float"], np.float64).ravel()
+        err = f - np.asarray(w["dequantized"], np.float64).ravel()
+        eps = np.finfo(np.float64).eps
+        out[conv.name] = 10 * math.log10(max(float(f @ f), eps) / max(float(err @ err), eps))
+    return out
+
+
 def keep_float(qdq_proto, float_proto, conv_names: list[str]):
     """A copy of the QDQ model in which the named convs read their float input and float
     weights and bias (their output stays quantized for the layers after them), as
     ``nodes_to_exclude`` would make them, with every other scale left as calibrated."""
-    import copy
-
     model = copy.deepcopy(qdq_proto)
     prod = _producers(model)
     floats = {t.name: t for t in float_proto.graph.initializer}
@@ -136,14 +171,12 @@ def keep_float(qdq_proto, float_proto, conv_names: list[str]):
     for node in model.graph.node:
         if node.op_type != "Conv" or node.name not in conv_names:
             continue
-        original = float_convs[node.name]
         dq = prod.get(node.input[0])
         if dq is not None and dq.op_type == "DequantizeLinear":
             q = prod.get(dq.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[0] = q.input[0]  # the float activation
-        for k in range(1, len(node.input)):
-            name = original.input[k]
+        for k, name in enumerate(float_convs[node.name].input[1:], start=1):
             if name not in floats:
                 continue
             alias = f"{name}__fp32"  # the QDQ graph may already use the float name for a DQ output
@@ -173,110 +206,93 @@ def _drop_dead_nodes(model) -> None:
         model.graph.initializer.remove(t)
 
 
-def _worst(scores: list[tuple[float, float]]) -> tuple[float, float]:
-    """(worst AbsRel, worst delta1) over photos."""
-    return max(s[0] for s in scores), min(s[1] for s in scores)
+def evaluate(proto, photos: PhotoSet, refs: list[np.ndarray], threads: int | None) -> dict:
+    """``report.summary`` of a model (proto) against the fp32 outputs on ``photos``."""
+    session = create_session(proto.SerializeToString(), threads=threads)
+    return report.summary(report.scores(session, photos.inputs, refs), photos.names)
 
 
-def evaluate(session, refs: list[np.ndarray], inputs: list[np.ndarray]) -> dict:
-    scores = [report.compare(session.run(None, {INPUT_NAME: x})[0], r) for x, r in zip(inputs, refs, strict=True)]
-    worst_absrel, worst_delta = _worst(scores)
-    return {"worst_delta1": worst_delta, "mean_delta1": float(np.mean([s[1] for s in scores])),
-            "worst_absrel": worst_absrel, "mean_absrel": float(np.mean([s[0] for s in scores]))}
+def _or_inf(value: float | None) -> float:
+    return math.inf if value is None else value
 
 
-def _session(proto, threads: int | None):
-    import onnxruntime as ort
-
-    from runtime.session import PROVIDER
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or 0
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), sess_options=opts, providers=[PROVIDER])
-
-
-def _latency_ms(session, x: np.ndarray, runs: int = 8) -> float:
-    for _ in range(2):
-        session.run(None, {INPUT_NAME: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
-
-
-def layer_report(float_path: Path, qdq_path: Path, inputs: list[np.ndarray], threads: int | None = None,
+def layer_report(float_path, qdq_path, photos: PhotoSet, threads: int | None = None,
                  measure: int = DEFAULT_MEASURE) -> dict:
-    """Every quantized conv: name, op, role, activation and weight SQNR, and (for the
-    ``measure`` lowest-SQNR ones) the worst-photo δ<1.25 gained by keeping it in fp32;
-    ranked most harmful first."""
+    """Every quantized conv: name, role, activation and weight SQNR, and (for the ``measure``
+    lowest-SQNR ones) the worst-photo δ<1.25 gained by keeping it in fp32; ranked most
+    harmful first, with the photos all of it was measured on."""
     import onnx
 
     t0 = time.perf_counter()
     float_proto, qdq_proto = onnx.load(str(float_path)), onnx.load(str(qdq_path))
-    fp32 = _session(float_proto, threads)
-    refs = [fp32.run(None, {INPUT_NAME: x})[0] for x in inputs]
-    base = evaluate(_session(qdq_proto, threads), refs, inputs)
-    sqnr = activation_and_weight_sqnr(float_path, qdq_path, inputs)
-    order = sorted(sqnr, key=lambda n: (_or_inf(sqnr[n]["activation_sqnr_db"]), n))
-    layers = []
+    refs = report.outputs(create_session(str(float_path), threads=threads), photos.inputs)
+    base = evaluate(qdq_proto, photos, refs, threads)
+    act = activation_sqnr(float_proto, qdq_proto, photos, threads)
+    wts = weight_sqnr(float_path, qdq_path, qdq_proto)
+    order = sorted(act, key=lambda n: (_or_inf(act[n]), n))
+    rows = []
     for i, name in enumerate(order):
-        row = {"name": name, "op": "Conv", "role": role(name), **{k: v for k, v in sqnr[name].items() if k != "output"}}
+        row = {"name": name, "op": "Conv", "role": role(name), "activation_sqnr_db": act[name],
+               "weight_sqnr_db": wts[name]}
         if i < measure:
-            fixed = evaluate(_session(keep_float(qdq_proto, float_proto, [name]), threads), refs, inputs)
+            fixed = evaluate(keep_float(qdq_proto, float_proto, [name]), photos, refs, threads)
             row["delta1_gain_if_float"] = fixed["worst_delta1"] - base["worst_delta1"]
             row["absrel_drop_if_float"] = base["worst_absrel"] - fixed["worst_absrel"]
-        layers.append(row)
-    layers.sort(key=lambda r: (-r.get("delta1_gain_if_float", -math.inf), -r.get("absrel_drop_if_float", -math.inf),
-                               _or_inf(r["activation_sqnr_db"]), r["name"]))
-    for rank, row in enumerate(layers, start=1):
+        rows.append(row)
+    rows.sort(key=lambda r: (-r.get("delta1_gain_if_float", -math.inf), -r.get("absrel_drop_if_float", -math.inf),
+                             _or_inf(r["activation_sqnr_db"]), r["name"]))
+    for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return {"int8_worst_delta1": base["worst_delta1"], "int8_worst_absrel": base["worst_absrel"],
-            "images": len(inputs), "measured": min(measure, len(layers)), "layers": layers,
-            "seconds": time.perf_counter() - t0}
+            "images": len(photos), "photos": list(photos.names), "measured": min(measure, len(rows)),
+            "layers": rows, "seconds": time.perf_counter() - t0}
 
 
-def choose_fallback(float_path: Path, qdq_path: Path, inputs: list[np.ndarray], layers: list[dict],
-                    target_delta: float, threads: int | None = None, max_steps: int = 12) -> dict:
-    """Keep the most harmful layers in fp32, in rank order, until the worst photo's δ<1.25
-    reaches ``target_delta``; stop early when keeping more would cost more than half of the
-    INT8 speed-up, or when the next layers give no gain. Returns the choice and why."""
+def choose_fallback(float_path, qdq_path, photos: PhotoSet, layers: list[dict], target_delta: float,
+                    threads: int | None = None, max_steps: int = 12) -> dict:
+    """Keep the most harmful measured layers in fp32, in rank order, each only if it raises the
+    worst photo, until that photo's δ<1.25 reaches ``target_delta``; stop before a layer that
+    would leave less than ``MIN_SPEEDUP_KEPT`` of the INT8 conv work. Returns the choice and why."""
     import onnx
 
     float_proto, qdq_proto = onnx.load(str(float_path)), onnx.load(str(qdq_path))
-    fp32 = _session(float_proto, threads)
-    refs = [fp32.run(None, {INPUT_NAME: x})[0] for x in inputs]
-    x_time = inputs[0]
-    fp32_ms = _latency_ms(fp32, x_time)
-    int8_session = _session(qdq_proto, threads)
-    int8_ms = _latency_ms(int8_session, x_time)
-    current = evaluate(int8_session, refs, inputs)
+    work = conv_work(float_proto)
+    total = sum(work.values())
+    refs = report.outputs(create_session(str(float_path), threads=threads), photos.inputs)
+    current = evaluate(qdq_proto, photos, refs, threads)
+    candidates = [r["name"] for r in layers if r.get("delta1_gain_if_float", 0) > 0][:max_steps]
     chosen: list[str] = []
     steps = []
-    reason = ""
-    candidates = [r["name"] for r in layers if r.get("delta1_gain_if_float", 0) > 0]
-    for name in candidates[:max_steps]:
+    reason = None
+    for name in candidates:
         if current["worst_delta1"] >= target_delta:
             break
-        trial = chosen + [name]
-        session = _session(keep_float(qdq_proto, float_proto, trial), threads)
-        result = evaluate(session, refs, inputs)
-        ms = _latency_ms(session, x_time)
-        kept_speedup = (fp32_ms - ms) / max(fp32_ms - int8_ms, 1e-9)  # share of INT8's gain still there
-        steps.append({"layer": name, "worst_delta1": result["worst_delta1"], "latency_ms": ms,
-                      "share_of_int8_speedup_kept": kept_speedup})
-        if kept_speedup < 0.5:
-            reason = "stopped: keeping this layer in fp32 would cost more than half of the INT8 speed-up"
+        kept = 1 - sum(work.get(n, 0) for n in chosen + [name]) / total
+        if kept < MIN_SPEEDUP_KEPT:
+            reason = (f"stopped: keeping {name} in fp32 would leave {kept:.0%} of the INT8 conv work "
+                      f"(under {MIN_SPEEDUP_KEPT:.0%})")
             break
-        if result["worst_delta1"] > current["worst_delta1"]:  # kept only when it helps
-            chosen, current = trial, result
-    if not reason:
-        reason = ("target met" if current["worst_delta1"] >= target_delta else
-                  "stopped: falling back stops paying (no further measured layer raises the worst photo's δ)")
-    return {"target_worst_delta1": target_delta, "layers": chosen, "reached_worst_delta1": current["worst_delta1"],
-            "met": current["worst_delta1"] >= target_delta, "reason": reason, "steps": steps,
-            "fp32_ms": fp32_ms, "int8_ms": int8_ms}
+        result = evaluate(keep_float(qdq_proto, float_proto, chosen + [name]), photos, refs, threads)
+        steps.append({"layer": name, "worst_delta1": result["worst_delta1"], "int8_work_kept": kept,
+                      "kept": result["worst_delta1"] > current["worst_delta1"]})
+        if steps[-1]["kept"]:
+            chosen, current = chosen + [name], result
+    met = current["worst_delta1"] >= target_delta
+    if reason is None:
+        reason = _reason(met, candidates, layers)
+    return {"target_worst_delta1": target_delta, "layers": chosen, "met": met, "reason": reason, "steps": steps,
+            "search_worst_delta1": current["worst_delta1"], "search_photos": list(photos.names),
+            "int8_work_kept": 1 - sum(work.get(n, 0) for n in chosen) / total,
+            "speed_rule": f"counted work: share of conv multiply-adds at 256x256 left in INT8, at least "
+                          f"{MIN_SPEEDUP_KEPT:.0%}"}
 
+
+def _reason(met: bool, candidates: list[str], layers: list[dict]) -> str:
+    """Why the search ended when neither the target nor the speed rule stopped it."""
+    if met:
+        return "target met"
+    if not any("delta1_gain_if_float" in r for r in layers):
+        return "nothing to fall back on: no layer's depth impact was measured (--measure-layers 0)"
+    if not candidates:
+        return "stopped: no measured layer raises the worst photo's δ when kept in fp32 alone"
+    return "stopped: falling back stops paying (no further measured layer raises the worst photo's δ)"

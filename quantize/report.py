@@ -1,32 +1,30 @@
-"""Fidelity and speed of a quantized model against its fp32 source.
+"""Fidelity and speed of a quantized model against its fp32 source: the one fidelity
+function and the one timer of quantize/ (the layer report, the fallback search and the
+benchmark use these).
 
 Depth from MiDaS is relative (unknown scale and shift), so the INT8 output is first aligned
-to the fp32 output by least squares, as MiDaS's own evaluation aligns predictions to ground
-truth; then AbsRel = mean |aligned - ref| / ref and delta1 = share of pixels with
-max(aligned/ref, ref/aligned) < 1.25, over pixels where ref is above 5% of its max (inverse
-depth near zero is the far sky, where ratios mean nothing).
+to the fp32 output with the project's one least-squares fit (``runtime.align``), as MiDaS's
+own evaluation aligns predictions to ground truth; then AbsRel = mean |aligned - ref| / ref
+and delta1 = share of pixels with max(aligned/ref, ref/aligned) < 1.25, over pixels where ref
+is above 5% of its max (inverse depth near zero is the far sky, where ratios mean nothing).
 """
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
+from runtime.align import align_to
 from runtime.metadata import INPUT_NAME
 
 VALID_FRACTION = 0.05
 
 
-def align_scale_shift(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    a = np.stack([pred.ravel().astype(np.float64), np.ones(pred.size)], axis=1)
-    (scale, shift), *_ = np.linalg.lstsq(a, ref.ravel().astype(np.float64), rcond=None)
-    return (scale * pred + shift).astype(np.float32)
-
-
 def compare(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     """(AbsRel, delta1) of one prediction against its reference."""
-    aligned = align_scale_shift(pred, ref)
+    aligned = align_to(pred, ref)
     mask = ref > VALID_FRACTION * float(ref.max())
     if not mask.any():
         return 0.0, 1.0
@@ -36,29 +34,37 @@ def compare(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     return absrel, float(np.mean(ratio < 1.25))
 
 
-def fidelity(ref_session, test_session, inputs: list[np.ndarray]) -> dict:
-    """AbsRel and delta1 over all inputs, and per network shape (dynamic models see several)."""
-    scores = [
-        compare(test_session.run(None, {INPUT_NAME: x})[0], ref_session.run(None, {INPUT_NAME: x})[0])
-        for x in inputs
-    ]
-    shapes = ["x".join(map(str, x.shape[2:])) for x in inputs]
-    out = _summary(scores)
-    out["by_shape"] = {shape: _summary([s for s, sh in zip(scores, shapes, strict=True) if sh == shape])
-                       for shape in sorted(set(shapes))}
+def outputs(session, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """The depth output for every input (kept for reuse: a few hundred KB per photo)."""
+    return [session.run(None, {INPUT_NAME: x})[0] for x in inputs]
+
+
+def scores(session, inputs: list[np.ndarray], refs: list[np.ndarray]) -> list[tuple[float, float]]:
+    """(AbsRel, delta1) per photo of ``session`` against the reference outputs."""
+    return [compare(session.run(None, {INPUT_NAME: x})[0], r) for x, r in zip(inputs, refs, strict=True)]
+
+
+def summary(photo_scores: list[tuple[float, float]], names: list[str] | None = None) -> dict:
+    """Mean and worst AbsRel and delta1; with ``names``, which photos they are and the worst one."""
+    absrel = [s[0] for s in photo_scores]
+    delta1 = [s[1] for s in photo_scores]
+    out = {"images": len(photo_scores), "mean_absrel": float(np.mean(absrel)), "worst_absrel": float(np.max(absrel)),
+           "mean_delta1": float(np.mean(delta1)), "worst_delta1": float(np.min(delta1))}
+    if names is not None:
+        out["worst_photo"] = names[int(np.argmin(delta1))]
+        out["photos"] = list(names)
     return out
 
 
-def _summary(scores: list[tuple[float, float]]) -> dict:
-    absrel = [s[0] for s in scores]
-    delta1 = [s[1] for s in scores]
-    return {
-        "images": len(scores),
-        "mean_absrel": float(np.mean(absrel)),
-        "worst_absrel": float(np.max(absrel)),
-        "mean_delta1": float(np.mean(delta1)),
-        "worst_delta1": float(np.min(delta1)),
-    }
+def fidelity(ref_session, test_session, inputs: list[np.ndarray], names: list[str]) -> dict:
+    """AbsRel and delta1 over all inputs, the photos they come from, and per network shape
+    (dynamic models see several)."""
+    per_photo = scores(test_session, inputs, outputs(ref_session, inputs))
+    shapes = ["x".join(map(str, x.shape[2:])) for x in inputs]
+    out = summary(per_photo, names)
+    out["by_shape"] = {shape: summary([s for s, sh in zip(per_photo, shapes, strict=True) if sh == shape])
+                       for shape in sorted(set(shapes))}
+    return out
 
 
 def timing_shapes(input_hw: tuple[int, int] | None) -> list[tuple[int, int]]:
@@ -67,28 +73,44 @@ def timing_shapes(input_hw: tuple[int, int] | None) -> list[tuple[int, int]]:
     return [input_hw] if input_hw is not None else [(256, 256), (192, 256)]
 
 
-def latencies(sessions: dict, shapes: list[tuple[int, int]], runs: int = 20, warmup: int = 3,
-              rounds: int = 2) -> dict[str, dict[str, dict[str, float]]]:
-    """``{"HxW": {name: {median_ms, min_ms, runs}}}``, timed in blocks.
+def timed(runners: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, runs: int, block: int = 5,
+          pause_s: float = 0.3, budget_s: float = 8.0, min_runs: int = 5) -> dict[str, dict]:
+    """Latency of each runner on ``x`` in ms: {median_ms, p95_ms, min_ms, runs}, in rounds of blocks.
 
-    Each session runs ``runs / rounds`` timed runs in a row (after ``warmup`` untimed ones),
-    then the next session does; ``rounds`` such passes spread machine drift over all.
-    Alternating single runs is unfair on few cores: an engine's worker threads keep
-    spinning after its run and slow whichever model runs next.
+    Each runner in turn runs one discarded run and then ``block`` timed runs; rounds repeat
+    until each has ``runs``. Not one run at a time: torch's OpenMP, OpenVINO's and
+    onnxruntime's own pools keep their threads spinning after a run, and on 2 cores those
+    threads stole the CPU from whichever variant ran next (static INT8 measured 82 ms
+    interleaved run by run, 54 ms alone). A pause and the discarded run at every switch let
+    them go idle; rounds spread machine drift over all runners alike. A slow runner (dynamic
+    INT8 takes ~1 s a run) gets as many runs as fit ``budget_s``, never under ``min_runs``.
     """
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    per_block = max(1, runs // rounds)
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    target = {n: runs for n in runners}
+    block = max(1, min(block, runs))
+    while any(len(times[n]) < target[n] for n in runners):
+        for n, run in runners.items():
+            if len(times[n]) >= target[n]:
+                continue
+            time.sleep(pause_s)
+            t = time.perf_counter()
+            run(x)  # discarded: wakes this engine's threads, warms caches
+            if not times[n]:
+                target[n] = max(min(min_runs, runs), min(runs, int(budget_s / max(time.perf_counter() - t, 1e-6))))
+            for _ in range(min(block, target[n] - len(times[n]))):
+                t = time.perf_counter()
+                run(x)
+                times[n].append((time.perf_counter() - t) * 1000)
+    return {n: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)),
+                "min_ms": float(np.min(v)), "runs": len(v)} for n, v in times.items()}
+
+
+def latencies(sessions: dict, shapes: list[tuple[int, int]], runs: int = 20,
+              pause_s: float = 0.1) -> dict[str, dict[str, dict[str, float]]]:
+    """``{"HxW": {name: {median_ms, p95_ms, min_ms, runs}}}`` of onnxruntime sessions, through ``timed``."""
+    out = {}
     for h, w in shapes:
         x = np.random.default_rng(0).standard_normal((1, 3, h, w)).astype(np.float32)
-        times: dict[str, list[float]] = {name: [] for name in sessions}
-        for _ in range(rounds):
-            for name, s in sessions.items():
-                for _ in range(warmup):
-                    s.run(None, {INPUT_NAME: x})
-                for _ in range(per_block):
-                    t = time.perf_counter()
-                    s.run(None, {INPUT_NAME: x})
-                    times[name].append((time.perf_counter() - t) * 1000)
-        out[f"{h}x{w}"] = {n: {"median_ms": float(np.median(v)), "min_ms": float(np.min(v)), "runs": len(v)}
-                           for n, v in times.items()}
+        runners = {name: (lambda a, s=s: s.run(None, {INPUT_NAME: a})) for name, s in sessions.items()}
+        out[f"{h}x{w}"] = timed(runners, x, runs, pause_s=pause_s, budget_s=60.0)
     return out

@@ -25,20 +25,25 @@ def missing_model_message(path: Path) -> str:
 
 
 def create_session(
-    model_path: str | Path,
+    model_path: str | Path | bytes,
     threads: int | None = None,
     memory_arena: bool = False,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
-    """A CPU session for ``model_path``.
+    """A CPU session for ``model_path`` (a file, or a serialized model held in memory: the
+    quantizer's diagnostics run graphs they build and never need on disk).
 
     threads: intra-op threads. ``None`` leaves it to onnxruntime, which uses one per
         *physical* core: hyper-threads only slow a compute-bound CNN down.
     memory_arena: onnxruntime's CPU arena keeps freed buffers for reuse. With dynamic shapes
         it grows with every new input size; for this model it measured no faster on a fixed
         shape, so it is off unless asked for.
+    profile_prefix: turns on onnxruntime's profiler, which writes ``<prefix>_<date>.json``
+        (time per node) when ``end_profiling()`` is called; the benchmark's op-type table.
     """
-    path = Path(model_path)
-    if not path.is_file():
+    in_memory = isinstance(model_path, bytes)
+    path = Path("<in-memory model>") if in_memory else Path(model_path)
+    if not in_memory and not path.is_file():
         raise ModelError(missing_model_message(path))
     if PROVIDER not in ort.get_available_providers():
         raise ModelError(f"this onnxruntime build has no {PROVIDER}: {ort.get_available_providers()}")
@@ -51,8 +56,11 @@ def create_session(
     options.intra_op_num_threads = threads or 0
     options.enable_cpu_mem_arena = memory_arena
     options.log_severity_level = 3  # errors only: its warnings are not the user's business
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=[PROVIDER])
+        return ort.InferenceSession(model_path if in_memory else str(path), sess_options=options, providers=[PROVIDER])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/InvalidGraph types
         detail = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{path} is not a usable ONNX model ({detail})") from None
