@@ -152,36 +152,12 @@ def _torch_model(checkpoint: Path | None):
     return _TORCH_MODEL
 
 
-def timed(runners: dict[str, Runner], x: np.ndarray, runs: int, block: int = 5, pause_s: float = 0.3,
-          budget_s: float = 8.0, min_runs: int = 5) -> dict[str, dict]:
-    """Interleaved timing in rounds: each variant runs ``block`` timed runs in turn.
+def timed(runners: dict[str, Runner], x: np.ndarray, runs: int, **kwargs) -> dict[str, dict]:
+    """The project's one latency timer (``quantize.report.timed``: rounds of blocks, a pause
+    and a discarded run at every switch, a time budget for slow variants)."""
+    from quantize.report import timed as one_timer
 
-    Not one run at a time: torch's OpenMP, OpenVINO's and onnxruntime's own pools keep their
-    threads spinning after a run, and on 2 cores those spinning threads stole the CPU from
-    whichever variant ran next (static INT8 measured 82 ms interleaved run-by-run, 54 ms
-    alone). A pause and one discarded run at every switch let them go idle, while rounds
-    still spread machine drift over all variants alike. A slow variant (dynamic INT8 takes
-    ~1 s a run) gets fewer runs, as many as fit ``budget_s`` but never under ``min_runs``.
-    """
-    times: dict[str, list[float]] = {n: [] for n in runners}
-    target = {n: runs for n in runners}
-    block = max(1, min(block, runs))
-    while any(len(times[n]) < target[n] for n in runners):
-        for n, r in runners.items():
-            if len(times[n]) >= target[n]:
-                continue
-            time.sleep(pause_s)
-            t = time.perf_counter()
-            r(x)  # discarded: wakes this engine's threads, warms caches
-            if not times[n]:
-                first_s = time.perf_counter() - t
-                target[n] = max(min(min_runs, runs), min(runs, int(budget_s / max(first_s, 1e-6))))
-            for _ in range(min(block, target[n] - len(times[n]))):
-                t = time.perf_counter()
-                r(x)
-                times[n].append((time.perf_counter() - t) * 1000)
-    return {n: {"median_ms": float(np.median(v)), "p95_ms": float(np.percentile(v, 95)),
-                "min_ms": float(np.min(v)), "runs": len(v)} for n, v in times.items()}
+    return one_timer(runners, x, runs, **kwargs)
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -264,27 +240,51 @@ def measure_end_to_end(onnx_variants, settings, workdir: Path) -> dict:
 
 
 # --- roofline ------------------------------------------------------------------------------
-def sgemm_gflops(threads: int, n: int = 1024, runs: int = 10) -> float:
-    """This machine's fp32 matrix-multiply rate through onnxruntime's own kernels (MLAS), a
-    one-node MatMul model of n x n by n x n: the floor fp32 convolutions are measured against."""
+def _one_node_rate(op: str, dtypes: tuple[int, int, int], threads: int, n: int, runs: int = 10,
+                   warmup_s: float = 1.0) -> float:
+    """Giga-ops/s of one ``op`` node multiplying n x n by n x n through onnxruntime's own
+    kernels (MLAS), best of ``runs`` after ``warmup_s`` of untimed runs: the pool's threads
+    must be awake and the clock up, or the 2-thread figure came out under the 1-thread one."""
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import helper
 
     from runtime.session import create_session
 
-    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "sgemm",
-                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
-                               helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "sgemm.onnx"
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-        session = create_session(path, threads=threads)
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    for _ in range(3):
-        session.run(None, {"a": a, "b": a})
-    best = min(_time_once(lambda: session.run(None, {"a": a, "b": a})) for _ in range(runs))
+    a_type, b_type, c_type = dtypes
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], op,
+                              [helper.make_tensor_value_info("a", a_type, [n, n]),
+                               helper.make_tensor_value_info("b", b_type, [n, n])],
+                              [helper.make_tensor_value_info("c", c_type, [n, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = create_session(model.SerializeToString(), threads=threads)
+    rng = np.random.default_rng(0)
+    np_types = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT8: np.int8}
+    feeds = {name: rng.integers(-100, 100, (n, n)).astype(np_types[t]) if t != onnx.TensorProto.FLOAT else
+             rng.standard_normal((n, n)).astype(np.float32) for name, t in (("a", a_type), ("b", b_type))}
+    if a_type == onnx.TensorProto.UINT8:
+        feeds["a"] = rng.integers(0, 255, (n, n)).astype(np.uint8)
+    end = time.perf_counter() + warmup_s
+    while time.perf_counter() < end:
+        session.run(None, feeds)
+    best = min(_time_once(lambda: session.run(None, feeds)) for _ in range(runs))
     return 2.0 * n**3 / best / 1e9
+
+
+def matmul_rates(threads: int) -> dict[str, float]:
+    """This machine's fp32 (MatMul) and INT8 (MatMulInteger, u8 x s8, VNNI where the CPU has
+    it) multiply rates at ``threads``: the best of 1024^3 and 2048^3."""
+    from onnx import TensorProto as T
+
+    return {"sgemm_gflops": max(_one_node_rate("MatMul", (T.FLOAT, T.FLOAT, T.FLOAT), threads, n) for n in (1024, 2048)),
+            "int8_gops": max(_one_node_rate("MatMulInteger", (T.UINT8, T.INT8, T.INT32), threads, n)
+                             for n in (1024, 2048))}
+
+
+def sgemm_gflops(threads: int, n: int = 1024, runs: int = 10) -> float:
+    """fp32 matrix-multiply rate through onnxruntime's MatMul (kept for callers of one size)."""
+    from onnx import TensorProto as T
+
+    return _one_node_rate("MatMul", (T.FLOAT, T.FLOAT, T.FLOAT), threads, n, runs)
 
 
 def _time_once(fn) -> float:
@@ -297,38 +297,88 @@ def model_gflop(path: Path, hw: tuple[int, int] = (256, 256)) -> float:
     """Multiply-adds x 2 of every Conv at batch 1 and ``hw``, from the graph's own shapes."""
     import onnx
 
-    proto = onnx.load(str(path))
-    dims = proto.graph.input[0].type.tensor_type.shape.dim
-    for d, value in zip(dims, (1, 3, *hw), strict=True):
-        d.ClearField("dim_param")
-        d.dim_value = value
-    proto = onnx.shape_inference.infer_shapes(proto)
-    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
-              for vi in [*proto.graph.value_info, *proto.graph.output]}
-    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
-    flops = 0
-    for node in proto.graph.node:
-        if node.op_type == "Conv" and node.input[1] in weights and node.output[0] in shapes:
-            cout, cin_per_group, kh, kw = weights[node.input[1]]
-            _, _, oh, ow = shapes[node.output[0]]
-            flops += 2 * oh * ow * cout * cin_per_group * kh * kw
-    return flops / 1e9
+    from quantize.layers import conv_work
+
+    return 2 * sum(conv_work(onnx.load(str(path)), hw).values()) / 1e9
 
 
 def roofline(variants, latency: dict) -> dict:
-    """Each fp32 variant's latency against this machine's sgemm floor at the same threads."""
+    """Each fp32 variant's latency against this machine's MatMul floor at the same threads,
+    and static INT8 against the MatMulInteger floor. A floor at more threads is never taken
+    below the one at fewer (more threads can always run as fewer)."""
     fp32 = [v for v in variants if v.engine == "onnxruntime" and v.precision == "fp32"]
     if not fp32 or not importlib.util.find_spec("onnx"):
         return {}
     gflop = model_gflop(fp32[0].path)
     out: dict = {"model_gflop_256": gflop, "threads": {}}
-    for threads, rows in latency.items():
-        rate = sgemm_gflops(int(threads))
-        floor_ms = gflop / rate * 1000
-        out["threads"][threads] = {"sgemm_gflops": rate, "floor_ms": floor_ms,
-                                   "share_of_floor": {v.name: floor_ms / rows[v.name]["median_ms"]
-                                                      for v in variants if v.name in rows and v.precision == "fp32"}}
+    best = {"sgemm_gflops": 0.0, "int8_gops": 0.0}
+    for threads in sorted(latency, key=int):
+        measured = matmul_rates(int(threads))
+        rates = {k: max(v, best[k]) for k, v in measured.items()}
+        best = rates
+        rows = latency[threads]
+        floor_ms, int8_floor_ms = gflop / rates["sgemm_gflops"] * 1000, gflop / rates["int8_gops"] * 1000
+        out["threads"][threads] = {
+            **rates, "measured": measured, "floor_ms": floor_ms, "int8_floor_ms": int8_floor_ms,
+            "share_of_floor": {v.name: floor_ms / rows[v.name]["median_ms"]
+                               for v in variants if v.name in rows and v.precision == "fp32"},
+            "int8_share_of_floor": {v.name: int8_floor_ms / rows[v.name]["median_ms"]
+                                    for v in variants if v.name in rows and v.precision == "int8-static"}}
     return out
+
+
+def _op_group(node: str, op: str) -> str:
+    """Where a node of the optimized graph belongs in MiDaS small, from its name and op type."""
+    if op == "Resize":
+        return "decoder resize"
+    if "Conv" in op:
+        if "/conv_dw/" in node:
+            return "depthwise conv"
+        if "/conv_pw" in node:
+            return "pointwise conv (expand, project)"
+        if node.startswith("/layer1/layer1.0/"):
+            return "stem conv"
+        return "decoder and head conv" if re.match(r"^/(layer\d_rn|refinenet|output_conv)", node) else "other conv"
+    if op in ("QuantizeLinear", "DequantizeLinear", "Transpose"):
+        return "quantize, dequantize, layout"
+    return "adds and other"
+
+
+def op_profile(path: Path, fp32_path: Path, threads: int, hw: tuple[int, int] = (256, 256),
+               runs: int = 20) -> dict:
+    """Where a model's time goes: onnxruntime's profiler, ms per run by group (pointwise,
+    depthwise, stem, decoder convs, decoder resize, quantize/layout) and by op type, beside
+    each conv group's GOP. Each node's time is its median over the runs, so the first (cold)
+    runs do not count."""
+    import onnx
+
+    from quantize.layers import conv_work
+    from runtime.metadata import INPUT_NAME
+    from runtime.session import create_session
+
+    x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
+    with tempfile.TemporaryDirectory(prefix="midas-profile-") as tmp:
+        session = create_session(path, threads=threads, profile_prefix=str(Path(tmp) / "p"))
+        for _ in range(runs):
+            session.run(None, {INPUT_NAME: x})
+        events = [e for e in json.loads(Path(session.end_profiling()).read_text())
+                  if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    per_node: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        node = re.sub(r"(_token_\d+)?_kernel_time$", "", e["name"])
+        per_node.setdefault((node, e["args"]["op_name"]), []).append(e["dur"] / 1000)
+    groups: dict[str, float] = {}
+    ops: dict[str, float] = {}
+    for (node, op), durations in per_node.items():
+        ms = float(np.median(durations))
+        groups[_op_group(node, op)] = groups.get(_op_group(node, op), 0.0) + ms
+        ops[op] = ops.get(op, 0.0) + ms
+    gops: dict[str, float] = {}
+    for name, macs in conv_work(onnx.load(str(fp32_path)), hw).items():
+        gops[_op_group(name, "Conv")] = gops.get(_op_group(name, "Conv"), 0.0) + 2 * macs / 1e9
+    return {"threads": threads, "shape": "x".join(map(str, hw)), "runs": runs,
+            "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
+            "op_types_ms": dict(sorted(ops.items(), key=lambda kv: -kv[1])), "groups_gop": gops}
 
 
 # Peak RSS from VmHWM: unlike ru_maxrss it is reset by exec, so the parent's (torch-sized)
@@ -428,14 +478,9 @@ def markdown(results: dict) -> str:
             for n, r in rows.items():
                 lines.append(f"| {n} | {t} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} |")
     if results.get("roofline"):
-        rf = results["roofline"]
-        lines += ["", f"## Roofline: fp32 against this machine's sgemm (model: {rf['model_gflop_256']:.2f} GFLOP at 256x256)", "",
-                  "| threads | sgemm GFLOP/s (onnxruntime MatMul 1024^3) | floor ms | variant | median ms | share of floor |",
-                  "|---|---|---|---|---|---|"]
-        for t, r in rf["threads"].items():
-            for n, share in r["share_of_floor"].items():
-                lines.append(f"| {t} | {r['sgemm_gflops']:.1f} | {r['floor_ms']:.1f} | {n} | "
-                             f"{results['latency'][t][n]['median_ms']:.1f} | {share:.2f} |")
+        lines += _roofline_lines(results)
+    if results.get("op_profile"):
+        lines += _profile_lines(results["op_profile"])
     if results.get("end_to_end"):
         lines += ["", "## End to end: JPEG photos -> heatmap PNGs (images/s)", "",
                   "| photos | variant | network shape | inference only (all cores) | DepthHeatmapper loop | "
@@ -454,6 +499,36 @@ def markdown(results: dict) -> str:
     if results.get("weights_note"):
         lines += ["", results["weights_note"]]
     return "\n".join(lines) + "\n"
+
+
+def _roofline_lines(results: dict) -> list[str]:
+    rf = results["roofline"]
+    lines = ["", f"## Roofline: fp32 against MatMul, static INT8 against MatMulInteger (model: "
+             f"{rf['model_gflop_256']:.2f} GFLOP at 256x256)", "",
+             "onnxruntime's own kernels, one node of 1024^3 and 2048^3 (the better), best of 10 after 1 s of warm-up; "
+             "a floor at more threads is never below the one at fewer.", "",
+             "| threads | floor kernel | rate (G/s) | floor ms | variant | median ms | share of floor |",
+             "|---|---|---|---|---|---|---|"]
+    for t, r in rf["threads"].items():
+        for kernel, rate, floor, shares in (("MatMul fp32", r["sgemm_gflops"], r["floor_ms"], r["share_of_floor"]),
+                                            ("MatMulInteger u8s8", r.get("int8_gops"), r.get("int8_floor_ms"),
+                                             r.get("int8_share_of_floor", {}))):
+            for n, share in shares.items():
+                lines.append(f"| {t} | {kernel} | {rate:.0f} | {floor:.1f} | {n} | "
+                             f"{results['latency'][t][n]['median_ms']:.1f} | {share:.2f} |")
+    return lines
+
+
+def _profile_lines(p: dict) -> list[str]:
+    total = sum(p["groups_ms"].values())
+    lines = ["", f"## Where static INT8 time goes (onnxruntime profiler, {p['threads']} threads, {p['shape']}, "
+             f"median per node over {p['runs']} runs; sum of nodes {total:.1f} ms)", "",
+             "| group | ms | share | conv GOP |", "|---|---|---|---|"]
+    for group, ms in p["groups_ms"].items():
+        gop = p["groups_gop"].get(group)
+        lines.append(f"| {group} | {ms:.2f} | {ms / total:.0%} | {'-' if gop is None else f'{gop:.2f}'} |")
+    lines += ["", "| op type | ms |", "|---|---|"] + [f"| {op} | {ms:.2f} |" for op, ms in p["op_types_ms"].items()]
+    return lines
 
 
 def chart(results: dict, path: Path) -> None:
@@ -536,6 +611,11 @@ def run(args) -> dict:
     results["latency"], results["latency_second_size"] = measure_latency(variants, settings, checkpoint, x256, x_second)
     print("roofline ...", file=sys.stderr)
     results["roofline"] = roofline(variants, results["latency"])
+    int8 = next((v for v in variants if v.engine == "onnxruntime" and v.precision == "int8-static"), None)
+    fp32 = next((v for v in variants if v.engine == "onnxruntime" and v.precision == "fp32"), None)
+    if int8 and fp32 and importlib.util.find_spec("onnx"):
+        print("profile ...", file=sys.stderr)
+        results["op_profile"] = op_profile(int8.path, fp32.path, max(settings.threads))
     print("fidelity ...", file=sys.stderr)
     results["fidelity"] = measure_fidelity(variants, checkpoint, inputs[: max(2, settings.photos)])
     ort_variants = [v for v in variants if v.engine == "onnxruntime"]
