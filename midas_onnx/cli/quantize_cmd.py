@@ -17,9 +17,10 @@ from .common import DEFAULT_MODEL, friendly_errors, require_extra
               help="Static QDQ calibrated on images (fast), or dynamic (no images needed; slower than fp32 on CPUs).")
 @click.option("--calibration", type=click.Path(file_okay=False, path_type=Path),
               help="Folder of calibration photos like the ones you will run on (static). Default: the "
-                   "built-in photos. Every 5th is held out for the report unless --eval.")
+                   "built-in photos (4 of them held out whole for the report). Every 5th is held out unless --eval.")
 @click.option("--eval", "eval_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of held-out photos for the fidelity report.")
+              help="Folder of held-out photos for the fidelity report. Files in one sub-folder count as one "
+                   "source photo (crops of one photo): a split never puts them on both sides.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default=None,
               help="Calibration method (static). Default: the preset's (percentile).")
 @click.option("--keep-float", default="", help="Layer roles kept in fp32, comma-separated: stem, head (all: a diagnostic).")
@@ -29,10 +30,11 @@ from .common import DEFAULT_MODEL, friendly_errors, require_extra
               help="Add a per-layer error table (SQNR and the depth error each conv adds) to the report.")
 @click.option("--measure-layers", type=click.IntRange(min=0), default=None,
               help="With --report-layers/--target-delta: how many of the lowest-SQNR layers get their depth "
-                   "impact measured (default 16; each costs one pass over the evaluation photos).")
+                   "impact measured (default 16; each costs one pass over the photos; 0 ranks by SQNR only).")
 @click.option("--target-delta", type=click.FloatRange(0, 1, min_open=True), default=None,
-              help="Keep the most harmful layers in fp32 until the worst evaluation photo's delta<1.25 "
-                   "against fp32 reaches this (e.g. 0.97). Static only.")
+              help="Keep the most harmful layers in fp32 until the worst search photo's delta<1.25 against "
+                   "fp32 reaches this (e.g. 0.97). The evaluation photos are split by source photo: the search "
+                   "uses one half, the report the other. Static only.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency report.")
 @click.option("--force", is_flag=True, help="Overwrite the output model and report.")
 def command(model: Path, int8: bool, static: bool, calibration: Path | None, eval_dir: Path | None,
