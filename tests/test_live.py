@@ -237,3 +237,29 @@ def test_latency_percentiles_within_one_percent():
     for q in (50, 95):
         assert stats.percentile(q) == pytest.approx(np.percentile(samples, q), rel=0.011)
     assert stats.percentile(100) == pytest.approx(samples.max()) and LatencyStats().percentile(50) == 0.0
+
+
+CTRL_C = textwrap.dedent("""
+    import sys
+    from runtime.live import open_source, run_live
+    processed = []
+    summary = run_live(open_source("-", "8x4"), lambda f: (processed.append(f.index), print("frame", flush=True)))
+    print(summary.text(), flush=True)
+""")
+
+
+def test_ctrl_c_ends_a_live_run_cleanly_with_a_summary():
+    """A real SIGINT while the run waits for the next frame of a pipe that stays open."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=False)
+    for i in range(3):
+        proc.stdin.write(np.full((4, 8, 3), i, np.uint8).tobytes())
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"frame\n"
+    time.sleep(0.5)  # the run now waits for a 4th frame
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err.decode()
+    assert b"3 frames in, 3 processed, 0 dropped" in out and b"stopped: interrupted" in out, out
