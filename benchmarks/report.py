@@ -282,7 +282,15 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
         return getattr(r, path)
     value: object = r.data
     for key in path.split("."):
-        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+        if isinstance(value, list) and "=" in key:  # the first row whose field has this value
+            field_name, wanted = key.split("=", 1)
+            rows = [x for x in value if isinstance(x, dict) and str(x.get(field_name)) == wanted]
+            if not rows:
+                raise ReportError(f"figure reference {ref!r}: no row with {key!r} in {r.name}.json")
+            value = rows[0]
+        elif key == "@all" and isinstance(value, dict) and value and all(k.isdigit() for k in value):
+            value = value[max(value, key=int)]  # the most threads: all cores of that machine
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
             value = value[int(key)]
         elif isinstance(value, dict) and key in value:
             value = value[key]

@@ -21,7 +21,7 @@ from mkdocs.exceptions import PluginError  # noqa: E402
 from benchmarks import report  # noqa: E402
 
 _TABLES = re.compile(r"\{\{\s*benchmark_tables\s*\}\}")
-_FIG = re.compile(r"\{\{\s*fig\s+([^\s}]+)\s*\}\}")
+_FIG = re.compile(r"\{\{\s*fig\s+(.+?)\s*\}\}")
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
