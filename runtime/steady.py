@@ -94,6 +94,9 @@ class SteadyNormalizer:
             histograms above which the input is a new scene (measured: 0.05-0.09 from sensor
             noise, 0.12 for a 15% brightness step, 0.19 for a patch covering 6% of the frame
             appearing; 0.59 across the cut between two photos).
+
+    ``frames`` counts the frames seen, ``cuts`` the restarts (the first frame included).
+    Frames must come in order: one normaliser per video or connection, fed from one thread.
     """
 
     def __init__(self, keep: float = 0.9, ref_keep: float = 0.8, low: float = 1.0, high: float = 99.0,
