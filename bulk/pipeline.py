@@ -72,7 +72,7 @@ def run(settings: BulkSettings, inputs: list[str], output: str) -> BulkResult:
             failed.append(row)
 
     def work() -> Summary:
-        make, node_count = worker_factory(model, settings.spec, job.store.root, job.digest,
+        make, node_count = worker_factory(model, settings.spec, job.store.spec, job.digest,
                                           settings.threads_per_worker, settings.cpu_share)
         scheduler = Scheduler(make, settings.workers or node_count, job.digest, settings.ship_bytes)
         return job.run(lambda items, on_row: scheduler.run(items, settings.chunk_size, on_row), count)

@@ -13,8 +13,8 @@ from .job_options import output_options, progress, traceback_log
 
 @click.command("heatmap")
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", "outdir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for the results (created if needed).")
+@click.option("-o", "--output", "outdir", default=None,
+              help="Folder for the results (created if needed), or a URI pyarrow writes (s3://bucket/depth).")
 @click.option("--model", type=click.Path(path_type=Path), default=None, help=MODEL_HELP)
 @output_options
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -27,7 +27,7 @@ from .job_options import output_options, progress, traceback_log
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Live input: stop after N frames.")
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Live input: stop after this many seconds.")
-def command(inputs: tuple[str, ...], outdir: Path | None, model: Path | None, spec, force: bool,
+def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spec, force: bool,
             workers: int | None, threads: int | None, max_pixels: int | None, size: str | None, to_stdout: bool,
             max_frames: int | None, duration: float | None) -> None:
     """Write a depth heatmap for every image in INPUTS (files, folders, globs) and every video.
@@ -69,7 +69,7 @@ def command(inputs: tuple[str, ...], outdir: Path | None, model: Path | None, sp
         if threads is None and workers > 1:
             threads = 1
         hm = DepthHeatmapper(model, threads=threads, colormap=spec.colormap, max_pixels=max_pixels or images.MAX_PIXELS)
-        job = Job.prepare(list(inputs), str(outdir), str(model), spec, force=force)
+        job = Job.prepare(list(inputs), outdir, str(model), spec, force=force)
     for message in job.inputs.problems:
         click.echo(f"error: {message}", err=True)
     click.echo(f"model: {model} ({hm.info.precision}, input {hm.info.input_size_text}); "
@@ -92,6 +92,7 @@ def _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, dur
     with friendly_errors():
         hm = DepthHeatmapper(default_model(model), threads=threads, colormap=spec.colormap)
         if outdir is not None:
+            outdir = Path(outdir)
             outdir.mkdir(parents=True, exist_ok=True)
         summary = run_live_job(hm, inputs[0], spec, size=size, stdout=sys.stdout.buffer if to_stdout else None,
                                outdir=outdir, max_frames=max_frames, duration=duration)

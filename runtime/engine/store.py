@@ -4,8 +4,9 @@ Paths travel as strings a user can read: absolute local paths, or URIs with thei
 kept (``s3://bucket/out/a.jpg.heatmap.png``), so manifests name what a user can open.
 
 Writes are atomic on both kinds, each in its own way. Locally: written beside under a unique
-name, then renamed. Object stores: one PUT, which is atomic there (an object appears whole
-or not at all), where temp + move would be a copy and a delete. pyarrow is imported only for
+name, then renamed. Object stores: one upload straight to the final key, which is atomic
+there (an object appears whole when its upload completes, or not at all), where temp + move
+would be a copy and a delete, and temp names could collide between nodes. pyarrow is imported only for
 URIs: the base install (onnxruntime, numpy, OpenCV) has no pyarrow, and needs none locally.
 """
 
@@ -40,6 +41,7 @@ class Store:
         else:
             self.fs, self.scheme, self.local = None, "", True
             self.root = str(Path(spec).resolve())  # resolved here, on the driver, not in each worker
+        self.spec = spec if self.uri else self.root  # what a worker elsewhere opens the same folder with
 
     def join(self, relative: str) -> str:
         return f"{self.root}/{relative}"
@@ -53,9 +55,7 @@ class Store:
             if self.fs is None or self.local:
                 write_atomic(self.fs_path(path), data)
                 return
-            fs_path = self.fs_path(path)
-            self.fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
-            with self.fs.open_output_stream(fs_path) as fh:
+            with self.fs.open_output_stream(self.fs_path(path)) as fh:  # object stores need no folders
                 fh.write(data)
         except OSError as exc:
             raise StoreError(f"{path}: cannot be written ({_reason(exc)})") from None
