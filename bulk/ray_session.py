@@ -36,7 +36,9 @@ def with_ray(address: str | None, verbose: bool, work: Callable[[], T]) -> tuple
         started_here = not ray.is_initialized()
         try:
             if started_here:
-                ray.init(address=address or "local", include_dashboard=False, log_to_driver=verbose,
+                # log_to_driver: workers' output (the tracebacks of inputs that failed) reaches
+                # this process's stderr, which quiet mode sends to the log file it keeps
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=True,
                          configure_logging=True, logging_level=level)
             result = work()
         except MidasOnnxError as exc:

@@ -240,6 +240,24 @@ def test_an_input_that_kills_its_worker_is_retried_a_bounded_number_of_times(col
     assert len(rows) == 7 and rows["astronaut.jpg"]["status"] == "failed"
 
 
+def test_a_library_exception_in_a_worker_is_its_rows_error_and_the_log_keeps_the_traceback(collection, tmp_path,
+                                                                                          fixed_model):
+    import os
+
+    env = {**os.environ, "MIDAS_ONNX_TEST_RAISE_ON": "coffee"}  # a plain RuntimeError in the pipeline
+    r = subprocess.run([sys.executable, "-m", "midas_onnx", "bulk", str(collection), str(tmp_path / "out"),
+                        "--model", str(fixed_model)], cwd=REPO, capture_output=True, text=True,
+                       timeout=HANG_GUARD_S, env=env)
+    assert r.returncode == 1 and "4 done, 0 skipped, 3 failed" in r.stdout
+    assert f"failed: {collection / 'coffee.jpg'}: RuntimeError: fault injected for tests" in r.stderr
+    assert "died" not in r.stderr and "Traceback" not in r.stderr
+    log = r.stdout.split("Ray's output: ")[1].strip()
+    deadline = time.time() + 10
+    while "Traceback" not in Path(log).read_text() and time.time() < deadline:
+        time.sleep(0.2)  # workers' output reaches the driver's log a moment after
+    assert "Traceback" in Path(log).read_text() and "fault injected for tests" in Path(log).read_text()
+
+
 def test_a_worker_that_cannot_start_is_one_line(collection, tmp_path, fixed_model):
     import os
 
