@@ -263,3 +263,14 @@ def test_ctrl_c_ends_a_live_run_cleanly_with_a_summary():
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0, err.decode()
     assert b"3 frames in, 3 processed, 0 dropped" in out and b"stopped: interrupted" in out, out
+
+
+def test_reader_iterates_every_frame_of_a_lossless_source_and_only_the_newest_of_a_live_one():
+    from runtime.live import LiveReader
+
+    with LiveReader(RawSource(_raw(30), 8, 4), drop=False) as reader:
+        assert [int(f.image[0, 0, 0]) for f in reader.frames()] == list(range(30))
+    with LiveReader(RawSource(_raw(30), 8, 4), drop=True) as reader:
+        time.sleep(0.3)  # all 30 frames arrive while nobody takes any
+        got = [f.index for f in reader.frames()]
+    assert got == [29] and reader.dropped == 29 and reader.frames_in == 30
