@@ -59,6 +59,8 @@ def command(inputs: tuple[str, ...], output: str, model: str | None, address: st
         click.echo(f"failed: {error}", err=True)  # every error names its input
     log = f"; Ray's output: {result.log}" if result.log else ""
     click.echo(f"{result.summary.line()} on {len(result.nodes)} node(s); manifest: {result.job.manifest}{log}")
+    if result.summary.interrupted:
+        sys.exit(130)
     if result.summary.failed or result.job.inputs.problems:
         sys.exit(1)
 

@@ -78,6 +78,8 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spe
         summary = job.run(LocalRunner(hm, spec, job.store, job.digest, workers), on_row)
     tracebacks = f"; tracebacks: {log()}" if log() else ""
     click.echo(f"{summary.line()} -> {outdir}; manifest: {job.manifest}{tracebacks}")
+    if summary.interrupted:
+        sys.exit(130)
     if summary.failed or job.inputs.problems:
         sys.exit(1)
 

@@ -32,6 +32,7 @@ class Summary:
     videos: int = 0
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     @property
     def images_per_s(self) -> float:
@@ -40,8 +41,9 @@ class Summary:
 
     def line(self) -> str:
         videos = f" ({self.videos} videos, {self.frames} frames)" if self.videos else ""
+        stop = "; interrupted: rerun the same command to resume" if self.interrupted else ""
         return (f"{self.done} done{videos}, {self.skipped} skipped, {self.failed} failed in {self.seconds:.1f} s "
-                f"({self.images_per_s:.1f} images/s)")
+                f"({self.images_per_s:.1f} images/s){stop}")
 
 
 def job_record(model: str, spec: OutputSpec, inputs_root: str) -> dict:
@@ -114,6 +116,8 @@ class Job:
         try:
             if self.todo:
                 execute(self.todo, finished)
+        except KeyboardInterrupt:  # Ctrl-C: what finished is journaled; a rerun resumes from it
+            summary.interrupted = True
         finally:
             self.journal.close()
             summary.seconds = time.perf_counter() - started
