@@ -191,3 +191,16 @@ def test_ctrl_c_ends_heatmap_with_a_summary_and_a_rerun_resumes(tmp_path, fixed_
     assert 5 <= len(rows) < 150 and len({r["input"] for r in rows}) == len(rows)
     resumed = run_cli("heatmap", str(src), "-o", str(out), "--model", str(fixed_model))
     assert resumed.returncode == 0 and f"{150 - len(rows)} done, {len(rows)} skipped" in resumed.stdout
+
+
+def test_format_choice_names_and_encodes_the_files(photos, tmp_path, fixed_model):
+    out = tmp_path / "out"
+    r = run_cli("heatmap", str(photos / "astronaut.jpg"), "-o", str(out), "--model", str(fixed_model),
+                "--format", "jpg", "--overlay")
+    assert r.returncode == 0, r.stderr
+    heat = out / "astronaut.jpg.heatmap.jpg"
+    assert heat.read_bytes()[:3] == b"\xff\xd8\xff" and (out / "astronaut.jpg.overlay.jpg").is_file()
+    want = DepthHeatmapper(fixed_model).heatmap(photos / "astronaut.jpg").astype(int)
+    assert abs(cv2.imread(str(heat)).astype(int) - want).mean() < 4  # JPEG q90 of the same heatmap
+    r = run_cli("heatmap", str(photos / "astronaut.jpg"), "-o", str(out), "--model", str(fixed_model))
+    assert r.returncode == 1 and "(outputs.image_format jpg -> png)" in r.stderr

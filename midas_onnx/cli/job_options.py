@@ -14,6 +14,10 @@ import click
 OUTPUT_OPTIONS = [
     click.option("--colormap", default="inferno", show_default=True,
                  help="Any OpenCV colormap name (turbo, magma, jet, ...)."),
+    click.option("--format", "image_format", type=click.Choice(["png", "jpg", "webp"]), default="png",
+                 show_default=True,
+                 help="Heatmap and overlay files: png (lossless, indexed: a heatmap has at most 256 colours), jpg "
+                      "(quality 90: smaller, faster), webp (quality 90: smallest, slowest)."),
     click.option("--save-depth", type=click.Choice(["png16", "npy", "pfm", "exr"]), is_flag=False,
                  flag_value="png16", default=None,
                  help="Also write the depth: png16 (the default of a bare --save-depth: 16-bit, normalised), npy "
@@ -38,7 +42,7 @@ OUTPUT_OPTIONS = [
                       "(refused otherwise)."),
 ]
 PROGRESS_MIN_ITEMS = 5  # fewer inputs than this: no progress bar, just the summary
-SPEC_KEYS = ("colormap", "save_depth", "known_depths", "save_ply", "ply_step", "fov", "intrinsics", "normalize",
+SPEC_KEYS = ("colormap", "image_format", "save_depth", "known_depths", "save_ply", "ply_step", "fov", "intrinsics", "normalize",
              "overlay")
 
 
@@ -56,7 +60,8 @@ def output_options(command: Callable) -> Callable:
     return wrapper
 
 
-def make_spec(*, colormap, save_depth, known_depths, save_ply, ply_step, fov, intrinsics, normalize, overlay):
+def make_spec(*, colormap, image_format, save_depth, known_depths, save_ply, ply_step, fov, intrinsics, normalize,
+              overlay):
     """The ``OutputSpec``; options that cannot go together are a usage error (status 2)."""
     from runtime.engine import OutputSpec, OutputSpecError
     from runtime.errors import MidasOnnxError
@@ -64,7 +69,7 @@ def make_spec(*, colormap, save_depth, known_depths, save_ply, ply_step, fov, in
 
     try:
         return OutputSpec.make(colormap=colormap, depth=save_depth, overlay=overlay, ply=save_ply, ply_step=ply_step,
-                               fov=fov, intrinsics=intrinsics, normalize=normalize,
+                               fov=fov, intrinsics=intrinsics, normalize=normalize, image_format=image_format,
                                points=read_points(known_depths) if known_depths else None)
     except OutputSpecError as exc:
         raise click.UsageError(str(exc)) from None

@@ -15,7 +15,7 @@ from ..depth_files import FORMATS as DEPTH_FORMATS
 from ..depth_files import check_format, encode_depth
 from ..errors import MidasOnnxError
 from ..metric import Point, align, as_points, metric_depth
-from ..outputs import output_suffixes, render
+from ..outputs import IMAGE_FORMATS, output_suffixes, render
 from ..pointcloud import DEFAULT_FOV_DEG, Intrinsics, ply_bytes
 from ..postprocess import colormap_id
 
@@ -41,11 +41,13 @@ class OutputSpec:
     fov: float | None = None
     intrinsics: Intrinsics | None = None
     normalize: str = "video"
+    image_format: str = "png"
 
     @classmethod
     def make(cls, *, colormap: str = "inferno", depth: str | None = None, overlay: bool = False,
              points: Sequence | None = None, ply: bool = False, ply_step: int = 1, fov: float | None = None,
-             intrinsics: str | Intrinsics | None = None, normalize: str = "video") -> "OutputSpec":
+             intrinsics: str | Intrinsics | None = None, normalize: str = "video",
+             image_format: str = "png") -> "OutputSpec":
         """A checked spec: every refusal here happens before any input is read."""
         colormap_id(colormap)
         depth = None if depth in (None, "none") else depth
@@ -63,13 +65,15 @@ class OutputSpec:
             raise OutputSpecError(f"the point-cloud step must be >= 1, got {ply_step}")
         if normalize not in NORMALIZE:
             raise OutputSpecError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+        if image_format not in IMAGE_FORMATS:
+            raise OutputSpecError(f"unknown image format {image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
         if isinstance(intrinsics, str):
             intrinsics = Intrinsics.parse(intrinsics)
-        return cls(colormap.lower(), depth, overlay, points, ply, ply_step, fov, intrinsics, normalize)
+        return cls(colormap.lower(), depth, overlay, points, ply, ply_step, fov, intrinsics, normalize, image_format)
 
     def image_suffixes(self) -> dict[str, str]:
         """kind -> suffix after a still image's full name."""
-        kinds = output_suffixes(self.depth, self.overlay)
+        kinds = output_suffixes(self.depth, self.overlay, self.image_format)
         if self.points is not None:
             kinds["align"] = ".align.json"
         if self.ply:
@@ -95,6 +99,7 @@ class OutputSpec:
             "ply": [self.ply_step, self.fov, list(vars(self.intrinsics).values()) if self.intrinsics else None]
             if self.ply else None,
             "normalize": self.normalize,
+            "image_format": self.image_format,
         }
 
     def render(self, result, kinds: Sequence[str]) -> dict[str, bytes]:
@@ -108,7 +113,7 @@ class OutputSpec:
         out: dict[str, bytes] = {}
         for kind in kinds:
             if kind in ("heatmap", "overlay"):
-                out[kind] = render(result, kind)
+                out[kind] = render(result, kind, self.image_format)
             elif kind == "depth":
                 out[kind] = encode_depth(depth, self.depth)
             elif kind == "align":
