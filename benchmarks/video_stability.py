@@ -8,10 +8,12 @@
 
     python -m benchmarks.video_stability models/midas_small.int8.onnx [--frames 60]
 
-Two synthetic, reproducible 640x480 clips. ``steady``: a scikit-image photo with sensor-like
-noise, a 15% brightness step at the middle frame and a bright patch over the second third of
-the frames (as issue #23 describes its clip). ``cut``: the same photo, then a different photo
-from the middle frame on (a scene cut), each with noise.
+Three synthetic, reproducible 640x480 clips. ``steady``: a scikit-image photo with
+sensor-like noise, a 15% brightness step at the middle frame and a bright patch over the
+second third of the frames (as issue #23 describes its clip). ``cut``: the same photo, then a
+different photo from the middle frame on (a scene cut), each with noise. ``pan``: a camera
+panning across a larger photo at 20 pixels per frame (a fast pan: 600 pixels/s at 30 fps),
+which must not be taken for cuts.
 
 Figures, per clip and mode:
 - biggest jump: the largest change of the mean heatmap level (0-255) between two
@@ -53,14 +55,20 @@ def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
 
 
 def synthetic_clip(frames: int = 60, size: tuple[int, int] = SIZE, seed: int = 0,
-                   cut_at: int | None = None) -> list[np.ndarray]:
-    """BGR uint8 frames of one photo with noise (sigma 4 levels). Without ``cut_at``: a 15%
+                   cut_at: int | None = None, pan: int = 0) -> list[np.ndarray]:
+    """BGR uint8 frames of one photo with noise (sigma 4 levels). By default: a 15%
     brightness step at the middle frame and a bright patch (a quarter of the width and
     height) over the second third of the frames. With ``cut_at``: a second photo from that
-    frame on, nothing else changing."""
+    frame on, nothing else changing. With ``pan``: a window moving right by ``pan`` pixels
+    per frame across a wider photo, nothing else changing."""
     import cv2
 
     rng = np.random.default_rng(seed)
+    if pan:
+        w, h = size
+        wide = _photo("astronaut", (w + pan * frames, h))
+        return [np.clip(wide[:, pan * t:pan * t + w] + rng.normal(0, 4.0, (h, w, 3)), 0, 255).astype(np.uint8)
+                for t in range(frames)]
     w, h = size
     scenes = (_photo("coffee", size), _photo("chelsea", size))
     out = []
@@ -76,8 +84,10 @@ def synthetic_clip(frames: int = 60, size: tuple[int, int] = SIZE, seed: int = 0
     return out
 
 
-def content_changes(frames: int, cut_at: int | None = None) -> list[int]:
-    """Frames where ``synthetic_clip``'s scene itself changes (a jump there is real)."""
+def content_changes(frames: int, cut_at: int | None = None, pan: int = 0) -> list[int]:
+    """Frames where ``synthetic_clip``'s scene itself changes at once (a jump there is real)."""
+    if pan:
+        return []
     return [cut_at] if cut_at is not None else [frames // 3, 2 * frames // 3]
 
 
@@ -103,7 +113,7 @@ def colour_ranges(depths: list[np.ndarray], mode: str, images: list[np.ndarray] 
 
 
 def stability(depths: list[np.ndarray], mode: str, images: list[np.ndarray] | None = None,
-              cut_at: int | None = None) -> dict:
+              cut_at: int | None = None, pan: int = 0) -> dict:
     """Biggest jump of the mean level, range drift, flicker (and cut figures) for one mode."""
     import cv2
 
@@ -120,7 +130,7 @@ def stability(depths: list[np.ndarray], mode: str, images: list[np.ndarray] | No
     flicker = float(np.mean([np.abs(b - a).mean() for a, b in zip(heat, heat[1:])]))
     out = {"biggest_jump": float(jumps.max()), "range_drift": drift, "flicker": flicker,
            "cuts": [i for i, (_, _, c) in enumerate(coloured) if c and i > 0]}
-    out["held_jump"] = float(np.delete(jumps, [i - 1 for i in content_changes(len(depths), cut_at)]).max())
+    out["held_jump"] = float(np.delete(jumps, [i - 1 for i in content_changes(len(depths), cut_at, pan)]).max())
     if cut_at is not None:
         per_frame = [to_levels(d, 255, np.uint8) for d in depths[cut_at:cut_at + 10]]
         out["drag"] = float(np.mean([np.abs(a.astype(np.int16) - b).mean()
@@ -142,11 +152,11 @@ def main() -> None:
     print("| clip | normalize | biggest jump (mean level, 0-255) | held (scene unchanged) | range drift | "
           "flicker | restarts at | drag after cut |")
     print("|---|---|---|---|---|---|---|---|")
-    for clip, cut_at in (("steady", None), ("cut", args.frames // 2)):
-        frames = synthetic_clip(args.frames, cut_at=cut_at)
+    for clip, cut_at, pan in (("steady", None, 0), ("cut", args.frames // 2, 0), ("pan", None, 20)):
+        frames = synthetic_clip(args.frames, cut_at=cut_at, pan=pan)
         depths = [hm.predict(f).depth for f in frames]
         for mode in MODES:
-            r = stability(depths, mode, frames, cut_at)
+            r = stability(depths, mode, frames, cut_at, pan)
             drag = f"{r['drag']:.1f}" if cut_at is not None else "-"
             print(f"| {clip} | {mode} | {r['biggest_jump']:.2f} | {r['held_jump']:.2f} | {r['range_drift']:.4f} | "
                   f"{r['flicker']:.2f} | {r['cuts'] if mode == 'video' else '-'} | {drag} |")

@@ -73,6 +73,18 @@ def test_a_scene_cut_restarts_the_reference_and_the_range(cut_clip):
     assert with_images["held_jump"] < frame["held_jump"] / 4, (with_images, frame)
 
 
+def test_a_fast_pan_is_not_a_cut_and_stays_steady(hm):
+    """20 pixels per frame (600 px/s at 30 fps): the view changes all the time, but it is one
+    scene: no restart, and the mean level moves far less than with per-frame colours."""
+    from benchmarks.video_stability import stability, synthetic_clip
+
+    frames = synthetic_clip(16, pan=20)
+    depths = [hm.predict(f).depth for f in frames]
+    video, frame = stability(depths, "video", frames, pan=20), stability(depths, "frame", frames, pan=20)
+    assert video["cuts"] == [], video
+    assert video["biggest_jump"] < frame["biggest_jump"] / 2, (video, frame)
+
+
 def test_histogram_alone_finds_a_cut_the_depth_fit_would_miss(cut_clip):
     """Depth maps of different scenes can look alike; the input's colours then tell."""
     frames, depths = cut_clip
