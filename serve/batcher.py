@@ -56,6 +56,7 @@ class Batcher:
         self._arrived: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="inference")
         self._tasks: list[asyncio.Task] = []
+        self._running: set[_Item] = set()  # taken by a worker, result not yet delivered
         self._observe = observe or (lambda name, value: None)
         self.dead: str | None = None
         self._stopping = False
@@ -150,6 +151,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._take()
+            self._running.update(batch)
             now = time.perf_counter()
             for it in batch:
                 self._observe("queue_seconds", now - it.enqueued)
@@ -168,6 +170,7 @@ class Batcher:
             for it, res in zip(batch, results, strict=True):
                 if not it.future.done():
                     (it.future.set_exception if isinstance(res, Exception) else it.future.set_result)(res)
+            self._running.difference_update(batch)
 
     def _ended(self, task: asyncio.Task) -> None:
         """A worker ended: expected when stopping; otherwise the service is dead."""
@@ -177,8 +180,10 @@ class Batcher:
         self.dead = f"{task.get_name()} stopped: {type(exc).__name__}: {exc}" if exc else f"{task.get_name()} stopped"
         log.error("inference worker died; the service is no longer alive (%s)", self.dead,
                   exc_info=(type(exc), exc, exc.__traceback__) if exc else None)
-        while self._waiting:
-            item = self._waiting.popleft()
+        orphans = list(self._waiting) + list(self._running)
+        self._waiting.clear()
+        self._running.clear()
+        for item in orphans:
             item.image = None
             if not item.future.done():
                 item.future.set_exception(WorkerDied(self.dead))

@@ -92,7 +92,10 @@ class Service:
         while (self.active or self.jobs.running()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         left = self.active + self.jobs.running()
-        log.info("drained" if not left else "drain timeout: %d request(s)/job(s) unfinished", left)
+        if left:
+            log.warning("drain timeout: %d request(s)/job(s) unfinished", left)
+        else:
+            log.info("drained")
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
@@ -123,10 +126,12 @@ class Service:
     async def infer(self, data: bytes, name: str, request: Request | None = None, job: bool = False):
         """Bytes -> DepthResult: admitted, then decoded once, then batched. A request waits
         at most ``request_timeout_s`` in all and gives its place back when its client goes;
-        a job image (``job``) waits for room, its timeout counting from admission."""
+        a job image (``job``) waits for room and for its turn however long the queue is
+        (accepted work is never refused for load)."""
         batcher = self.require_ready()
         prepare = lambda: decode(data, name, self.settings.max_pixels)  # noqa: E731
-        work = asyncio.ensure_future(batcher.run(prepare, wait=job, timeout_s=self.settings.request_timeout_s))
+        timeout = None if job else self.settings.request_timeout_s  # a job has no client waiting on it
+        work = asyncio.ensure_future(batcher.run(prepare, wait=job, timeout_s=timeout))
         watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
         try:
             done, _ = await asyncio.wait({work, watch} - {None}, return_when=asyncio.FIRST_COMPLETED)

@@ -1,0 +1,390 @@
+"""Serve under hostile input (issue 21): every request's bytes and CPU-seconds bounded, every
+failure visible. Each test provokes one attack against a real server on 127.0.0.1: a
+`midas-onnx serve` process where the process itself matters (memory, logs, signals), else
+the app under uvicorn in a thread, where inference can be held still."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from serve import ServeSettings
+
+from .conftest import REPO
+from .test_image_header import png_bomb
+from .test_serve import free_port, jpeg, running_server, sample
+from .test_serve_hardening import HeldInference, live_app, one_held_in_inference, post_async, wait_until
+
+JPEG = {"content-type": "image/jpeg"}
+
+
+def vm(pid: int, key: str) -> int:
+    return next(int(line.split()[1]) for line in open(f"/proc/{pid}/status") if line.startswith(key)) * 1024
+
+
+def raw_socket(base: str, head: bytes) -> socket.socket:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.sendall(head)
+    return sock
+
+
+def read_response(sock: socket.socket, timeout: float = 10) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+            if b"\r\n\r\n" in data and b'"}}' in data:
+                break
+    except OSError:
+        pass
+    return data
+
+
+# -- decompression bomb --------------------------------------------------------------------------
+def test_png_bomb_is_refused_from_its_header_without_memory(fixed_model):
+    """Before: 4.45 s of CPU and peak RSS +1.1 GB per upload, refused only after decoding."""
+    bomb = png_bomb()
+    with running_server(fixed_model, "--max-pixels", "20000000") as base:
+        pid = base.proc.pid
+        open(f"/proc/{pid}/clear_refs", "w").write("5")
+        before = vm(pid, "VmRSS")
+        t = time.perf_counter()
+        for _ in range(4):
+            r = httpx.post(base + "/v1/depth", content=bomb, headers={"content-type": "image/png"}, timeout=60)
+            assert r.status_code == 413 and r.json()["error"]["code"] == "too_many_pixels"
+            assert "9000x11000 (99,000,000 pixels)" in r.json()["error"]["message"]
+        per_request = (time.perf_counter() - t) / 4
+        grew = vm(pid, "VmHWM") - before
+    assert per_request < 0.5, per_request
+    assert grew < 64 * 1024 * 1024, grew
+
+
+# -- known_depths ---------------------------------------------------------------------------------
+def points_for(n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    return [[int(x), int(y), round(float(d), 3)] for x, y, d in
+            zip(rng.integers(0, 600, n), rng.integers(0, 400, n), rng.uniform(1, 9, n), strict=True)]
+
+
+@pytest.fixture(scope="module")
+def hostile(fixed_model):
+    with running_server(fixed_model, "--max-known-points", "1000") as base:
+        yield base
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 1100 + "]" * 1100, "nested deeper than 3 levels"),
+    ("[[1,2," + "9" * 400 + "],[3,4,5],[5,6,7]]", "a number of 400 characters"),
+    ("[[1,2,1e999],[3,4,5],[5,6,7]]", "out of range"),
+    ("[[1,2,NaN],[3,4,5],[5,6,7]]", "NaN is not a number"),
+    (json.dumps(points_for(1001)), "1,001 points; at most 1,000"),
+], ids=["deep", "digits", "overflow", "nan", "too-many"])
+def test_hostile_known_depths_get_a_clear_422(hostile, photo_set, text, message):
+    """Before: 500 with RecursionError / OverflowError tracebacks."""
+    r = httpx.post(hostile + "/v1/depth", params={"format": "json", "known_depths": text},
+                   content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "bad_known_depths" and message in r.json()["error"]["message"]
+
+
+def test_many_known_points_cost_well_under_a_second(hostile, photo_set):
+    """Before: 800 points took 5.45 s (RANSAC over every pair)."""
+    data = jpeg(photo_set["coffee"])
+    text = json.dumps(points_for(1000, seed=1))
+    t = time.perf_counter()
+    r = httpx.post(hostile + "/v1/depth", params={"format": "json", "known_depths": text}, content=data,
+                   headers=JPEG, timeout=60)
+    elapsed = time.perf_counter() - t
+    assert r.status_code in (200, 422), r.text  # random points may not agree on one fit: either is bounded
+    assert elapsed < 1.5, elapsed
+
+
+# -- one error envelope ----------------------------------------------------------------------------
+@pytest.mark.parametrize("method, path, status, code", [
+    ("POST", "/v1/depth?alpha=abc", 422, "bad_alpha"),
+    ("POST", "/v1/depth?format=gif", 422, "bad_format"),
+    ("POST", "/v1/depth?overlay=maybe", 422, "bad_overlay"),
+    ("GET", "/nope", 404, "not_found"),
+    ("GET", "/v1/depth", 405, "method_not_allowed"),
+    ("DELETE", "/v1/jobs/abc", 405, "method_not_allowed"),
+])
+def test_every_error_has_the_envelope_and_is_counted(hostile, photo_set, method, path, status, code):
+    before = sample(httpx.get(hostile + "/metrics").text)
+    r = httpx.request(method, hostile + path, content=jpeg(photo_set["coffee"]) if method == "POST" else None,
+                      headers=JPEG)
+    assert r.status_code == status and r.headers["content-type"] == "application/json"
+    assert set(r.json()) == {"error"} and r.json()["error"]["code"] == code
+    assert r.json()["error"]["status"] == status and r.json()["error"]["message"]
+    after = sample(httpx.get(hostile + "/metrics").text)
+    counted = [k for k in after if k[0] == "midas_requests_total" and ("status", str(status)) in k
+               and after[k] > before.get(k, 0)]
+    assert counted, "not counted in midas_requests_total"
+
+
+def test_unexpected_exception_is_a_500_envelope_logged_once_and_counted(fixed_model, photo_set, monkeypatch, caplog):
+    import serve.routes
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("render exploded")
+
+    monkeypatch.setattr(serve.routes, "render", broken)
+    with caplog.at_level("INFO", logger="midas_onnx"), \
+            live_app(ServeSettings(model=fixed_model, threads=1)) as (base, svc):
+        r = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+        metrics = sample(httpx.get(base + "/metrics").text)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "render exploded" not in r.text and "Traceback" not in r.text
+    incident = re.search(r"incident (\w+)", r.json()["error"]["message"]).group(1)
+    tracebacks = [rec for rec in caplog.records if rec.exc_info]
+    assert len(tracebacks) == 1 and incident in tracebacks[0].getMessage()
+    assert metrics[("midas_requests_total", ("key", "-"), ("route", "/v1/depth"), ("status", "500"))] == 1
+    assert any(re.search(r"POST /v1/depth 500 [\d.]+ms \d+B$", rec.getMessage()) for rec in caplog.records)
+
+
+def test_access_log_cannot_be_forged_and_disconnects_leave_no_traceback(fixed_model, photo_set):
+    """A %0a in the path printed raw forged a log line; an aborted raw upload logged a
+    ClientDisconnect traceback."""
+    with running_server(fixed_model) as base:
+        httpx.get(base + "/x%0a2026-01-01 INFO POST /v1/depth 200 1.0ms 1B")
+        body = jpeg(photo_set["coffee"])
+        sock = raw_socket(base, f"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                                f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:2000])
+        time.sleep(0.3)
+        sock.close()
+        time.sleep(0.5)
+        assert httpx.get(base + "/healthz").status_code == 200
+    out = base.output()
+    lines = out.splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines), out
+    assert any("get /x%0a2026-01-01%20info%20post" in line.lower() and " 404 " in line for line in lines), out
+    assert "Traceback" not in out and "ClientDisconnect" not in out, out
+    assert any(re.search(r"POST /v1/depth 499 [\d.]+ms", line) for line in lines), out
+
+
+# -- inference workers ------------------------------------------------------------------------------
+def test_a_dead_worker_fails_health_and_pending_requests_at_once(fixed_model, photo_set):
+    """Before: every later request timed out while /healthz said ok and /readyz ready."""
+    with live_app(ServeSettings(model=fixed_model, threads=1, workers=1, request_timeout_s=30)) as (base, svc):
+        def bug(name, value):
+            if name == "batch_size":
+                raise RuntimeError("metrics hook bug")
+
+        svc.batcher._observe = bug  # a bug outside inference: the worker itself dies
+        t = time.perf_counter()
+        r = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "worker_died"
+        assert time.perf_counter() - t < 5  # not the 30 s timeout
+        assert httpx.get(base + "/healthz").status_code == 503
+        assert httpx.get(base + "/readyz").status_code == 503
+        again = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+        assert again.status_code == 503 and "metrics hook bug" in again.json()["error"]["message"]
+
+
+def test_wrong_result_count_fails_the_batch_not_the_worker(fixed_model, photo_set):
+    """Before: zip(strict=True) outside the try killed the collector."""
+    with live_app(ServeSettings(model=fixed_model, threads=1, workers=1)) as (base, svc):
+        real = svc.batcher._predict_batch
+        svc.batcher._predict_batch = lambda images: []
+        r = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+        assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+        svc.batcher._predict_batch = real
+        assert httpx.get(base + "/healthz").status_code == 200
+        ok = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+        assert ok.status_code == 200
+
+
+def test_a_gone_client_frees_its_queued_pixels(fixed_model, photo_set, monkeypatch):
+    """Before: the disconnected request's decoded image stayed in the queue until a worker
+    popped it."""
+    import serve.service
+
+    decoded: dict[str, weakref.ref] = {}
+    real = serve.service.decode
+
+    def tracking(data, name="image", max_pixels=None):
+        image = real(data, name, max_pixels)
+        decoded[name] = weakref.ref(image)
+        return image
+
+    monkeypatch.setattr(serve.service, "decode", tracking)
+    with one_held_in_inference(fixed_model, photo_set["coffee"], "first.jpg") as (base, svc, held, first):
+        body = jpeg(photo_set["rocket"])
+        sock = raw_socket(base, f"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                                f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        wait_until(lambda: "upload" in decoded and svc.batcher.depth() == 1, "queued")
+        assert decoded["upload"]() is not None
+        sock.close()
+        wait_until(lambda: svc.batcher.depth() == 0, "place given back", timeout=5)
+        gc.collect()
+        assert decoded["upload"]() is None, "the gone client's pixels are still held"
+
+
+# -- jobs ----------------------------------------------------------------------------------------------
+def test_job_images_wait_out_a_long_queue(fixed_model, photo_set):
+    """Before: job images waited for room inside the request timeout and became 504 entries."""
+    settings = ServeSettings(model=fixed_model, threads=1, workers=1, queue_size=1, max_batch=1,
+                             request_timeout_s=1.0, access_log=False)
+    with live_app(settings) as (base, svc):
+        held = HeldInference(svc)
+        first: list = []
+        t = post_async(base + "/v1/depth", first, content=jpeg(photo_set["coffee"]), headers=JPEG)
+        assert held.entered.acquire(timeout=30)
+        files = [("file", (f"{n}.jpg", jpeg(photo_set[n]), "image/jpeg")) for n in ("astronaut", "chelsea", "rocket")]
+        job = httpx.post(base + "/v1/jobs", files=files, timeout=30).json()
+        time.sleep(2.5)  # well past the 1 s request timeout, with the queue full
+        held.release.set()
+        t.join(60)
+        wait_until(lambda: httpx.get(base + job["url"]).json()["status"] == "done", "job done")
+        results = httpx.get(base + job["url"]).json()["results"]
+        assert [("error" in r) for r in results] == [False] * 3, results
+
+
+def test_jobs_are_bounded_in_bytes_before_the_body_is_read(fixed_model, photo_set):
+    data = jpeg(photo_set["astronaut"])
+    settings = ServeSettings(model=fixed_model, threads=1, max_job_bytes=len(data) + 1000, job_ttl_s=60,
+                             access_log=False)
+    with live_app(settings) as (base, svc):
+        job = httpx.post(base + "/v1/jobs", files={"file": ("a.jpg", data, "image/jpeg")}, timeout=30)
+        assert job.status_code == 202
+        wait_until(lambda: httpx.get(base + job.json()["url"]).json()["status"] == "done", "job done")
+        assert svc.jobs.held > 10_000  # its result (a base64 PNG) is held for the TTL
+        second = httpx.post(base + "/v1/jobs", files={"file": ("b.jpg", data, "image/jpeg")}, timeout=30)
+        assert second.status_code == 503 and second.json()["error"]["code"] == "too_many_jobs"
+        # full: refused at once, without waiting for a body that never comes
+        sock = raw_socket(base, b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                                b"Content-Length: 1000000\r\n\r\n")
+        t = time.perf_counter()
+        answer = read_response(sock)
+        sock.close()
+        assert b" 503 " in answer.split(b"\r\n")[0] and b"too_many_jobs" in answer
+        assert time.perf_counter() - t < 2
+
+
+def test_job_expiry_ignores_wall_clock_jumps(fixed_model, photo_set, monkeypatch):
+    import serve.jobs
+
+    with live_app(ServeSettings(model=fixed_model, threads=1, job_ttl_s=30, access_log=False)) as (base, svc):
+        job = httpx.post(base + "/v1/jobs", content=jpeg(photo_set["chelsea"]), headers=JPEG, timeout=30).json()
+        wait_until(lambda: httpx.get(base + job["url"]).json()["status"] == "done", "job done")
+        real = time.time
+        monkeypatch.setattr(serve.jobs.time, "time", lambda: real() + 86400)  # NTP jumps a day
+        try:
+            assert httpx.get(base + job["url"]).status_code == 200
+        finally:
+            monkeypatch.undo()
+
+
+# -- uploads ---------------------------------------------------------------------------------------------
+def test_slow_uploads_are_capped_in_number_and_time(fixed_model, photo_set):
+    settings = ServeSettings(model=fixed_model, threads=1, max_uploads=2, body_timeout_s=1.5, access_log=False)
+    with live_app(settings) as (base, svc):
+        head = (b"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                b"Content-Length: 500000\r\n\r\n" + b"\xff\xd8\xff" + b"\x00" * 1000)
+        slow = [raw_socket(base, head) for _ in range(2)]
+        wait_until(lambda: svc.uploads.active == 2, "two uploads in progress", timeout=5)
+        third = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=30)
+        assert third.status_code == 503 and third.json()["error"]["code"] == "too_many_uploads"
+        assert third.headers["retry-after"] == "1"
+        t = time.perf_counter()
+        answers = [read_response(s) for s in slow]
+        for s in slow:
+            s.close()
+        assert all(b" 408 " in a.split(b"\r\n")[0] and b"body_timeout" in a for a in answers), answers
+        assert time.perf_counter() - t < 3
+        assert httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG,
+                          timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("fields", [[("note", "x")] * 50, [("note", "x" * 200_000)]], ids=["many", "large"])
+def test_multipart_text_fields_are_capped(hostile, photo_set, fields):
+    files = [("file", ("a.jpg", jpeg(photo_set["coffee"]), "image/jpeg"))]
+    r = httpx.post(hostile + "/v1/depth", data=dict(fields) if len(fields) == 1 else None,
+                   files=files + ([(k, (None, v)) for k, v in fields] if len(fields) > 1 else []), timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_multipart", r.text
+
+
+# -- shutdown, factory, schema -------------------------------------------------------------------------
+def test_sigterm_drains_accepted_work_then_exits_0(fixed_model, photo_set):
+    big = jpeg(np.tile(photo_set["astronaut"], (2, 2, 1)))  # 1024x1024
+    huge = jpeg(np.tile(photo_set["astronaut"], (4, 4, 1)))  # 2048x2048: the job takes seconds
+    with running_server(fixed_model, "--drain-timeout", "60", "--max-batch", "1", "--max-body-mb", "100") as base:
+        files = [("file", (f"{k}.jpg", huge, "image/jpeg")) for k in range(16)]
+        job = httpx.post(base + "/v1/jobs", files=files, timeout=30)
+        assert job.status_code == 202
+        with ThreadPoolExecutor(6) as pool:
+            requests = [pool.submit(httpx.post, base + "/v1/depth", content=big, headers=JPEG, timeout=60)
+                        for _ in range(6)]
+            wait_until(lambda: sample(httpx.get(base + "/metrics").text)[("midas_requests_in_flight",)] >= 7,
+                       "all six accepted")  # six, and this scrape
+            base.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            ready = httpx.get(base + "/readyz")
+            refused = httpx.post(base + "/v1/depth", content=big, headers=JPEG, timeout=30)
+            progress = httpx.get(base + job.json()["url"]).json()
+            answers = [f.result() for f in requests]
+        assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+        assert refused.headers["retry-after"] == "1"
+        assert progress["completed"] < 16, progress  # the drain was still under way
+        assert [a.status_code for a in answers] == [200] * 6
+        assert base.proc.wait(timeout=60) == 0
+    out = base.output()
+    assert "drained" in out and "Traceback" not in out
+
+
+def test_factory_starts_the_same_service_with_settings_from_the_environment(fixed_model, photo_set):
+    port = free_port()
+    env = {**os.environ, "MIDAS_ONNX_MODEL": str(fixed_model), "MIDAS_ONNX_MAX_BODY_MB": "0.05",
+           "MIDAS_ONNX_WORKERS": "1"}
+    log = REPO / ".pytest-factory.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "serve.app:app_from_env",
+                                 "--port", str(port)], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _ready(base), "factory server ready", timeout=60)
+        small = httpx.post(base + "/v1/depth", content=jpeg(photo_set["chelsea"][:100, :100]), headers=JPEG)
+        big = httpx.post(base + "/v1/depth", content=b"\xff" * 60_000, headers=JPEG)
+        assert small.status_code == 200
+        assert big.status_code == 413 and "52,428 bytes" in big.json()["error"]["message"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        out = log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.unlink(missing_ok=True)
+    assert re.search(r"INFO POST /v1/depth 200 [\d.]+ms \d+B$", out, re.M), out  # the service's access log
+    assert '"POST /v1/depth HTTP/1.1"' not in out, out  # and not uvicorn's as well
+    assert "drained" in out
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(base + "/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_query_parameters_are_in_the_openapi_schema(hostile):
+    params = {p["name"]: p["schema"] for p in httpx.get(hostile + "/openapi.json").json()["paths"]["/v1/depth"]
+              ["post"]["parameters"]}
+    assert (params["alpha"]["minimum"], params["alpha"]["maximum"]) == (0.0, 1.0)
+    assert params["format"]["anyOf"][0]["enum"] == ["png", "json", "depth16", "npy", "pfm", "exr"]
+    assert "turbo" in params["colormap"]["anyOf"][0]["enum"]
+    assert params["known_depths"]["anyOf"][0]["maxLength"] == 64 * 1024
