@@ -203,4 +203,4 @@ def test_format_choice_names_and_encodes_the_files(photos, tmp_path, fixed_model
     want = DepthHeatmapper(fixed_model).heatmap(photos / "astronaut.jpg")
     assert heat.read_bytes() == cv2.imencode(".jpg", want, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
     r = run_cli("heatmap", str(photos / "astronaut.jpg"), "-o", str(out), "--model", str(fixed_model))
-    assert r.returncode == 1 and "(outputs.image_format jpg -> png)" in r.stderr
+    assert r.returncode == 1 and "(outputs.image_format jpg -> png; outputs.overlay true -> false)" in r.stderr
