@@ -58,12 +58,15 @@ def encode_indexed(blocks: Iterable[np.ndarray], height: int, width: int, palett
     parts: list[bytes] = []
     above = np.zeros(width, np.uint8)  # the row above the first row is zeros (PNG spec)
     rows_done = 0
+    scratch = np.empty((0, width + 1), np.uint8)
     for block in blocks:
         if block.dtype != np.uint8 or block.ndim != 2 or block.shape[1] != width:
             raise ValueError(f"blocks must be uint8 (rows, {width}), got {block.dtype} {block.shape}")
         n = block.shape[0]
-        filtered = np.empty((n, width + 1), np.uint8)
-        filtered[:, 0] = FILTER_UP
+        if n > len(scratch):
+            scratch = np.empty((n, width + 1), np.uint8)
+            scratch[:, 0] = FILTER_UP
+        filtered = scratch[:n]
         np.subtract(block[0], above, out=filtered[0, 1:])
         np.subtract(block[1:], block[:-1], out=filtered[1:, 1:])
         above = block[-1].copy()

@@ -66,7 +66,10 @@ def _level_blocks(depth: np.ndarray, top: int, value_range: tuple[float, float] 
     The arithmetic is numpy's, in the map's float type, one operation at a time in this
     order, in place on a reused block: every output is the same to the bit however the rows
     are blocked, and no temporary is made per block."""
-    lo, hi = value_range if value_range is not None else depth_range(depth)
+    # With the map's own range every value already lies in [0.5, top + 0.5]: d - lo >= 0 and
+    # (d - lo) / (hi - lo) <= 1 hold after rounding too, so clipping would change nothing.
+    own_range = value_range is None
+    lo, hi = depth_range(depth) if own_range else value_range
     step = block_rows(depth.shape[1])
     kind = np.result_type(depth.dtype, np.float32)  # float32 maps stay float32, float64 stay 64
     scratch = np.empty((min(step, depth.shape[0]), *depth.shape[1:]), kind)
@@ -81,7 +84,7 @@ def _level_blocks(depth: np.ndarray, top: int, value_range: tuple[float, float] 
         block /= hi - lo
         block *= top
         block += 0.5
-        yield rows, np.clip(block, 0, top, out=block)
+        yield rows, block if own_range else np.clip(block, 0, top, out=block)
 
 
 def to_levels(depth: np.ndarray, top: int, dtype: type, value_range: tuple[float, float] | None = None) -> np.ndarray:

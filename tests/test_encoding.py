@@ -140,3 +140,34 @@ def test_render_keeps_overlay_and_16_bit_depth(depths):
     assert render(result, "overlay", "jpg")[:3] == b"\xff\xd8\xff"
     depth16 = cv2.imdecode(np.frombuffer(render(result, "depth"), np.uint8), cv2.IMREAD_UNCHANGED)
     assert depth16.dtype == np.uint16 and np.array_equal(depth16, postprocess.depth_png16(depth))
+
+
+def test_large_photo_heatmap_file_equals_the_old_path(tmp_path, dynamic_model):
+    """A 4032x3024 JPEG through predict and render: the PNG reads back as the whole-map
+    levels of the same depth through the colormap, encoded as before."""
+    from benchmarks.large_photo import write_photo
+    from runtime import DepthHeatmapper
+
+    photo = tmp_path / "phone.jpg"
+    h, w = write_photo(photo, 12.2)
+    hm = DepthHeatmapper(dynamic_model, threads=2, colormap="turbo")
+    result = hm.predict(photo)
+    assert result.depth.shape == (h, w)
+    got = read_back(render(result, "heatmap"))
+    assert np.array_equal(got, read_back(old_heatmap_png(result.depth, cv2.COLORMAP_TURBO)))
+    assert np.array_equal(got, result.heatmap)
+
+
+def test_large_photo_heatmap_file_needs_no_full_size_bgr(tmp_path, dynamic_model):
+    """Peak memory of predict + the heatmap PNG on a 20 MP photo stays within the decoded
+    photo, the float depth, 1 byte a pixel for the file and a constant: the BGR heatmap
+    (3 bytes a pixel) is never made."""
+    from benchmarks.large_photo import FILE_BYTES_PER_PIXEL, measure, write_photo
+
+    photo = tmp_path / "large.jpg"
+    h, w = write_photo(photo, 20.0)
+    result = measure(dynamic_model, photo, threads=2, output="file")
+    assert result["shape"] == [h, w]
+    assert result["peak_above_baseline_bytes"] <= result["bound_bytes"], result
+    # tighter than the bound's constant: a BGR heatmap (3 bytes a pixel, 57 MB) cannot hide
+    assert result["peak_above_baseline_bytes"] <= h * w * FILE_BYTES_PER_PIXEL + 16 * 2**20, result
