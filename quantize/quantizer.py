@@ -390,7 +390,7 @@ def describe(result: dict) -> str:
         full = fb["full_int8_on_report_photos"]
         lines.append(f"  fallback      target worst-photo δ<1.25 >= {fb['target_worst_delta1']} on the search photos "
                      f"({_photo_list(fb['search_photos'])}): {fb['reason']}; {len(fb['layers'])} layers kept in fp32 "
-                     f"({fb['int8_work_kept']:.0%} of the conv work left in INT8), search worst δ {fb['search_worst_delta1']:.4f}")
+                     f"({fb['int8_work_kept']:.1%} of the conv work left in INT8), search worst δ {fb['search_worst_delta1']:.4f}")
         lines.append(f"                on the report photos: worst δ {f['worst_delta1']:.4f} with fallback, "
                      f"{full['worst_delta1']:.4f} full INT8")
     lines.append(f"  cpu           {result['cpu']['name']} ({' '.join(result['cpu']['int8_flags']) or 'no INT8 features listed'})")

@@ -125,6 +125,20 @@ def test_streamed_sqnr_memory_does_not_grow_with_photos(with_layers, fixed_model
     assert peaks[1] < 1.3 * peaks[0], peaks
 
 
+def test_keep_float_runs_exactly_the_named_convs_in_fp32(with_layers, fixed_model):
+    """The fallback's model edit: the named convs read float inputs and weights, every other
+    conv stays quantized, no dead Q/DQ is left, and the model still runs."""
+    out, report = with_layers
+    qdq, float_proto = onnx.load(str(out)), onnx.load(str(fixed_model))
+    names = [r["name"] for r in report["layers"]["layers"][:3]]
+    edited = keep_float(qdq, float_proto, names)
+    assert {n.name for n in quantized_convs(edited)} == quantized_conv_names(out) - set(names)
+    used = {i for n in edited.graph.node for i in n.input} | {o.name for o in edited.graph.output}
+    assert all(any(o in used for o in n.output) for n in edited.graph.node)
+    x = network_input(np.zeros((64, 64, 3), np.uint8), ModelInfo(input_hw=(256, 256)), "rgb")
+    assert np.isfinite(create_session(edited.SerializeToString(), threads=2).run(None, {INPUT_NAME: x})[0]).all()
+
+
 def test_roles_from_node_names():
     assert role("/layer1/layer1.0/Conv_output_0") == "backbone stage 1 (stem)"
     assert role("/layer3/layer3.0/layer3.0.4/conv_dw/Conv") == "backbone stage 3 (depthwise)"

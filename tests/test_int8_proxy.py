@@ -17,9 +17,9 @@ from quantize import PRESETS, builtin_photos, quantize_model
 from .conftest import FIXTURES, _export
 from .test_int8_diagnostics import quantized_conv_names
 
-# Worst held-out photo δ<1.25 may move by this much between two INT8 models that should be
-# equally good: the worst-photo δ of full INT8 on the report photos moved by up to 0.001
-# between calibrations on the same photos in another order, measured on the proxy.
+# Worst held-out photo δ<1.25 moves by this much between INT8 models that should be equally
+# good: on the built-in held-out photos it was 0.9996 with percentile 99.999 and 0.9982 with
+# 99.9999, the same photos calibrated (measured on the proxy: 0.0014).
 NOISE = 0.002
 
 
@@ -65,5 +65,6 @@ def test_target_delta_never_makes_the_held_out_worst_photo_worse(proxy_model, de
     assert {builtin_photos.source(n) for n in fb["search_photos"]}.isdisjoint(
         {builtin_photos.source(n) for n in full["photos"]})
     assert with_fallback["worst_delta1"] >= full["worst_delta1"] - NOISE, (fb, with_fallback)
-    assert fb["layers"], fb  # the proxy misses 0.9999 on the search photos: layers are chosen
-    assert quantized_conv_names(proxy_model.with_name("fallback.int8.onnx")).isdisjoint(fb["layers"])
+    assert fb["steps"], fb  # the proxy misses 0.9999 on the search photos: layers were tried
+    written = quantized_conv_names(proxy_model.with_name("fallback.int8.onnx"))
+    assert len(written) == 97 - len(fb["layers"]) and written.isdisjoint(fb["layers"])
