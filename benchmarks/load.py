@@ -1,11 +1,15 @@
-"""Load test of `midas-onnx serve` on loopback with a bounded async client.
+"""Load test of `midas-onnx serve` on loopback.
 
-    python -m benchmarks.load --model models/midas_small.int8.onnx
+    python -m benchmarks.load --model models/midas_small.int8.onnx            # everything
+    python -m benchmarks.load --only ratio                                    # server vs CLI only
 
-Starts its own server on 127.0.0.1, then: throughput and p50/p95 latency at 1, 4 and 16
-concurrent clients; an overload burst against a small queue (503 + Retry-After share);
-server RSS over a long run (--soak requests) to show memory does not grow. Every loop is
-bounded in count and time, and only 127.0.0.1 is ever addressed.
+``ratio``: the server's images/s at 16 concurrent `ab` clients (a C client, so the client
+costs little CPU) sending the same 640x480 JPEG, against the `heatmap` CLI's images/s on
+copies of that photo, in the same run, with the CPU and its flags. ``levels``: throughput and
+p50/p95 latency at 1, 4 and 16 concurrent clients (async Python client); ``soak``: server RSS
+over a long run; ``overload``: 503 + Retry-After share against a small queue. Every loop is
+bounded in count and time, and only 127.0.0.1 is ever addressed. Run it under
+`flock -x /tmp/midas-cpu.lock` so nothing else shares the CPU.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,17 +86,77 @@ async def drive(base: str, payload: bytes, clients: int, total: int, timeout_s: 
             "p95_ms": round(float(np.percentile(lat, 95)), 1)}
 
 
+def cli_images_per_s(model: Path, payload: bytes, count: int) -> float:
+    """The `heatmap` CLI on ``count`` copies of the photo (its own default workers/threads),
+    as it reports images/s (work only, model load excluded)."""
+    with tempfile.TemporaryDirectory(prefix="midas-load-") as tmp:
+        src = Path(tmp) / "in"
+        src.mkdir()
+        for i in range(count):
+            (src / f"p{i:04d}.jpg").write_bytes(payload)
+        out = subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(src), "-o", str(Path(tmp) / "out"),
+                              "--model", str(model)], cwd=REPO, capture_output=True, text=True, check=True)
+    found = re.search(r"\(([\d.]+) images/s\)", out.stdout + out.stderr)
+    if not found:
+        raise SystemExit(f"no images/s in the CLI's output:\n{out.stdout}{out.stderr}")
+    return float(found.group(1))
+
+
+def ab(base: str, payload: bytes, clients: int, count: int) -> dict:
+    """`ab -c clients -n count` POSTing the photo; requests/s, p50/p95 ms, non-2xx count."""
+    if shutil.which("ab") is None:
+        raise SystemExit("ab not found: apt-get install -y apache2-utils")
+    with tempfile.NamedTemporaryFile(suffix=".jpg") as body:
+        body.write(payload)
+        body.flush()
+        out = subprocess.run(["ab", "-q", "-c", str(clients), "-n", str(count), "-p", body.name, "-T", "image/jpeg",
+                              base + "/v1/depth"], capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests per second:\s+([\d.]+)", out).group(1))
+    pct = dict(re.findall(r"^\s+(\d+)%\s+(\d+)", out, re.M))
+    bad = re.search(r"Non-2xx responses:\s+(\d+)", out)
+    failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
+    return {"clients": clients, "requests": count, "per_s": rate, "p50_ms": int(pct.get("50", -1)),
+            "p95_ms": int(pct.get("95", -1)), "non_2xx": int(bad.group(1)) if bad else 0, "failed": failed}
+
+
+def ratio(model: Path, payload: bytes, count: int, server_args: list[str]) -> dict:
+    """Server images/s at 16 `ab` clients over the CLI's images/s on the same photo."""
+    from runtime.cpu import cpu_name, int8_flags
+
+    proc, base = start(model, *server_args)
+    try:
+        ab(base, payload, 16, 64)  # warm-up: threads, arenas, first-shape allocations
+        server = ab(base, payload, 16, count)
+    finally:
+        proc.terminate()
+        proc.wait()
+    cli = cli_images_per_s(model, payload, count)
+    return {"cpu": cpu_name(), "cpu_flags": int8_flags(), "server_args": server_args, "server_ab_16": server,
+            "cli_images_per_s": cli, "ratio": round(server["per_s"] / cli, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "models" / "midas_small.int8.onnx")
+    parser.add_argument("--only", choices=["ratio", "levels"], default=None)
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--ratio-requests", type=int, default=400, help="images for the server/CLI ratio")
     parser.add_argument("--soak", type=int, default=2000, help="requests in the memory run")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra `serve` flag (repeatable)")
     args = parser.parse_args()
     import skimage.data
 
     payload = cv2.imencode(".jpg", cv2.resize(skimage.data.astronaut()[:, :, ::-1], (640, 480)))[1].tobytes()
     report: dict = {"model": str(args.model), "photo": "640x480 JPEG"}
-    proc, base = start(args.model)
+    if args.only in (None, "ratio"):
+        report["ratio"] = ratio(args.model, payload, args.ratio_requests, args.server_arg)
+    if args.only in (None, "levels"):
+        levels(args, payload, report)
+    print(json.dumps(report, indent=2))
+
+
+def levels(args, payload: bytes, report: dict) -> None:
+    proc, base = start(args.model, *args.server_arg)
     try:
         report["levels"] = [asyncio.run(drive(base, payload, c, args.requests)) for c in (1, 4, 16)]
         before = rss_mb(proc.pid)
@@ -101,13 +168,12 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait()
-    proc, base = start(args.model, "--queue-size", "4", "--max-batch", "2")
+    proc, base = start(args.model, "--queue-size", "4", "--max-batch", "2", *args.server_arg)
     try:
         report["overload"] = asyncio.run(drive(base, payload, 32, 200))
     finally:
         proc.terminate()
         proc.wait()
-    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,8 @@ class AccessControl:
         refusal = self._authenticate(scope, headers)
         if refusal:
             return await self._refuse(scope, send, *refusal, cors=cors)
+        if scope["path"] in self.open_paths:  # probes and the page: never limited per key
+            return await self.app(scope, receive, _with_cors(send, cors) if cors else send)
         kid = scope.get("midas.key_id") or "-"
         wait = self.policy.acquire(kid)
         if wait is not None:

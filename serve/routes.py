@@ -39,7 +39,9 @@ def _working(svc: Service):
         svc.active -= 1
 
 
-def health_router(svc: Service) -> APIRouter:
+def health_router(svc: Service, auth_on=lambda: False) -> APIRouter:
+    """Probes, metrics and the page. ``auth_on()``: whether API keys are asked for (the page
+    reads it from /readyz to know whether to ask for one)."""
     router = APIRouter()
 
     @router.get("/healthz")
@@ -54,8 +56,8 @@ def health_router(svc: Service) -> APIRouter:
         """Ready for work: the model is loaded, the workers run, and the server is not draining."""
         if svc.ready():
             info = svc.hm.info  # type: ignore[union-attr]
-            return JSONResponse({"ready": True, "model": str(svc.settings.model), "input_size": info.input_size_text,
-                                 "precision": info.precision})
+            return JSONResponse({"ready": True, "model": svc.settings.model.name, "input_size": info.input_size_text,
+                                 "precision": info.precision, "auth": auth_on()})
         try:
             svc.require_ready()
         except ApiError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import re
 import socket
 import subprocess
@@ -40,12 +41,13 @@ class _Base(str):
 
 
 @contextlib.contextmanager
-def running_server(model: Path, *args: str, wait_ready: bool = True):
+def running_server(model: Path, *args: str, wait_ready: bool = True, env: dict | None = None):
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="midas-serve-")) / "server.log"
     with open(log, "w") as sink:  # a file, not a pipe: a chatty server never blocks on it
         proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--model", str(model), "--port", str(port),
-                                 *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True)
+                                 *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, **(env or {})})
     base = _Base(f"http://127.0.0.1:{port}")
     base.proc, base.log = proc, log
     try:

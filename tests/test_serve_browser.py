@@ -28,17 +28,30 @@ def chromium():
     return webdriver.Chrome(service=Service(driver), options=options)
 
 
-def test_upload_page_shows_heatmap(fixed_model, photo_set, tmp_path):
+@pytest.mark.parametrize("key", [None, "page-test-key-0123456789"], ids=["open", "with-key"])
+def test_upload_page_shows_heatmap(fixed_model, photo_set, tmp_path, key):
+    """Without keys the page just works; with keys it asks for one once and keeps it in the
+    tab's sessionStorage (not localStorage, not a cookie)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     photo = tmp_path / "coffee.jpg"
     cv2.imwrite(str(photo), photo_set["coffee"][:, :, ::-1])
-    with running_server(fixed_model) as base:
+    with running_server(fixed_model, env={"MIDAS_ONNX_API_KEYS": key} if key else None) as base:
         browser = chromium()
         try:
             browser.get(base + "/")
             WebDriverWait(browser, 20).until(lambda b: b.find_element(By.ID, "status").text.startswith("ready"))
+            form = browser.find_element(By.ID, "key-form")
+            if key:
+                WebDriverWait(browser, 10).until(lambda b: form.is_displayed())
+                browser.find_element(By.ID, "api-key").send_keys(key + "\n")
+                WebDriverWait(browser, 10).until(lambda b: not form.is_displayed())
+                assert browser.execute_script("return sessionStorage.getItem('midas-onnx-key')") == key
+                assert browser.execute_script("return localStorage.length") == 0
+                assert browser.get_cookies() == []
+            else:
+                assert not form.is_displayed()
             browser.find_element(By.ID, "pick").send_keys(str(photo))
             card = WebDriverWait(browser, 60).until(
                 lambda b: b.find_element(By.CSS_SELECTOR, ".card[data-state]"))
