@@ -7,8 +7,8 @@ is first mapped onto a running reference, ``aligned = scale * depth + shift``, b
 fit (``runtime.align.fit_scale_shift``, iteratively reweighted with Tukey's biweight so
 what moves does not pull it), and only then coloured through a smoothed percentile range.
 
-The fit uses a fixed grid of about ``samples`` pixels (4,800 by default: a 640x480 frame
-costs well under a millisecond), and the reference is a running average of the aligned
+The fit uses a grid of about ``samples`` block means (4,800 by default: a 640x480 frame
+costs about a millisecond), and the reference is a running average of the aligned
 frames at those pixels, so no full-size array is kept between frames. A scene cut (the
 aligned fit is poor, or the input frame's colour histogram changes abruptly) restarts the
 reference and the range from the new frame, so a new scene is not dragged into the old
@@ -49,7 +49,7 @@ class SteadyFrame:
     lo, hi: the colour range in aligned units.
     cut: this frame started a new reference (the first frame, a scene cut or a new size).
     residual: the median absolute difference between this aligned frame and the previous
-        one, as a share of the reference's 1-99% range (0 on a cut).
+        one (both blurred), as a share of the reference's 1-99% range (0 on a cut).
     """
 
     scale: float
@@ -86,13 +86,14 @@ class SteadyNormalizer:
             scene as it changes, while a single frame cannot move it far.
         low, high: percentiles of the aligned samples that set the colour range.
         samples: about how many pixels the fit and the percentiles use.
-        cut_residual: a frame whose aligned depth differs from the previous aligned frame by
-            more than this share of the reference's range (median over the samples) is a
-            scene cut. Against the previous frame, not the running reference: the reference
-            lags a moving camera by a few frames. Measured on the trained-like proxy (INT8,
-            640x480): at most 0.031 within one scene (noise, a brightness step, a patch
-            appearing), 0.045-0.049 in a pan of 20 pixels per frame, 0.074 across a cut
-            between two photos (their depth maps still look alike).
+        cut_residual: a frame whose aligned depth, blurred, differs from the previous aligned
+            frame, blurred, by more than this share of the reference's range (median over
+            the samples) is a scene cut. Against the previous frame, not the running
+            reference, which lags a moving camera by a few frames; blurred, so that motion
+            matters less than content. Measured on the trained-like proxy (INT8, 640x480):
+            at most 0.026 within one scene (noise, a brightness step, a patch appearing),
+            0.041 in a pan of 20 pixels per frame, 0.070 across a cut between two photos
+            (their depth maps still look alike).
         cut_histogram: Bhattacharyya distance between consecutive frames' hue-saturation
             histograms above which the input is a new scene (measured: 0.05-0.09 from sensor
             noise, 0.12 for a 15% brightness step, 0.19 for a patch covering 6% of the frame
@@ -103,7 +104,7 @@ class SteadyNormalizer:
     """
 
     def __init__(self, keep: float = 0.9, ref_keep: float = 0.8, low: float = 1.0, high: float = 99.0,
-                 samples: int = 4800, cut_residual: float = 0.06, cut_histogram: float = 0.35) -> None:
+                 samples: int = 4800, cut_residual: float = 0.055, cut_histogram: float = 0.35) -> None:
         if not 0 <= keep < 1 or not 0 <= ref_keep < 1 or not 0 <= low < high <= 100 or samples < 16:
             raise ValueError("need 0 <= keep, ref_keep < 1, 0 <= low < high <= 100 and samples >= 16")
         self.keep, self.ref_keep, self.low, self.high = keep, ref_keep, low, high
@@ -118,6 +119,7 @@ class SteadyNormalizer:
         self._prev: np.ndarray | None = None  # the previous frame's aligned samples
         self._range: tuple[float, float] | None = None
         self._hist: np.ndarray | None = None
+        self._grid = (0, 0)  # (columns, rows) of the last frame's samples
 
     def update(self, depth: np.ndarray, image: np.ndarray | None = None) -> SteadyFrame:
         """Fold in one frame's network depth (HxW); ``image`` (the input frame, uint8 BGR or
@@ -134,7 +136,8 @@ class SteadyNormalizer:
             return self._restart(depth.shape, pred)
         scale, shift = fit[0], fit[1]
         aligned = scale * pred + shift
-        residual = float(np.median(np.abs(aligned - self._prev))) / max(self._ref_span(), 1e-12)
+        moved = np.abs(self._smooth(aligned) - self._smooth(self._prev))
+        residual = float(np.median(moved)) / max(self._ref_span(), 1e-12)
         if residual > self.cut_residual:
             return self._restart(depth.shape, pred)
         self._prev = aligned
@@ -146,9 +149,19 @@ class SteadyNormalizer:
 
     # -- internals ---------------------------------------------------------------------------
     def _sample(self, depth: np.ndarray) -> np.ndarray:
-        """The frame at a fixed grid of ~``samples`` pixels (float64, for the fit)."""
+        """The frame as a grid of ~``samples`` block means (float64, for the fit): area
+        averaging, so no pixel's noise or aliasing decides a sample."""
         step = max(1, int(round(np.sqrt(depth.size / self.samples))))
-        return np.asarray(depth[step // 2::step, step // 2::step], dtype=np.float64).ravel()
+        grid = (max(1, depth.shape[1] // step), max(1, depth.shape[0] // step))
+        self._grid = grid
+        return cv2.resize(np.asarray(depth, np.float32), grid, interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+
+    def _smooth(self, samples: np.ndarray) -> np.ndarray:
+        """Samples blurred over a quarter of the frame's shorter side: a camera moving a few
+        dozen pixels leaves that nearly unchanged, a new scene does not."""
+        w, h = self._grid
+        k = max(1, (min(w, h) // 4) | 1)
+        return cv2.blur(samples.reshape(h, w), (k, k)).ravel()
 
     def _restart(self, shape: tuple[int, ...], pred: np.ndarray) -> SteadyFrame:
         """A new reference from this frame, in its own units; its own range, unsmoothed."""
@@ -183,13 +196,18 @@ def robust_fit(pred: np.ndarray, target: np.ndarray, rounds: int = _IRLS_ROUNDS)
     fits (a flat frame or reference, or an inverted one: not the same scene).
 
     Starts from the median/MAD match (unmoved by up to half the samples), then reweights
-    with Tukey's biweight for ``rounds`` rounds; samples more than ~4.7 robust standard
-    deviations off get no weight, so an object that moves does not pull the fit.
+    with Tukey's biweight for ``rounds`` rounds of ``fit_scale_shift``; samples more than
+    ~4.7 robust standard deviations off get no weight, so an object that moves does not
+    pull the fit. The scale returned matches the weighted spreads (``fit_scale_shift``'s
+    slope divided by the weighted correlation): a least-squares slope shrinks towards 0 as
+    frame and reference agree less pixel by pixel (a moving camera), and fed back through
+    the running reference that shrinking compounds until the colours collapse.
     """
     fit = _median_fit(pred, target)
     if fit is None:
         return None
     scale, shift = fit
+    weights = None
     for _ in range(rounds):
         resid = target - (scale * pred + shift)
         sigma = _MAD_TO_SIGMA * float(np.median(np.abs(resid)))
@@ -203,7 +221,17 @@ def robust_fit(pred: np.ndarray, target: np.ndarray, rounds: int = _IRLS_ROUNDS)
         scale, shift = fit
     if not scale > 0:
         return None
+    scale, shift = _spread_match(pred, target, weights)
     return scale, shift, float(np.median(np.abs(target - (scale * pred + shift))))
+
+
+def _spread_match(pred: np.ndarray, target: np.ndarray, weights: np.ndarray | None) -> tuple[float, float]:
+    """Scale = ratio of the weighted standard deviations, shift = weighted means matched."""
+    mp, mt = float(np.average(pred, weights=weights)), float(np.average(target, weights=weights))
+    sp = float(np.average((pred - mp) ** 2, weights=weights)) ** 0.5
+    st = float(np.average((target - mt) ** 2, weights=weights)) ** 0.5
+    scale = st / sp
+    return scale, mt - scale * mp
 
 
 def _median_fit(pred: np.ndarray, target: np.ndarray) -> tuple[float, float] | None:
