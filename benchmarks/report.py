@@ -10,6 +10,7 @@ and the command that produced its file. Files are recognised by their shape:
 
 - ``benchmarks.bench`` (``machine``, ``latency``, ...): models side by side, end to end, bars;
 - ``benchmarks.bulk_bench`` (``runs`` with ``bulk_all_s``): ``bulk`` against ``heatmap``;
+- ``benchmarks.live_bench --json`` (rows with ``offered_fps``): live pipe throughput and latency;
 - anything else: its scalar fields and each list of rows, as tables, so a new results file
   shows up without a change here.
 
@@ -41,7 +42,7 @@ class Result:
     """One results file: its data, what made it, and on what."""
 
     name: str  # the file's stem, e.g. "amd-epyc-2c"
-    kind: str  # "bench", "bulk" or "other"
+    kind: str  # "bench", "bulk", "live" or "other"
     data: dict
     cpu: str
     date: str
@@ -55,6 +56,8 @@ def _kind(data: dict) -> str:
     runs = data.get("runs")
     if isinstance(runs, list) and runs and isinstance(runs[0], dict) and "bulk_all_s" in runs[0]:
         return "bulk"
+    if any(isinstance(x, dict) and "offered_fps" in x for v in data.values() if isinstance(v, list) for x in v):
+        return "live"
     return "other"
 
 
@@ -112,7 +115,7 @@ def load(folder: Path = RESULTS) -> list[Result]:
                          if date else "date: not recorded")
             date = date or "not recorded"
         command, rebuilt = _command(data, kind, path.stem)
-        if rebuilt and kind != "other":
+        if rebuilt and kind in ("bench", "bulk"):
             notes.append("command: rebuilt from the settings the file records")
         results.append(Result(path.stem, kind, data, _cpu(data, kind), date, command, notes))
     return results
@@ -225,10 +228,22 @@ def _bulk(r: Result) -> list[str]:
     return lines
 
 
+def _title(r: Result) -> str:
+    rows = [x for v in r.data.values() if isinstance(v, list) for x in v if isinstance(x, dict)]
+    if any("offered_fps" in x for x in rows):
+        size = r.data.get("size")
+        size = "x".join(str(v) for v in size) if isinstance(size, list) else size or "?"
+        return f"Live input: {size} frames offered on a pipe, newest frame wins"
+    return r.name
+
+
 def _other(r: Result) -> list[str]:
     d = r.data
-    lines = _header(r, r.name)
-    scalars = [[k, _f(v, "g")] for k, v in d.items() if not isinstance(v, (dict, list)) and k not in ("date", "command")]
+    lines = _header(r, _title(r))
+    scalars = [[k, _f(v, "g")] for k, v in d.items()
+               if not isinstance(v, (dict, list)) and k not in ("date", "command", "cpu", "flags")]
+    scalars += [[k, ", ".join(str(x) for x in v)] for k, v in d.items()
+                if isinstance(v, list) and v and not any(isinstance(x, (dict, list)) for x in v) and k != "flags"]
     if scalars:
         lines += _table(["field", "value"], scalars)
     for k, v in d.items():
@@ -244,11 +259,11 @@ def markdown(folder: Path = RESULTS) -> str:
     results = load(folder)
     if not results:
         raise ReportError(f"no results files in {folder}")
-    order = {"bench": 0, "bulk": 1, "other": 2}
+    order = {"bench": 0, "bulk": 1, "live": 2, "other": 3}
     results.sort(key=lambda r: (order[r.kind], _neg_date(r.date), r.name))
     lines: list[str] = []
     for r in results:
-        lines += {"bench": _bench, "bulk": _bulk, "other": _other}[r.kind](r)
+        lines += {"bench": _bench, "bulk": _bulk, "live": _other, "other": _other}[r.kind](r)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -262,8 +277,8 @@ def _neg_date(date: str) -> str:
 def figure(ref: str, folder: Path = RESULTS) -> str:
     """One figure from a results file, as text: ``FILE:dotted.path[:format]``.
 
-    ``FILE`` is a file's stem (``amd-epyc-2c``) or a kind (``bench``, ``bulk``: that kind's
-    newest file). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
+    ``FILE`` is a file's stem (``amd-epyc-2c``) or a kind (``bench``, ``bulk``, ``live``: that
+    kind's newest file). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
     ``latency.2.onnx-int8-static.median_ms``). ``format`` is a Python format spec (``.1f``).
     ``cpu`` and ``date`` give the file's CPU and date.
     """
@@ -284,7 +299,7 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     for key in path.split("."):
         if isinstance(value, list) and "=" in key:  # the first row whose field has this value
             field_name, wanted = key.split("=", 1)
-            rows = [x for x in value if isinstance(x, dict) and str(x.get(field_name)) == wanted]
+            rows = [x for x in value if isinstance(x, dict) and _same(x.get(field_name), wanted)]
             if not rows:
                 raise ReportError(f"figure reference {ref!r}: no row with {key!r} in {r.name}.json")
             value = rows[0]
@@ -299,6 +314,16 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     if isinstance(value, (dict, list)):
         raise ReportError(f"figure reference {ref!r}: {path!r} is not a single value")
     return format(value, fmt) if fmt else str(value)
+
+
+def _same(value, wanted: str) -> bool:
+    """A row's field against the text of a reference: numbers by value (``30`` matches 30.0)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(wanted) == float(value)
+        except ValueError:
+            return False
+    return str(value) == wanted
 
 
 def main(argv: list[str] | None = None) -> int:
