@@ -305,4 +305,5 @@ def _reason(met: bool, candidates: list[str], layers: list[dict]) -> str:
         return "nothing to fall back on: no layer's depth impact was measured (--measure-layers 0)"
     if not candidates:
         return "stopped: no measured layer raises the worst photo's δ when kept in fp32 alone"
-    return "stopped: falling back stops paying (no further measured layer raises the worst photo's δ)"
+    return ("stopped: falling back stops paying (no further measured layer raises the worst photo's δ "
+            "without making the search photos worse on average)")
