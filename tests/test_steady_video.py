@@ -110,6 +110,17 @@ def test_what_moves_does_not_pull_the_fit(steady_clip):
     assert abs(plain_scale - 0.6) > 0.06
 
 
+def test_a_moved_camera_does_not_shrink_the_scale(steady_clip):
+    """The same depth seen 40 pixels further right: a least-squares slope shrinks (0.80 on
+    the proxy) and, fed back through the reference frame after frame, would flatten the
+    colours; the spread-matched scale stays nearer 1."""
+    depth = steady_clip[1][0].astype(np.float64)
+    moved, ref = np.roll(depth, 40, axis=1)[:, 40:-40], depth[:, 40:-40]
+    scale, _, _ = robust_fit(moved.ravel()[::7], ref.ravel()[::7])
+    plain = fit_scale_shift(moved, ref)[0]
+    assert plain < 0.85 and 1 - scale < (1 - plain) / 1.5, (scale, plain)
+
+
 def test_colouring_network_depth_equals_colouring_aligned_depth(steady_clip):
     steady = SteadyNormalizer()
     for d in steady_clip[1][:5]:
