@@ -25,7 +25,8 @@ class DepthResult:
     depth: float32 HxW relative inverse depth at the input's size (larger is nearer).
     heatmap: uint8 HxWx3 BGR, the depth through the colormap (near is bright for inferno),
         made on first use, so a caller that wants only the depth or another colormap never
-        pays for it.
+        pays for it. Heatmap *files* need no such array: ``runtime.outputs.render`` writes
+        the PNG from the depth's 8-bit levels and the colormap's palette, block by block.
     source: the input's pixels as given or decoded (not copied; for overlays).
     """
 
