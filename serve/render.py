@@ -14,7 +14,7 @@ import numpy as np
 from fastapi.responses import JSONResponse, Response
 
 from runtime import MidasOnnxError
-from runtime.outputs import PNG_PARAMS, encode_png
+from runtime.outputs import PNG_PARAMS, encode_heatmap, encode_png
 
 from .errors import ApiError
 
@@ -102,7 +102,7 @@ def summary(result, cmap: int, precision: str) -> dict:
     d = result.depth
     return {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": precision,
             "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
-            "heatmap_png_base64": base64.b64encode(encode_png(result.colorized(cmap), PNG_PARAMS["heatmap"])).decode()}
+            "heatmap_png_base64": base64.b64encode(encode_heatmap(d, cmap)).decode()}
 
 
 def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precision: str, points=None) -> Response:
@@ -131,5 +131,6 @@ def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precis
             body["metric_depth_m"] = ({"min": float(finite.min()), "max": float(finite.max()),
                                        "median": float(np.median(finite))} if finite.size else None)
         return JSONResponse(body)
-    params = PNG_PARAMS["overlay" if with_overlay else "heatmap"]
-    return Response(encode_png(_heatmap(result, cmap, with_overlay, alpha), params), media_type="image/png")
+    if not with_overlay:  # the shared indexed-PNG encoder: no full-size BGR heatmap is made
+        return Response(encode_heatmap(result.depth, cmap), media_type="image/png")
+    return Response(encode_png(_heatmap(result, cmap, True, alpha), PNG_PARAMS["overlay"]), media_type="image/png")
