@@ -27,7 +27,7 @@ def test_more_threads_never_lower_the_floor(monkeypatch, fixed_model):
     assert "| 2 | MatMulInteger u8s8 | 1700 |" in md and "| 2 | MatMul fp32 | 240 |" in md
 
 
-def test_int8_matmul_rate_is_measured(monkeypatch):
+def test_int8_matmul_rate_is_measured():
     """MatMulInteger (u8 x s8) really runs and gives a positive rate (one small size, one run)."""
     from onnx import TensorProto as T
 
