@@ -102,9 +102,10 @@ PNG_PARAMS: dict[str, list[int]] = {
     "overlay": [],
 }
 # Heatmap and overlay file types: format -> (extension, HTTP content type, OpenCV params).
-# PNG is lossless (the default); JPEG at quality 90 is 5-7x smaller again and encodes a
-# 1080p heatmap in about 5 ms; WebP at quality 90 is the smallest but the slowest to encode
-# (about 140 ms for a 1080p heatmap on one core).
+# PNG is lossless (the default; 1080p heatmap on one core of a 2-core AMD EPYC: 6.9 ms,
+# 574 KB, levels included). JPEG and WebP need the BGR heatmap first (colormap 5-7 ms), then
+# JPEG at quality 90 takes 3.9 ms for 112 KB; WebP at quality 90 is the smallest (46 KB)
+# but by far the slowest (about 140 ms).
 IMAGE_FORMATS: dict[str, tuple[str, str, list[int]]] = {
     "png": (".png", "image/png", []),
     "jpg": (".jpg", "image/jpeg", [cv2.IMWRITE_JPEG_QUALITY, 90]),
