@@ -7,12 +7,12 @@ is first mapped onto a running reference, ``aligned = scale * depth + shift``, b
 fit (``runtime.align.fit_scale_shift``, iteratively reweighted with Tukey's biweight so
 what moves does not pull it), and only then coloured through a smoothed percentile range.
 
-The fit uses a grid of about ``samples`` block means (4,800 by default: a 640x480 frame
-costs about a millisecond), and the reference is a running average of the aligned
-frames at those pixels, so no full-size array is kept between frames. A scene cut (the
-aligned fit is poor, or the input frame's colour histogram changes abruptly) restarts the
-reference and the range from the new frame, so a new scene is not dragged into the old
-range.
+The fit uses a grid of about ``samples`` block means (4,800 by default; a 640x480 frame
+costs ~1.4 ms with the histogram test, median on 2 EPYC cores), and the reference is a
+running average of the aligned frames at those samples, so no full-size array is kept
+between frames. A scene cut (the aligned frame differs too much from the previous one, or
+the input frame's colour histogram changes abruptly) restarts the reference and the range
+from the new frame, so a new scene is not dragged into the old range.
 
 One ``SteadyNormalizer`` per video or per live connection:
 
