@@ -7,13 +7,16 @@ Starts its own server on 127.0.0.1 (``--max-pixels 20000000``), then measures 4 
 same time: 3 send a 99-megapixel PNG bomb in a loop, 3 send the most known_depths points a
 request may carry (random, so RANSAC works hardest), 2 send bodies at 2 KB/s until the
 body timeout cuts them off. Prints honest p50/p95 and requests/s in both runs, their ratio,
-what the hostile requests were answered, and the server's peak RSS, with the CPU and flags.
+what the hostile requests were answered, the server's peak RSS, and CPU use (cores busy) of
+the server and of the attacking clients (this process): on a 2-core machine the attackers'
+own client CPU competes with the server, which a real attack from elsewhere would not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import threading
 import time
@@ -83,6 +86,12 @@ def slow_upload(base: str, stop: threading.Event) -> int:
     return 0
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM"):
@@ -95,6 +104,8 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "midas_small.int8.onnx")
     parser.add_argument("--requests", type=int, default=300, help="honest requests per run")
     parser.add_argument("--body-timeout", default="5")
+    parser.add_argument("--attack", default="bomb:3,points:3,slow:2",
+                        help="hostile clients by kind (bomb, points, slow), e.g. bomb:6,slow:2")
     args = parser.parse_args()
     import skimage.data
 
@@ -104,18 +115,24 @@ def main() -> None:
     proc, base = start(args.model, "--max-pixels", "20000000", "--body-timeout", args.body_timeout, "--quiet")
     try:
         ab(base, photo, 4, 40)  # warm-up
+        c0, t0 = cpu_s(proc.pid), time.time()
         alone = ab(base, photo, 4, args.requests)
+        alone["server_cpu_per_s"] = round((cpu_s(proc.pid) - c0) / (time.time() - t0), 2)
         rss_alone = peak_rss_mb(proc.pid)
         codes: dict[str, int] = {}
         lock = threading.Lock()
         stop = threading.Event()
-        kinds = ["bomb"] * 3 + ["points"] * 3 + ["slow"] * 2
+        kinds = [k for part in args.attack.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1])]
         threads = [threading.Thread(target=hostile, args=(k, base, photo, stop, codes, lock), name=f"{k}{i}",
                                     daemon=True) for i, k in enumerate(kinds)]
         for t in threads:
             t.start()
         time.sleep(2)  # let the attack get going
+        c0, a0, t0 = cpu_s(proc.pid), time.process_time(), time.time()
         attacked = ab(base, photo, 4, args.requests)
+        seconds = time.time() - t0
+        attacked["server_cpu_per_s"] = round((cpu_s(proc.pid) - c0) / seconds, 2)
+        attacked["attackers_cpu_per_s"] = round((time.process_time() - a0) / seconds, 2)  # this process: the attackers
         stop.set()
         for t in threads:
             t.join(timeout=30)
