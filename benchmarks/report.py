@@ -11,8 +11,8 @@ and the command that produced its file. Files are recognised by their shape:
 - ``benchmarks.bench`` (``machine``, ``latency``, ...): models side by side, end to end, bars;
 - ``benchmarks.bulk_bench`` (``runs`` with ``bulk_all_s``): ``bulk`` against ``heatmap``;
 - ``benchmarks.live_bench --json`` (rows with ``offered_fps``): live pipe throughput and latency;
-- anything else: its scalar fields and each list of rows, as tables, so a new results file
-  shows up without a change here.
+- anything else: its scalar fields, each list of rows and each section (flattened), as
+  tables, so a new results file shows up without a change here.
 
 A file may carry ``date`` and ``command`` itself (preferred). Without them, the date is the
 one of the git commit that last changed the file, and the command is rebuilt from the
@@ -75,8 +75,10 @@ def _cpu(data: dict, kind: str) -> str:
         m = data["machine"]
         isa = m.get("isa") or "no AVX2/AVX-512/VNNI/dot-product"
         return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {isa.replace(' ', ' + ').upper()}"
-    cpu = data.get("cpu") or "CPU not recorded"
-    flags = data.get("flags")
+    nested = [v for v in data.values() if isinstance(v, dict)]
+    first = next((v for v in [data, *nested] if v.get("cpu")), {})
+    cpu = first.get("cpu") or "CPU not recorded"
+    flags = first.get("flags") or first.get("cpu_flags")
     if isinstance(flags, list) and flags:
         cpu += ", " + " + ".join(str(f).upper() for f in flags)
     return cpu
@@ -247,11 +249,28 @@ def _other(r: Result) -> list[str]:
     if scalars:
         lines += _table(["field", "value"], scalars)
     for k, v in d.items():
+        if isinstance(v, dict):  # one run or section: its figures, flattened
+            leaves = [[name, _f(x, "g")] for name, x in _flatten(v) if name not in ("cpu", "cpu_flags", "flags")]
+            if leaves:
+                lines += [f"### {k}", ""] + _table(["figure", "value"], leaves)
         if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             head = list(dict.fromkeys(key for x in v for key in x))
             lines += [f"### {k}", ""] + _table(head, [[_f(x.get(h), "g") if not isinstance(x.get(h), (dict, list))
                                                         else json.dumps(x.get(h)) for h in head] for x in v])
     return lines
+
+
+def _flatten(value: dict, prefix: str = "") -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    for k, v in value.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out += _flatten(v, name + ".")
+        elif isinstance(v, list):
+            out.append((name, ", ".join(str(x) for x in v)))
+        else:
+            out.append((name, v))
+    return out
 
 
 def markdown(folder: Path = RESULTS) -> str:
