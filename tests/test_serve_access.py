@@ -166,3 +166,42 @@ def test_beyond_loopback_with_keys_starts_and_asks_for_them(fixed_model, photo_s
         assert httpx.post(base + "/v1/depth", content=jpeg(photo_set["chelsea"]), headers=JPEG).status_code == 401
         assert httpx.post(base + "/v1/depth", content=jpeg(photo_set["chelsea"]), headers=bearer(KEY_A, **JPEG),
                           timeout=60).status_code == 200
+
+
+def _outward_address() -> str | None:
+    """This machine's address towards other hosts (no packet is sent), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_factory_without_keys_serves_loopback_only(fixed_model):
+    """`uvicorn --factory` binds where uvicorn is told, so the app itself refuses requests that
+    arrived on a non-loopback address when it has no keys (the CLI refuses to start instead)."""
+    outward = _outward_address()
+    if outward is None:
+        pytest.skip("no non-loopback address on this machine")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MIDAS_ONNX_API_KEYS"} | {"MIDAS_ONNX_MODEL": str(fixed_model)}
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "serve.app:app_from_env", "--host", "0.0.0.0",
+                             "--port", str(port)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        local = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(local + "/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(up, "factory server up")
+        assert httpx.get(local + "/v1/jobs/x").status_code == 404
+        remote = httpx.get(f"http://{outward}:{port}/v1/jobs/x", headers={"host": "localhost"})
+        assert remote.status_code == 403 and remote.json()["error"]["code"] == "keys_required"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
