@@ -20,7 +20,8 @@ queue bound, the same ``request_timeout_s``): a frame the full queue cannot take
 and counted, not queued. Each connection has its own ``runtime.steady.SteadyNormalizer``, so
 its colours stay steady from frame to frame (``?colormap=`` picks the map).
 
-Bounds: at most ``max_connections`` live connections (``ServeSettings.max_streams`` when the
+Bounds: a connection that sends nothing for ``idle_timeout_s`` (60 s) is closed; at most
+``max_connections`` live connections (``ServeSettings.max_streams`` when the
 settings have it, else ``MIDAS_ONNX_MAX_STREAMS``, else 8); one over is accepted and closed at
 once with 1013 (try again later) and a reason. A message over ``max_body_bytes`` closes the
 connection with 1009 (uvicorn's own ``ws_max_size``, 16 MiB by default, applies first when it
@@ -70,14 +71,16 @@ SUBPROTOCOL = "midas-onnx"
 KEY_PROTOCOL = "midas-key."
 DEFAULT_MAX_STREAMS = 8
 ENV_MAX_STREAMS = "MIDAS_ONNX_MAX_STREAMS"
+IDLE_TIMEOUT_S = 60.0  # an idle connection must not hold one of the capped places for ever
 # close codes: RFC 6455 ones, and 4401/4403 (application range) for a refused key
 GOING_AWAY, UNSUPPORTED, INTERNAL, TOO_BIG, TRY_AGAIN = 1001, 1003, 1011, 1009, 1013
 UNAUTHORIZED, FORBIDDEN = 4401, 4403
 _FATAL = {"draining": GOING_AWAY, "loading": TRY_AGAIN, "worker_died": INTERNAL, "model_failed": INTERNAL}
 
 
-def stream_router(svc: Service, max_connections: int | None = None) -> APIRouter:
-    """The ``/v1/stream`` WebSocket over ``svc`` (see the module docstring)."""
+def stream_router(svc: Service, max_connections: int | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S) -> APIRouter:
+    """The ``/v1/stream`` WebSocket and the ``/live`` page over ``svc`` (see the module
+    docstring); a connection that sends nothing for ``idle_timeout_s`` is closed (1000)."""
     router = APIRouter()
     cap = max_connections or getattr(svc.settings, "max_streams", None) or _env_cap() or DEFAULT_MAX_STREAMS
     metrics = _metrics(svc)
@@ -141,7 +144,7 @@ def stream_router(svc: Service, max_connections: int | None = None) -> APIRouter
                 return await _refuse(ws, subprotocol, UNSUPPORTED,
                                      f"colormap must be one of {', '.join(sorted(COLORMAPS))}")
             await ws.accept(subprotocol)
-            await _Stream(svc, ws, colormap_id(cmap), metrics).run()
+            await _Stream(svc, ws, colormap_id(cmap), metrics, idle_timeout_s).run()
         finally:
             live["open"] -= 1
             metrics["connections"].dec()
@@ -153,8 +156,8 @@ def stream_router(svc: Service, max_connections: int | None = None) -> APIRouter
 class _Stream:
     """One connection: a receiver filling the one waiting slot, a worker computing frames."""
 
-    def __init__(self, svc: Service, ws: WebSocket, cmap: int, metrics: dict) -> None:
-        self.svc, self.ws, self.cmap, self.metrics = svc, ws, cmap, metrics
+    def __init__(self, svc: Service, ws: WebSocket, cmap: int, metrics: dict, idle_timeout_s: float) -> None:
+        self.svc, self.ws, self.cmap, self.metrics, self.idle_timeout_s = svc, ws, cmap, metrics, idle_timeout_s
         self.steady = SteadyNormalizer()
         self.received = self.dropped = 0
         self.waiting: tuple[int, bytes, float] | None = None  # (index, data, arrival)
@@ -180,7 +183,12 @@ class _Stream:
     async def _receive(self) -> None:
         limit = self.svc.settings.max_body_bytes
         while True:
-            message = await self.ws.receive()
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                await _close(self.ws, 1000, f"no frame for {self.idle_timeout_s:g} s; closed")
+                return
             if message["type"] == "websocket.disconnect":
                 return
             data = message.get("bytes")

@@ -27,7 +27,7 @@ KEY = "stream-test-key-0123456789"
 
 
 @contextlib.contextmanager
-def stream_app(settings: ServeSettings, max_connections: int | None = None, wait_ready: bool = True):
+def stream_app(settings: ServeSettings, max_connections: int | None = None, wait_ready: bool = True, **router):
     """(ws URL base, Service): ``create_app`` with the stream router (``max_connections``
     given here), served by uvicorn on 127.0.0.1 in a background thread."""
     import uvicorn
@@ -37,7 +37,7 @@ def stream_app(settings: ServeSettings, max_connections: int | None = None, wait
     app = create_app(settings)
     svc = app.state.service
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in (PATH, "/live")]
-    app.include_router(stream_router(svc, max_connections=max_connections))
+    app.include_router(stream_router(svc, max_connections=max_connections, **router))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -79,6 +79,10 @@ def closed_with(ws, timeout: float = 30) -> tuple[int, str]:
         while True:
             ws.recv(timeout=timeout)
     return caught.value.rcvd.code, caught.value.rcvd.reason
+
+
+def open_streams(svc) -> float:
+    return svc.metrics._stream_metrics["connections"]._value.get()
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +153,20 @@ def test_connection_cap(settings):
             assert code == 1013 and "too many live streams (at most 2)" in reason
             a.send(jpg(frame(0)))  # the two admitted ones still work
             assert next_heatmap(a)[0]["frame"] == 0
+        wait_until(lambda: open_streams(svc) == 0, "the places given back")
         with connect(base + PATH) as again:  # room again once they closed
             again.send(jpg(frame(1)))
             assert next_heatmap(again)[0]["frame"] == 0
+
+
+def test_idle_connection_is_closed_and_frees_its_place(settings):
+    with stream_app(settings, max_connections=1, idle_timeout_s=0.5) as (base, svc):
+        with connect(base + PATH) as idle:
+            assert closed_with(idle) == (1000, "no frame for 0.5 s; closed")
+        wait_until(lambda: open_streams(svc) == 0, "the place given back")
+        with connect(base + PATH) as ws:
+            ws.send(jpg(frame(0)))
+            assert next_heatmap(ws)[0]["frame"] == 0
 
 
 def test_oversize_message_is_refused(settings):
