@@ -78,7 +78,8 @@ UNAUTHORIZED, FORBIDDEN = 4401, 4403
 _FATAL = {"draining": GOING_AWAY, "loading": TRY_AGAIN, "worker_died": INTERNAL, "model_failed": INTERNAL}
 
 
-def stream_router(svc: Service, max_connections: int | None = None, idle_timeout_s: float = IDLE_TIMEOUT_S) -> APIRouter:
+def stream_router(svc: Service, max_connections: int | None = None,
+                  idle_timeout_s: float = IDLE_TIMEOUT_S) -> APIRouter:
     """The ``/v1/stream`` WebSocket and the ``/live`` page over ``svc`` (see the module
     docstring); a connection that sends nothing for ``idle_timeout_s`` is closed (1000)."""
     router = APIRouter()
@@ -120,10 +121,10 @@ def stream_router(svc: Service, max_connections: int | None = None, idle_timeout
         if refusal:
             status, code, message = refusal[:3]
             policy.metrics.refused.labels(code, "-").inc()
-            if status == 401:
-                message = ("an API key is required: the 'midas-key.<base64url key>' subprotocol, ?key= or "
-                           "Authorization: Bearer" if code == "unauthorized" and "not valid" not in message
-                           else "the API key is not valid")
+            if status == 401:  # the ways a WebSocket client can give one
+                message = ("the API key is not valid" if "not valid" in message else
+                           "an API key is required: the 'midas-key.<base64url key>' subprotocol, ?key= or "
+                           "Authorization: Bearer")
             return await _refuse(ws, subprotocol, UNAUTHORIZED if status == 401 else FORBIDDEN, message)
         kid = ws.scope.get("midas.key_id") or "-"
         if live["open"] >= cap:
