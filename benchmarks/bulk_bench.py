@@ -153,7 +153,8 @@ def main() -> None:
         "steady_ratio": all(r["steady_ratio"] >= TARGETS["steady_ratio_min"] for r in runs),
         "heatmap_vs_inference": all(r["heatmap_vs_inference"] >= TARGETS["heatmap_vs_inference_min"] for r in runs),
     }
-    print(json.dumps({"cpu": cpu_name(), "flags": int8_flags(), "photos": args.count, "size": "640x480",
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "command": "python -m benchmarks.bulk_bench " + " ".join(sys.argv[1:]),
+                      "cpu": cpu_name(), "flags": int8_flags(), "photos": args.count, "size": "640x480",
                       "model": args.model, "targets": TARGETS, "runs": runs, "ray_call_cost": call_cost,
                       "met_in_every_run": met}, indent=2))
 
