@@ -3,6 +3,6 @@
 
 from runtime.engine import read_manifest
 
-from .pipeline import BulkError, BulkSettings, run
+from .pipeline import BulkError, BulkResult, BulkSettings, run
 
-__all__ = ["BulkError", "BulkSettings", "read_manifest", "run"]
+__all__ = ["BulkError", "BulkResult", "BulkSettings", "read_manifest", "run"]

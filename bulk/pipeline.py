@@ -23,7 +23,12 @@ __all__ = ["BulkError", "BulkSettings", "run"]
 @dataclass(frozen=True)
 class BulkSettings:
     """How a bulk job runs. ``workers=None``: one per node; ``threads_per_worker=None``:
-    each node's CPU count (whole-image threads over one session, as ``heatmap``)."""
+    each node's CPU count (whole-image threads over one session, as ``heatmap``).
+
+    ``cpu_share``: the CPUs each worker reserves in Ray's accounting (``num_cpus``), not what
+    it uses: its threads run on all of the node's cores regardless. A fraction, so that on
+    small nodes whole-CPU reservations leave CPUs for Ray's own tasks and actors.
+    """
 
     model: str
     spec: OutputSpec = field(default_factory=OutputSpec)

@@ -1,16 +1,22 @@
 """PyTorch -> ONNX for MidasNet_small, then clean-up, metadata and verification.
 
-Choices, each measured on this network (2-core x86-64, torch 2.14.1, onnxruntime 1.32):
+Choices:
 
-- Exporter: the TorchScript exporter (``dynamo=False``). The dynamo exporter ran for over
-  10 minutes on timm's TF-"same" padding (``pad_same`` computes pads from input sizes)
-  without finishing; the TorchScript exporter writes the graph in ~3 s.
+- Exporter: the TorchScript exporter (``dynamo=False``). The network is plain convolutions,
+  clips, adds and resizes with static shapes apart from batch, height and width, which the
+  TorchScript exporter writes in a few seconds; its graph is the one the parity checks
+  below and the INT8 quantizer are verified on.
 - Opset 17: every op here (Conv, Clip, Pad, Resize with align_corners) exists since opset
   11-13; 17 is the newest that onnxruntime's quantizer, OpenVINO and TensorRT all handle
   without caveats, and there is nothing in 18+ this network needs.
-- onnxslim after export: folds the shape arithmetic of TF-same padding into constants
-  (fixed 256x256: 721 -> 194 nodes), session creation 0.29 s -> 0.18 s, same latency, same
-  outputs. Kept because cold start matters for CLI and serverless use.
+- Static pads: ``export.model.StaticSameConv2d`` gives each strided TF-"same" conv a
+  constant ``F.pad`` instead of pads computed from the input size, so the graph carries no
+  shape arithmetic, at any size, and quantizes like any other.
+- onnxslim after export: folds each of those constant Pads into its Conv's own ``pads``
+  attribute and removes the other constant-only nodes, leaving 194 nodes (97 Conv, no Pad,
+  no Shape) in the dynamic-size graph as in a fixed one. Fewer nodes make session creation
+  cheaper, which matters for CLI and serverless cold starts; outputs are unchanged (the
+  parity check runs on the slimmed file). ``--no-slim`` skips it.
 """
 
 from __future__ import annotations
@@ -46,12 +52,16 @@ class ExportError(MidasOnnxError):
 
 @dataclass(frozen=True)
 class ParityResult:
+    """How far the ONNX file's output is from PyTorch's for one input shape (``check_parity``)."""
+
     shape: tuple[int, ...]
     max_abs: float
     max_rel: float  # max |onnx - torch| / max |torch|: error relative to the output's range
 
 
 def versions() -> dict[str, str]:
+    """The versions that produced an export (this package, torch, timm, onnx, onnxruntime,
+    opset), stored as ``export_versions`` metadata in every model file."""
     import onnx
     import onnxruntime
     import timm

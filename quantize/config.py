@@ -49,6 +49,8 @@ class QuantConfig:
             raise ValueError(f"keep_float roles must be among {KEEP_FLOAT_ROLES}, got {bad}")
 
     def to_dict(self) -> dict:
+        """The settings as JSON-ready data; a dynamic config omits the calibration settings,
+        which it does not use."""
         d = asdict(self)
         d["keep_float"] = list(self.keep_float)
         if self.mode == "dynamic":  # calibration settings mean nothing without calibration
@@ -57,15 +59,19 @@ class QuantConfig:
         return d
 
     def to_json(self) -> str:
+        """``to_dict`` as JSON with sorted keys, as saved beside the model and in its metadata."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuantConfig":
+        """The config that ``to_dict`` (or a saved JSON file's contents) describes, validated
+        again; omitted settings take their defaults."""
         d = dict(d)
         d["keep_float"] = tuple(d.get("keep_float", ()))
         return cls(**d)
 
     def with_(self, **changes) -> "QuantConfig":
+        """A copy with ``changes`` applied and validated (the config itself is frozen)."""
         return replace(self, **changes)
 
 

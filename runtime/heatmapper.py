@@ -36,6 +36,7 @@ class DepthResult:
 
     @cached_property
     def heatmap(self) -> np.ndarray:
+        """The depth through the heatmapper's colormap (uint8 HxWx3 BGR), made on first use."""
         return postprocess.colorize(self.depth, self.colormap)
 
     def colorized(self, colormap: int | None = None) -> np.ndarray:
@@ -53,9 +54,18 @@ class DepthResult:
         return images.to_bgr8(self.source)
 
     def overlay(self, alpha: float = 0.5, colormap: int | None = None) -> np.ndarray:
+        """The heatmap blended over the input image (uint8 BGR, the image's size).
+
+        ``alpha`` is the heatmap's weight; ``colormap`` an OpenCV colormap id, None for the
+        heatmapper's own.
+        """
         return postprocess.overlay(self.image, self.colorized(colormap), alpha)
 
     def depth_png16(self) -> np.ndarray:
+        """The depth scaled to fill uint16 (0 = farthest, 65535 = nearest), for a 16-bit PNG.
+
+        Relative, like the depth itself: the scaling is this image's own min-max.
+        """
         return postprocess.depth_png16(self.depth)
 
 
@@ -75,7 +85,9 @@ class DepthHeatmapper:
         threads: intra-op threads; None = one per physical core (onnxruntime's choice).
         colormap: any OpenCV colormap by name ("inferno", "turbo", "magma", ...).
         input_size: only for ONNX files without midas-onnx metadata: "256x256" or "dynamic".
-        mean, std: likewise; default ImageNet statistics.
+        mean: likewise, the per-channel (RGB) mean subtracted from inputs scaled to [0, 1];
+            default ImageNet's.
+        std: likewise, the per-channel (RGB) divisor applied after ``mean``; default ImageNet's.
         max_pixels: refuse larger inputs (decompression-bomb guard).
         memory_arena: onnxruntime's CPU arena. Off by default: with dynamic models it grows
             with every new input shape, and with fixed ones it measured no faster (79 vs

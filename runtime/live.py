@@ -338,6 +338,8 @@ class LiveSummary:
         return not self.stopped.startswith("error")
 
     def text(self) -> str:
+        """The one-line report ``heatmap`` prints for a live input: frames in, processed and
+        dropped, fps, latency percentiles, and why it stopped."""
         note = f"; {self.note}" if self.note else ""
         return (f"{self.source}: {self.frames_in} frames in, {self.processed} processed, {self.dropped} dropped "
                 f"(stale) in {self.seconds:.1f} s ({self.fps:.1f} fps); latency p50 {self.p50_ms:.0f} ms, "
@@ -400,6 +402,8 @@ class RawSink:
         self.frames = 0
 
     def write(self, image: np.ndarray) -> None:
+        """Write one uint8 HxWx3 BGR frame and flush; ``ValueError`` for another dtype or
+        shape, or a size other than the first frame's."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"raw bgr24 frames are uint8 HxWx3, got {image.dtype} {image.shape}")
         if self.shape is None:

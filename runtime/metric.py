@@ -48,6 +48,9 @@ class AlignmentError(MidasOnnxError, ValueError):
 
 @dataclass(frozen=True)
 class Point:
+    """A pixel whose distance is known: ``x`` (column) and ``y`` (row) in the image's own
+    pixels, sub-pixel allowed (the depth is sampled bilinearly), ``depth_m`` in metres."""
+
     x: float
     y: float
     depth_m: float

@@ -28,6 +28,10 @@ class PointCloudError(MidasOnnxError, ValueError):
 
 @dataclass(frozen=True)
 class Intrinsics:
+    """Pinhole camera intrinsics in pixels of the image the depth is for: focal lengths
+    ``fx``, ``fy`` and principal point ``cx``, ``cy``. ``from_fov`` guesses them from a field
+    of view, ``parse`` reads ``"fx,fy,cx,cy"``."""
+
     fx: float
     fy: float
     cx: float

@@ -84,7 +84,8 @@ class SteadyNormalizer:
             real change within ~10 frames and ignores one-frame ones).
         ref_keep: share of the previous reference kept each frame; the reference follows the
             scene as it changes, while a single frame cannot move it far.
-        low, high: percentiles of the aligned samples that set the colour range.
+        low: percentile of the aligned samples that sets the colour range's near-black end.
+        high: percentile of the aligned samples that sets the colour range's bright end.
         samples: about how many pixels the fit and the percentiles use.
         cut_residual: a frame whose aligned depth, blurred, differs from the previous aligned
             frame, blurred, by more than this share of the reference's range (median over

@@ -27,6 +27,12 @@ from .settings import ServeSettings
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
+    """The service's FastAPI app for ``settings``; nothing loads until it starts.
+
+    The model loads, the drain handler is installed and the key file (if any) starts being
+    watched in the app's lifespan, so building an app is cheap and the model loads only
+    once an ASGI server starts it.
+    """
     svc = Service(settings)
     policy = AccessPolicy(settings, svc.metrics)
 

@@ -12,7 +12,8 @@ from .common import require_extra
 def command(ctx: click.Context) -> None:
     """Benchmark fp32 / INT8 / PyTorch side by side (options: `midas-onnx bench --help-bench`).
 
-    Writes benchmarks/results/<machine>.md, .json and .png. Pass --quick for a CI-sized run.
+    Writes bench-results/<machine>.md, .json and .png under the current folder (--out DIR
+    to choose another). Pass --quick for a CI-sized run.
     """
     require_extra("bench", "matplotlib", "skimage")
     from benchmarks import bench

@@ -25,6 +25,11 @@ Executor = Callable[[list[Item], Callable[[dict], None]], None]
 
 @dataclass
 class Summary:
+    """What a job did: counts of items done, skipped and failed (``failures`` holds each
+    failed item's error), the frames and videos among them, the wall time, and whether it was
+    interrupted (a rerun of the same command resumes it). ``line()`` is the one-line report
+    the commands print."""
+
     done: int = 0
     skipped: int = 0
     failed: int = 0
