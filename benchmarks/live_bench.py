@@ -89,11 +89,11 @@ def run(model: str, fps: float, seconds: float, threads: int | None) -> dict:
 def stream_app():
     """``uvicorn --factory benchmarks.live_bench:stream_app``: the service from the environment
     (serve.app.app_from_env), with /v1/stream whether or not create_app routes it already."""
-    from serve.app import app_from_env
-    from serve.stream import PATH, stream_router
+    import serve.app
+    from serve.stream import stream_router
 
-    app = app_from_env()
-    if not any(getattr(r, "path", None) == PATH for r in app.router.routes):
+    app = serve.app.app_from_env()
+    if not hasattr(serve.app, "stream_router"):
         app.include_router(stream_router(app.state.service))
     return app
 

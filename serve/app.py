@@ -24,6 +24,7 @@ from .observe import Observe
 from .routes import depth_router, health_router, jobs_router
 from .service import Service
 from .settings import ServeSettings
+from .stream import stream_router
 
 
 def create_app(settings: ServeSettings) -> FastAPI:
@@ -49,7 +50,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     app.state.service = svc
     app.state.access = policy
     errors.install(app)
-    for router in (health_router(svc, lambda: policy.auth_on), depth_router(svc), jobs_router(svc)):
+    for router in (health_router(svc, lambda: policy.auth_on), depth_router(svc), jobs_router(svc), stream_router(svc)):
         app.include_router(router)
     app.add_middleware(AccessControl, policy=policy)
     app.add_middleware(Observe, metrics=svc.metrics, access_log_on=settings.access_log)  # added last: outermost

@@ -32,12 +32,22 @@ def stream_app(settings: ServeSettings, max_connections: int | None = None, wait
     given here), served by uvicorn on 127.0.0.1 in a background thread."""
     import uvicorn
 
-    from serve.app import create_app
+    import serve.app
 
-    app = create_app(settings)
+    def ours(svc):
+        return stream_router(svc, max_connections=max_connections, **router)
+
+    if hasattr(serve.app, "stream_router"):  # create_app routes the stream: with these arguments
+        wired = serve.app.stream_router
+        serve.app.stream_router = ours
+        try:
+            app = serve.app.create_app(settings)
+        finally:
+            serve.app.stream_router = wired
+    else:
+        app = serve.app.create_app(settings)
+        app.include_router(ours(app.state.service))
     svc = app.state.service
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) not in (PATH, "/live")]
-    app.include_router(stream_router(svc, max_connections=max_connections, **router))
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
