@@ -1,8 +1,9 @@
 """The HTTP service, built by ``create_app(settings)`` so the CLI, ``uvicorn --factory`` and
 tests run the same app.
 
-Endpoints: ``/`` (upload page), ``/healthz``, ``/readyz``, ``POST /v1/depth``,
-``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``/metrics``. The model loads once, in a background
+Endpoints: ``/`` (upload page), ``/live`` (webcam page), ``/healthz``, ``/readyz``,
+``POST /v1/depth``, ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``/v1/stream`` (WebSocket),
+``/metrics``. The model loads once, in a background
 thread at start-up; inference runs in worker threads fed by the micro-batcher; requests are
 admitted before they are decoded; decoding and PNG encoding run in worker threads; the event
 loop only moves bytes. Layers, outside in: ``Observe`` (metrics, access log, 500 envelope),
