@@ -76,7 +76,10 @@ def command(host: str, port: int, model: Path | None, quiet: bool | None, max_bo
     if not settings.model.is_file():
         raise click.ClickException(missing_model_message(settings.model))
     prepare_process()
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    # ws_max_size: uvicorn refuses a larger WebSocket message before buffering it (its own
+    # default is 16 MiB), the same cap as an HTTP body
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,
+                ws_max_size=settings.max_body_bytes)
 
 
 def _no_env_model() -> bool:
