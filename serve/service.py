@@ -30,13 +30,13 @@ log = logging.getLogger("midas_onnx.serve")
 
 
 class Service:
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, jobs=None) -> None:
         self.settings = settings
         self.hm: DepthHeatmapper | None = None
         self.load_error: str | None = None
         self.loaded = threading.Event()
         self.batcher: Batcher | None = None
-        self.jobs = JobStore(settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes)
+        self.jobs = jobs if jobs is not None else _job_store(settings)
         self.metrics = Metrics()
         self.uploads = UploadGate(settings.max_uploads, settings.retry_after_s)
         self.draining = False
@@ -153,6 +153,15 @@ class Service:
             for task in (work, watch):
                 if task is not None and not task.done():
                     task.cancel()
+
+
+def _job_store(settings: ServeSettings):
+    """The in-process store, or with ``job_store="ray"`` the named Ray actor's (any replica answers)."""
+    if settings.job_store == "ray":
+        from .ray_jobs import RayJobStore
+
+        return RayJobStore(settings)
+    return JobStore(settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes)
 
 
 async def _disconnected(request: Request) -> None:

@@ -43,6 +43,8 @@ class ServeSettings:
     max_known_points: int = 256
     max_query_bytes: int = 64 * 1024  # known_depths text
     drain_timeout_s: float = 30.0
+    job_store: str = "memory"  # "memory": this process; "ray": the named Ray actor (serve/ray_jobs.py)
+    job_lease_s: float = 15.0  # ray store: a running job whose owner has not renewed it for this long has failed images
     # access control (serve/access.py)
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     api_key_file: Path | None = None
@@ -120,6 +122,7 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "MIDAS_ONNX_BODY_TIMEOUT": ("body_timeout_s", _float),
     "MIDAS_ONNX_MAX_KNOWN_POINTS": ("max_known_points", _int),
     "MIDAS_ONNX_DRAIN_TIMEOUT": ("drain_timeout_s", float),
+    "MIDAS_ONNX_JOB_LEASE": ("job_lease_s", _float),
     "MIDAS_ONNX_QUIET": ("access_log", lambda t: not _bool(t)),
     "MIDAS_ONNX_API_KEYS": ("api_keys", _list),
     "MIDAS_ONNX_API_KEY_FILE": ("api_key_file", Path),

@@ -47,10 +47,28 @@ _POS = click.FloatRange(min=0, min_open=True)
 @click.option("--key-concurrency", type=click.IntRange(min=0), default=None,
               help="Requests in progress per key (0: no limit).")
 @click.option("--public-metrics", is_flag=True, default=None, help="/metrics without a key.")
+@click.option("--ray", "use_ray", is_flag=True, default=False,
+              help="Serve on Ray Serve: replicas of the same app, jobs any replica answers (extra: ray).")
+@click.option("--address", default=None, help="With --ray: join this Ray cluster (default: start a local Ray).")
+@click.option("--replicas", type=_INT1, default=2, show_default=True, help="With --ray: replicas, 1 worker each.")
+@click.option("--autoscale", default=None, metavar="MIN:MAX", help="With --ray: autoscale on ongoing requests.")
 def command(host: str, port: int, model: Path | None, quiet: bool | None, max_body_mb: float | None,
-            max_job_mb: float | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...], **given) -> None:
+            max_job_mb: float | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...],
+            use_ray: bool, address: str | None, replicas: int, autoscale: str | None, **given) -> None:
     """Serve depth heatmaps over HTTP, with an upload page at / and the API under /v1."""
     require_extra("serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
+    if use_ray:
+        require_extra("ray", "ray")
+    elif address or autoscale:
+        raise click.UsageError("--address and --autoscale need --ray")
+    scale = None
+    if autoscale:
+        try:
+            scale = tuple(int(x) for x in autoscale.split(":"))
+            if len(scale) != 2 or not 1 <= scale[0] <= scale[1]:
+                raise ValueError
+        except ValueError:
+            raise click.BadParameter("MIN:MAX with 1 <= MIN <= MAX", param_hint="--autoscale") from None
     import uvicorn
 
     from runtime.session import missing_model_message
@@ -76,6 +94,11 @@ def command(host: str, port: int, model: Path | None, quiet: bool | None, max_bo
     if not settings.model.is_file():
         raise click.ClickException(missing_model_message(settings.model))
     prepare_process()
+    if use_ray:
+        from serve.ray_deploy import run_on_ray
+
+        run_on_ray(settings, address=address, replicas=replicas, autoscale=scale, host=host, port=port)
+        return
     # ws_max_size: uvicorn refuses a larger WebSocket message before buffering it (its own
     # default is 16 MiB), the same cap as an HTTP body
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False,

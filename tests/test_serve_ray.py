@@ -1,0 +1,201 @@
+"""`midas-onnx serve --ray`: the same app on Ray Serve, 2 replicas of a local Ray; jobs any
+replica answers; a replica killed (SIGKILL) under load."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from serve.jobs import TooManyJobs  # noqa: F401 - the store's error, shared with the in-process one
+from serve.ray_jobs import JobStoreState
+
+from .conftest import REPO
+from .test_serve import free_port
+
+pytest.importorskip("ray.serve")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def jpeg(h: int = 240, w: int = 320, seed: int = 0) -> bytes:
+    return cv2.imencode(".jpg", np.random.RandomState(seed).randint(0, 255, (h, w, 3), np.uint8))[1].tobytes()
+
+
+# -- the store's state, without Ray -------------------------------------------------------------
+def test_store_bounds_ttl_and_lost_lease(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("serve.ray_jobs.time.monotonic", lambda: clock[0])
+    s = JobStoreState(ttl_s=10, max_jobs=2, max_bytes=1000, lease_s=5)
+    a = s.create(2, 300, "r1")
+    b = s.create(1, 600, "r2")
+    assert a and b and s.held == 900
+    assert s.create(1, 0, "r1") is None  # count bound
+    assert s.add(a, 0, {"name": "x", "heatmap_png_base64": "z" * 500}, 500, 150)  # 900 + 350 > 1000: dropped
+    assert s.get(a)["completed"] == 1 and s.held == 750
+    s.heartbeat([a])
+    clock[0] += 4
+    s.expire()
+    assert s.get(a)["status"] == "queued"  # lease renewed 4 s ago, not lost
+    s.add(b, 0, {"name": "y"}, 100, 600)
+    s.finish(b)
+    clock[0] += 6  # a's lease (last renewed at 100) is lost: its image not done fails
+    view = s.get(a)
+    assert view["status"] == "done" and view["completed"] == 2
+    assert view["results"][0]["error"]["code"] == "job_store_full"
+    assert view["results"][1]["error"]["code"] == "replica_lost"
+    assert s.get(b)["status"] == "done"
+    clock[0] += 7
+    assert s.get(b) is None and s.get(a) is not None  # b finished at 104 -> gone after 114; a at 110
+    clock[0] += 5
+    assert s.get(a) is None and s.held == 0 and s.jobs == {}
+
+
+# -- a real local Ray ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def ray_server(model: Path, *args: str):
+    port = free_port()
+    log = Path(tempfile.mkdtemp(prefix="midas-serve-ray-")) / "server.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--ray", "--model", str(model),
+                                 "--port", str(port), *args], cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
+                                env={**os.environ, "MIDAS_ONNX_JOB_LEASE": "3"})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield base, proc, log
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ray_base(fixed_model):
+    with ray_server(fixed_model, "--replicas", "2") as (base, proc, log):
+        yield base, proc, log
+    assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def replica_pids(base: str, want: int = 2, tries: int = 40) -> set[int]:
+    seen: set[int] = set()
+    for _ in range(tries):
+        r = httpx.get(base + "/readyz", timeout=10)
+        if r.status_code == 200:
+            seen.add(int(r.headers["x-midas-replica"]))
+        if len(seen) >= want:
+            break
+    return seen
+
+
+def test_depth_png_and_jobs_any_replica_answers(ray_base):
+    base = ray_base[0]
+    r = httpx.post(base + "/v1/depth", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, timeout=60)
+    assert r.status_code == 200 and r.content.startswith(PNG), r.text[:300]
+    assert httpx.get(base + "/v1/depth", timeout=10).status_code == 405  # the same app's routes and errors
+    assert httpx.get(base + "/v1/jobs/nope", timeout=10).json()["error"]["code"] == "no_such_job"
+
+    r = httpx.post(base + "/v1/jobs", files=[("file", (f"{i}.jpg", jpeg(seed=i), "image/jpeg")) for i in range(3)],
+                   timeout=60)
+    assert r.status_code == 202, r.text
+    jid = r.json()["id"]
+    answered_by, deadline = set(), time.time() + 60
+    while True:
+        g = httpx.get(base + f"/v1/jobs/{jid}", timeout=10)
+        assert g.status_code == 200, g.text
+        answered_by.add(g.headers["x-midas-replica"])
+        if g.json()["status"] == "done" and len(answered_by) >= 2:
+            break
+        assert time.time() < deadline, (g.json(), answered_by)
+        time.sleep(0.05)
+    job = g.json()
+    assert job["completed"] == 3 and all("heatmap_png_base64" in e for e in job["results"])
+    assert len(replica_pids(base)) == 2
+
+
+def test_replica_killed_under_load(ray_base):
+    base = ray_base[0]
+    body = jpeg(480, 640)
+    r = httpx.post(base + "/v1/jobs", files=[("file", (f"{i}.jpg", body, "image/jpeg")) for i in range(16)],
+                   timeout=60)
+    assert r.status_code == 202, r.text
+    jid, victim = r.json()["id"], int(r.headers["x-midas-replica"])
+    outcomes: collections.Counter = collections.Counter()
+    bad: list[str] = []
+    stop = time.monotonic() + 10
+
+    def client(_):
+        with httpx.Client(timeout=30) as c:  # a hang is a timeout: counted as bad
+            while time.monotonic() < stop:
+                try:
+                    g = c.post(base + "/v1/depth", files={"file": ("a.jpg", jpeg(), "image/jpeg")})
+                except httpx.HTTPError as exc:
+                    bad.append(repr(exc))
+                    continue
+                if g.status_code == 200 and g.content.startswith(PNG):
+                    outcomes["png"] += 1
+                elif g.status_code >= 500 and g.headers.get("content-type", "").startswith("application/json"):
+                    outcomes[g.json()["error"]["code"]] += 1
+                elif g.status_code == 500 and g.text.strip() == "Internal Server Error":
+                    outcomes["proxy_500"] += 1  # Ray Serve's proxy: the request was on the killed replica
+                else:
+                    bad.append(f"{g.status_code} {g.text[:300]}")
+
+    killer = threading.Timer(1.0, os.kill, (victim, signal.SIGKILL))
+    killer.start()
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(client, range(6)))
+    killer.join()
+    assert not bad, (bad[:5], outcomes)
+    assert outcomes["png"] > 0
+    assert set(outcomes) <= {"png", "proxy_500", "loading", "busy", "worker_died", "timeout"}, outcomes
+
+    deadline = time.time() + 120  # the replica comes back: two live replicas, neither the victim
+    while True:
+        pids = replica_pids(base, tries=20)
+        if len(pids) == 2 and victim not in pids:
+            break
+        assert time.time() < deadline, pids
+        time.sleep(1)
+    r = httpx.post(base + "/v1/depth", content=jpeg(), timeout=60)
+    assert r.status_code == 200 and r.content.startswith(PNG)
+
+    deadline = time.time() + 60  # the job: finished, each image a result or replica_lost (lease 3 s)
+    while (job := httpx.get(base + f"/v1/jobs/{jid}", timeout=10).json())["status"] not in ("done", "failed"):
+        assert time.time() < deadline, job
+        time.sleep(0.5)
+    assert job["status"] == "done" and job["completed"] == 16, job
+    codes = [("ok" if "heatmap_png_base64" in e else e["error"]["code"]) for e in job["results"]]
+    assert set(codes) <= {"ok", "replica_lost"}, codes
+
+
+def test_ray_flags_need_ray(fixed_model):
+    out = subprocess.run([sys.executable, "-m", "midas_onnx", "serve", "--model", str(fixed_model),
+                          "--autoscale", "1:2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "need --ray" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "midas_onnx", "serve", "--ray", "--model", str(fixed_model),
+                          "--autoscale", "3:1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "MIN:MAX" in out.stderr
