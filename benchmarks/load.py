@@ -40,14 +40,14 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def start(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def start(model: Path, *args: str, ready_s: float = 60) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--model", str(model), "--port", str(port), *args],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
+    deadline = time.time() + ready_s
     while time.time() < deadline:
         try:
             if httpx.get(base + "/readyz", timeout=1).status_code == 200:
@@ -135,10 +135,47 @@ def ratio(model: Path, payload: bytes, count: int, server_args: list[str]) -> di
             "cli_images_per_s": cli, "ratio": round(server["per_s"] / cli, 3)}
 
 
+def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2) -> dict:
+    """``--ray``: `serve --ray` with ``replicas`` single-threaded replicas against the
+    single-process server (default flags), both at 16 `ab` clients, in the same run; start-up
+    time (launch to /readyz 200 from every replica) and RSS per replica."""
+    from runtime.cpu import cpu_name, int8_flags
+
+    out: dict = {"cpu": cpu_name(), "cpu_flags": int8_flags()}
+    t0 = time.monotonic()
+    proc, base = start(model)
+    out["one_process"] = {"ready_s": round(time.monotonic() - t0, 1)}
+    try:
+        ab(base, payload, 16, 64)
+        out["one_process"] |= {"ab_16": ab(base, payload, 16, count), "rss_mb": round(rss_mb(proc.pid), 1)}
+    finally:
+        proc.terminate()
+        proc.wait()
+    t0 = time.monotonic()
+    proc, base = start(model, "--ray", "--replicas", str(replicas), ready_s=300)
+    try:
+        pids: set[int] = set()
+        while len(pids) < replicas and time.monotonic() - t0 < 300:
+            r = httpx.get(base + "/readyz", timeout=5)
+            if r.status_code == 200:
+                pids.add(int(r.headers["x-midas-replica"]))
+        ray_out = {"replicas": replicas, "ready_s": round(time.monotonic() - t0, 1)}
+        ab(base, payload, 16, 64)
+        ray_out["ab_16"] = ab(base, payload, 16, count)
+        ray_out["rss_mb_per_replica"] = [round(rss_mb(p), 1) for p in sorted(pids)]
+        out["ray"] = ray_out
+    finally:
+        proc.send_signal(2)
+        proc.wait(timeout=120)
+    out["ratio"] = round(out["ray"]["ab_16"]["per_s"] / out["one_process"]["ab_16"]["per_s"], 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=REPO / "models" / "midas_small.int8.onnx")
     parser.add_argument("--only", choices=["ratio", "levels"], default=None)
+    parser.add_argument("--ray", action="store_true", help="only: 2 Ray Serve replicas vs the single process")
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     parser.add_argument("--ratio-requests", type=int, default=400, help="images for the server/CLI ratio")
     parser.add_argument("--soak", type=int, default=2000, help="requests in the memory run")
@@ -148,6 +185,10 @@ def main() -> None:
 
     payload = cv2.imencode(".jpg", cv2.resize(skimage.data.astronaut()[:, :, ::-1], (640, 480)))[1].tobytes()
     report: dict = {"model": str(args.model), "photo": "640x480 JPEG"}
+    if args.ray:
+        report["ray"] = ray_vs_one(args.model, payload, args.ratio_requests)
+        print(json.dumps(report, indent=2))
+        return
     if args.only in (None, "ratio"):
         report["ratio"] = ratio(args.model, payload, args.ratio_requests, args.server_arg)
     if args.only in (None, "levels"):
