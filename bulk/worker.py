@@ -10,7 +10,9 @@ so no thread idles at a chunk's end.
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 
 from runtime.engine import Item, LocalRunner, OutputSpec, Store
 
@@ -33,6 +35,13 @@ class NodeWorker:
         os.environ["MIDAS_ONNX_NODE"] = ray.get_runtime_context().get_node_id()
         hm = DepthHeatmapper(model, threads=1, colormap=spec.colormap)
         self.runner = LocalRunner(hm, spec, Store(output), digest, workers=threads)
+        # Tracebacks of inputs that failed go to a file on this node, written before the row
+        # returns (Ray's own forwarding of worker output may not reach the driver before it
+        # shuts down); failed rows name it.
+        self.log = os.path.join(tempfile.gettempdir(), f"midas-bulk-worker-{os.getpid()}.log")
+        handler = logging.FileHandler(self.log, delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logging.getLogger("midas_onnx.job").addHandler(handler)
 
     def ready(self) -> str:
         return os.environ["MIDAS_ONNX_NODE"]
@@ -40,4 +49,9 @@ class NodeWorker:
     def run(self, items: list[Item], blobs: dict[str, bytes] | None = None) -> list[dict]:
         if self.crash_on and any(self.crash_on in item.source for item in items):
             os._exit(17)  # fault injection: see CRASH_ENV
-        return self.runner.map(items, blobs)
+        rows = self.runner.map(items, blobs)
+        if os.path.exists(self.log):
+            for row in rows:
+                if row.pop("traceback_logged", False):
+                    row["log"] = self.log
+        return rows

@@ -251,11 +251,11 @@ def test_a_library_exception_in_a_worker_is_its_rows_error_and_the_log_keeps_the
     assert r.returncode == 1 and "4 done, 0 skipped, 3 failed" in r.stdout
     assert f"failed: {collection / 'coffee.jpg'}: RuntimeError: fault injected for tests" in r.stderr
     assert "died" not in r.stderr and "Traceback" not in r.stderr
-    log = r.stdout.split("Ray's output: ")[1].strip()
-    deadline = time.time() + 10
-    while "Traceback" not in Path(log).read_text() and time.time() < deadline:
-        time.sleep(0.2)  # workers' output reaches the driver's log a moment after
-    assert "Traceback" in Path(log).read_text() and "fault injected for tests" in Path(log).read_text()
+    row = {row["relative"]: row for row in manifest(tmp_path / "out")}["coffee.jpg"]
+    assert row["status"] == "failed" and "RuntimeError: fault injected for tests" in row["error"]
+    text = Path(row["log"]).read_text()  # the worker's log on its node, named by the row
+    assert "Traceback" in text and "fault injected for tests" in text
+    assert f":{row['log']}" in r.stdout  # and by the summary
 
 
 def test_a_worker_that_cannot_start_is_one_line(collection, tmp_path, fixed_model):

@@ -57,7 +57,10 @@ def command(inputs: tuple[str, ...], output: str, model: str | None, address: st
         click.echo(f"error: {message}", err=True)
     for error in result.summary.failures:
         click.echo(f"failed: {error}", err=True)  # every error names its input
+    logs = sorted({f"{r.get('host', '')}:{r['log']}" for r in result.job.journal.rows.values()
+                   if r.get("status") == "failed" and r.get("log")})
     log = f"; Ray's output: {result.log}" if result.log else ""
+    log += f"; tracebacks: {', '.join(logs)}" if logs else ""
     click.echo(f"{result.summary.line()} on {len(result.nodes)} node(s); manifest: {result.job.manifest}{log}")
     if result.summary.interrupted:
         sys.exit(130)

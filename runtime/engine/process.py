@@ -48,7 +48,10 @@ def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str, data: b
         status, error = "failed", f"{item.source}: {exc.strerror or exc}"
     except Exception as exc:  # noqa: BLE001 - a library's own exception: this input fails, the job goes on
         log.exception("%s: unexpected error", item.source)
-        status, error = "failed", f"{item.source}: {type(exc).__name__}: {str(exc).strip()[:300]}"
+        row = make_row(item, "failed", digest, error=f"{item.source}: {type(exc).__name__}: {str(exc).strip()[:300]}",
+                       seconds=time.perf_counter() - started, where=where())
+        row["traceback_logged"] = True
+        return row
     return make_row(item, status, digest, error=error, seconds=time.perf_counter() - started, where=where())
 
 
