@@ -1,9 +1,7 @@
-"""Where outputs go and how they are written: shared by ``heatmap``, ``bulk`` and benchmarks.
+"""Input discovery and output encoding, shared by the job engine, the server and benchmarks.
 
-Naming rule (no two inputs can share an output): an input's path relative to the common
-root of all inputs is mirrored under the output folder, and its *full* file name, extension
-included, is kept before the suffix: ``x/a.jpg`` -> ``OUT/x/a.jpg.heatmap.png``,
-``y/a.jpg`` -> ``OUT/y/a.jpg.heatmap.png``, ``a.png`` -> ``OUT/a.png.heatmap.png``.
+Output names (an input's path below the inputs' root, full file name kept, then a suffix
+from ``output_suffixes``) are made in one place, ``runtime.engine.plan``.
 """
 
 from __future__ import annotations
@@ -77,16 +75,6 @@ def output_suffixes(depth: str | None = None, overlay: bool = False, image_forma
     if overlay:
         out["overlay"] = SUFFIXES["overlay"].replace(".png", ext)
     return out
-
-
-def output_path(src: Path, root: Path, outdir: Path, suffix: str) -> Path:
-    """The output file for ``src`` with ``suffix`` (from ``output_suffixes``, or a video's)."""
-    rel = src.relative_to(root) if src.is_relative_to(root) else Path(src.name)
-    return outdir / rel.parent / (rel.name + suffix)
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 # Encoded settings per output kind. The heatmap PNG is not encoded by OpenCV but by
