@@ -224,19 +224,40 @@ def test_cli_warns_before_the_work_and_shows_progress(tmp_path, fixed_model, cal
     assert proc.stdout.startswith("int8-static model:") and "report:" in proc.stdout
 
 
-def test_speed_verdict_when_int8_is_not_faster(tmp_path, fixed_model, calib_dir, eval_dir):
-    """Every conv kept in float: the "INT8" model runs at fp32 speed, and the report says so
-    plainly (the wording per CPU is checked on its own below)."""
+def test_speed_verdict_when_int8_is_not_faster(tmp_path, fixed_model, calib_dir, eval_dir, monkeypatch):
+    """Every conv kept in float: the "INT8" model does fp32's work, and the report says so plainly.
+
+    The clock is the one thing replaced: a real all-float model times within noise of fp32, and on
+    a shared CI machine that noise crosses the 1.2x line either way. The stand-in still runs both
+    real sessions at every timing shape once, so the sessions the report times are the real ones;
+    the wording per CPU is checked on its own below."""
     import warnings
 
+    from quantize import report as report_mod
+
+    timed_shapes = []
+
+    def same_speed(sessions, shapes, runs=20, pause_s=0.1):
+        out = {}
+        for h, w in shapes:
+            x = np.zeros((1, 3, h, w), np.float32)
+            for s in sessions.values():
+                s.run(None, {s.get_inputs()[0].name: x})
+            timed_shapes.append((h, w))
+            out[f"{h}x{w}"] = {name: {"median_ms": ms, "p95_ms": ms, "min_ms": ms, "runs": runs}
+                               for name, ms in (("fp32", 20.0), ("int8", 19.0))}
+        return out
+
+    monkeypatch.setattr(report_mod, "latencies", same_speed)
     cfg = PRESETS["static"].with_(keep_float=("all",))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = quantize_model(fixed_model, tmp_path / "all-float.onnx", cfg, calib_dir, eval_dir, threads=2, latency_runs=10)
     r = res.report
     assert len(r["kept_float_nodes"]) == 97  # every conv of MiDaS small
-    assert min(r["speedup_vs_fp32"].values()) < 1.2
-    assert r["speed_verdict"].startswith("INT8 is not worth it here: ")
+    assert timed_shapes and set(r["speedup_vs_fp32"]) == {f"{h}x{w}" for h, w in timed_shapes}
+    assert all(v == pytest.approx(20.0 / 19.0) for v in r["speedup_vs_fp32"].values())
+    assert r["speed_verdict"].startswith("INT8 is not worth it here: 1.05x the speed of fp32")
     assert "verdict       INT8 is not worth it here" in describe(r)
 
 
