@@ -42,6 +42,9 @@ class _Base(str):
 
 @contextlib.contextmanager
 def running_server(model: Path, *args: str, wait_ready: bool = True, env: dict | None = None):
+    """A `midas-onnx serve` process; with ``--ray`` among ``args``, ready once every replica
+    answers ready (the ingress balances over them, so one ready answer is not enough)."""
+    on_ray = "--ray" in args
     port = free_port()
     log = Path(tempfile.mkdtemp(prefix="midas-serve-")) / "server.log"
     with open(log, "w") as sink:  # a file, not a pipe: a chatty server never blocks on it
@@ -51,7 +54,7 @@ def running_server(model: Path, *args: str, wait_ready: bool = True, env: dict |
     base = _Base(f"http://127.0.0.1:{port}")
     base.proc, base.log = proc, log
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + (180 if on_ray else 60)
         while True:
             assert proc.poll() is None, log.read_text()
             try:
@@ -64,19 +67,43 @@ def running_server(model: Path, *args: str, wait_ready: bool = True, env: dict |
         while wait_ready and httpx.get(base + "/readyz").status_code != 200:
             assert time.time() < deadline, "model did not load"
             time.sleep(0.1)
+        while on_ray and wait_ready and len(ready_replicas(base)) < int(_arg(args, "--replicas", "2")):
+            assert time.time() < deadline, "replicas did not load: " + log.read_text()[-3000:]
+            time.sleep(0.5)
         yield base
     finally:
         proc.terminate()
-        proc.wait(timeout=20)
+        proc.wait(timeout=120 if on_ray else 20)
+
+
+def _arg(args: tuple, flag: str, default: str) -> str:
+    return args[args.index(flag) + 1] if flag in args else default
+
+
+def ready_replicas(base: str, tries: int = 20) -> set[str]:
+    """Replicas (their X-Midas-Replica) that answered /readyz 200 in ``tries`` probes."""
+    seen = set()
+    for _ in range(tries):
+        r = httpx.get(base + "/readyz", timeout=10)
+        if r.status_code == 200:
+            seen.add(r.headers["x-midas-replica"])
+    return seen
+
+
+#: The shared servers run as one process and on Ray Serve (2 replicas of a local Ray): the same
+#: app must answer the same requests the same way on both.
+SERVER_KINDS = ["process", pytest.param("ray", marks=pytest.mark.ray_serve)]
+RAY_ARGS = {"process": (), "ray": ("--ray", "--replicas", "2")}
 
 
 def jpeg(rgb: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
 
 
-@pytest.fixture(scope="module")
-def server(fixed_model):
-    with running_server(fixed_model, "--job-ttl", "2") as base:
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def server(request, fixed_model):
+    with running_server(fixed_model, "--job-ttl", "2", *RAY_ARGS[request.param]) as base:
+        base.kind = request.param
         yield base
 
 
@@ -186,7 +213,7 @@ def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
         name, data = item
         return name, httpx.post(server + "/v1/depth", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
 
-    before = sample(httpx.get(server + "/metrics").text)
+    before = scrape_replicas(server)
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(send, uploads))
     for name, r in results:
@@ -199,9 +226,8 @@ def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
         assert heat.shape == want.shape
         # batched with others: float rounding may move a pixel by one colormap level
         assert np.abs(heat.astype(int) - want).max() <= 8 and (heat == want).mean() > 0.99
-    metrics = httpx.get(server + "/metrics").text
-    after = sample(metrics)
-    delta = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+    after = scrape_replicas(server)
+    delta = lambda key: sum(after[r].get(key, 0) - before[r].get(key, 0) for r in after)  # noqa: E731
     assert delta(("midas_requests_total", ("key", "-"), ("route", "/v1/depth"), ("status", "200"))) == 12
     assert delta(("midas_requests_total", ("key", "-"), ("route", "/v1/depth"), ("status", "422"))) == 1
     assert delta(("midas_request_seconds_count", ("route", "/v1/depth"))) == 13
@@ -209,9 +235,23 @@ def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
         assert delta(("midas_stage_seconds_count", ("stage", stage))) == (13 if stage == "decode" else 12), stage
     assert 0 < delta(("midas_stage_seconds_count", ("stage", "inference"))) <= 12
     assert delta(("midas_batch_size_sum",)) == 12
-    assert after[("midas_requests_in_flight",)] == 1  # this scrape
-    assert after[("process_resident_memory_bytes",)] > 50e6 and after[("process_cpu_seconds_total",)] > 0
-    assert ("midas_jobs", ("state", "running")) in after and "midas_queue_depth" in metrics
+    for one in after.values():  # each replica's own scrape
+        assert one[("midas_requests_in_flight",)] == 1  # this scrape
+        assert one[("process_resident_memory_bytes",)] > 50e6 and one[("process_cpu_seconds_total",)] > 0
+        assert ("midas_jobs", ("state", "running")) in one and ("midas_queue_depth",) in one
+
+
+def scrape_replicas(base: str) -> dict[str, dict[tuple, float]]:
+    """Each replica's /metrics by its X-Midas-Replica (one process: one entry). Under --ray the
+    ingress balances scrapes too, so this scrapes until every replica has answered."""
+    want = 2 if getattr(base, "kind", "process") == "ray" else 1
+    seen: dict[str, dict[tuple, float]] = {}
+    for _ in range(200):
+        r = httpx.get(base + "/metrics")
+        seen.setdefault(r.headers.get("x-midas-replica", "one"), sample(r.text))
+        if len(seen) == want:
+            return seen
+    raise AssertionError(f"only {len(seen)} of {want} replicas answered /metrics")
 
 
 def sample(text: str) -> dict[tuple, float]:

@@ -25,7 +25,7 @@ from serve import ServeSettings
 
 from .conftest import REPO
 from .test_image_header import png_bomb
-from .test_serve import free_port, jpeg, running_server, sample
+from .test_serve import RAY_ARGS, SERVER_KINDS, free_port, jpeg, running_server, sample, scrape_replicas
 from .test_serve_hardening import HeldInference, live_app, one_held_in_inference, post_async, wait_until
 
 JPEG = {"content-type": "image/jpeg"}
@@ -81,9 +81,10 @@ def points_for(n: int, seed: int = 0) -> list:
             zip(rng.integers(0, 600, n), rng.integers(0, 400, n), rng.uniform(1, 9, n), strict=True)]
 
 
-@pytest.fixture(scope="module")
-def hostile(fixed_model):
-    with running_server(fixed_model, "--max-known-points", "1000") as base:
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def hostile(request, fixed_model):
+    with running_server(fixed_model, "--max-known-points", "1000", *RAY_ARGS[request.param]) as base:
+        base.kind = request.param
         yield base
 
 
@@ -124,15 +125,15 @@ def test_many_known_points_cost_well_under_a_second(hostile, photo_set):
     ("DELETE", "/v1/jobs/abc", 405, "method_not_allowed"),
 ])
 def test_every_error_has_the_envelope_and_is_counted(hostile, photo_set, method, path, status, code):
-    before = sample(httpx.get(hostile + "/metrics").text)
+    before = scrape_replicas(hostile)
     r = httpx.request(method, hostile + path, content=jpeg(photo_set["coffee"]) if method == "POST" else None,
                       headers=JPEG)
     assert r.status_code == status and r.headers["content-type"] == "application/json"
     assert set(r.json()) == {"error"} and r.json()["error"]["code"] == code
     assert r.json()["error"]["status"] == status and r.json()["error"]["message"]
-    after = sample(httpx.get(hostile + "/metrics").text)
-    counted = [k for k in after if k[0] == "midas_requests_total" and ("status", str(status)) in k
-               and after[k] > before.get(k, 0)]
+    after = scrape_replicas(hostile)
+    counted = [k for r in after for k in after[r] if k[0] == "midas_requests_total" and ("status", str(status)) in k
+               and after[r][k] > before[r].get(k, 0)]
     assert counted, "not counted in midas_requests_total"
 
 
