@@ -241,13 +241,13 @@ def test_concurrent_clients_and_a_corrupt_upload(server, photo_set, expected):
         assert ("midas_jobs", ("state", "running")) in one and ("midas_queue_depth",) in one
 
 
-def scrape_replicas(base: str) -> dict[str, dict[tuple, float]]:
+def scrape_replicas(base: str, headers: dict | None = None) -> dict[str, dict[tuple, float]]:
     """Each replica's /metrics by its X-Midas-Replica (one process: one entry). Under --ray the
     ingress balances scrapes too, so this scrapes until every replica has answered."""
     want = 2 if getattr(base, "kind", "process") == "ray" else 1
     seen: dict[str, dict[tuple, float]] = {}
     for _ in range(200):
-        r = httpx.get(base + "/metrics")
+        r = httpx.get(base + "/metrics", headers=headers)
         seen.setdefault(r.headers.get("x-midas-replica", "one"), sample(r.text))
         if len(seen) == want:
             return seen

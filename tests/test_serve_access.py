@@ -4,6 +4,7 @@ refusal to serve beyond loopback without keys."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from .conftest import REPO
-from .test_serve import free_port, jpeg, running_server, sample
+from .test_serve import RAY_ARGS, SERVER_KINDS, free_port, jpeg, running_server, sample, scrape_replicas
 from .test_serve_hardening import wait_until
 
 KEY_A, KEY_B = "alpha-key-7f3e9c1d2b", "bravo-key-0a8b6c4e1f"
@@ -31,33 +32,49 @@ def bearer(key: str, **more) -> dict:
     return {"authorization": f"Bearer {key}", **more}
 
 
-@pytest.fixture(scope="module")
-def keyed(fixed_model, tmp_path_factory):
-    keys = tmp_path_factory.mktemp("keys") / "keys.txt"
+@contextlib.contextmanager
+def keyed_server(model, keys, *more):
     keys.write_text(f"# service keys\n{KEY_A}\n")
-    with running_server(fixed_model, "--api-key-file", str(keys), "--key-rate", "3", "--key-concurrency", "1",
-                        "--cors-origin", "https://app.example", env={"MIDAS_ONNX_API_KEYS": KEY_B}) as base:
+    with running_server(model, "--api-key-file", str(keys), "--key-rate", "3", "--key-concurrency", "1",
+                        "--cors-origin", "https://app.example", *more, env={"MIDAS_ONNX_API_KEYS": KEY_B}) as base:
         base.keys = keys
         yield base
 
 
-def test_no_key_wrong_key_right_key(keyed, photo_set):
+@pytest.fixture(scope="module")
+def keyed(fixed_model, tmp_path_factory):
+    """One process: its log, its signals and its per-key limits are what some tests read."""
+    with keyed_server(fixed_model, tmp_path_factory.mktemp("keys") / "keys.txt") as base:
+        yield base
+
+
+@pytest.fixture(scope="module", params=SERVER_KINDS)
+def keyed_any(request, fixed_model, tmp_path_factory):
+    """The same keyed service as one process and on Ray Serve (each replica checks keys,
+    hosts and origins itself)."""
+    with keyed_server(fixed_model, tmp_path_factory.mktemp("keys") / "keys.txt", *RAY_ARGS[request.param]) as base:
+        base.kind = request.param
+        yield base
+
+
+def test_no_key_wrong_key_right_key(keyed_any, photo_set):
     data = jpeg(photo_set["chelsea"])
-    none = httpx.post(keyed + "/v1/depth", content=data, headers=JPEG)
+    none = httpx.post(keyed_any + "/v1/depth", content=data, headers=JPEG)
     assert none.status_code == 401 and none.json()["error"]["code"] == "unauthorized"
     assert none.headers["www-authenticate"] == 'Bearer realm="midas-onnx"'
-    wrong = httpx.post(keyed + "/v1/depth", content=data, headers=bearer(KEY_A + "x", **JPEG))
+    wrong = httpx.post(keyed_any + "/v1/depth", content=data, headers=bearer(KEY_A + "x", **JPEG))
     assert wrong.status_code == 401 and 'error="invalid_token"' in wrong.headers["www-authenticate"]
-    assert httpx.post(keyed + "/v1/depth", content=data, headers=bearer(KEY_B, **JPEG), timeout=60).status_code == 200
+    assert httpx.post(keyed_any + "/v1/depth", content=data, headers=bearer(KEY_B, **JPEG), timeout=60).status_code == 200
     time.sleep(0.4)  # one request per key at --key-rate 3 bursts fine; keep the two tests apart
     # open routes: liveness, readiness (says keys are on) and the page; metrics need a key
-    assert httpx.get(keyed + "/healthz").status_code == 200
-    assert httpx.get(keyed + "/readyz").json()["auth"] is True
-    assert httpx.get(keyed + "/").status_code == 200
-    assert httpx.get(keyed + "/metrics").status_code == 401
-    metrics = sample(httpx.get(keyed + "/metrics", headers=bearer(KEY_A)).text)
-    assert metrics[("midas_requests_total", ("key", kid(KEY_B)), ("route", "/v1/depth"), ("status", "200"))] >= 1
-    assert metrics[("midas_refused_total", ("key", "-"), ("reason", "unauthorized"))] >= 2
+    assert httpx.get(keyed_any + "/healthz").status_code == 200
+    assert httpx.get(keyed_any + "/readyz").json()["auth"] is True
+    assert httpx.get(keyed_any + "/").status_code == 200
+    assert httpx.get(keyed_any + "/metrics").status_code == 401
+    metrics = scrape_replicas(keyed_any, bearer(KEY_A))
+    total = lambda key: sum(m.get(key, 0) for m in metrics.values())  # noqa: E731
+    assert total(("midas_requests_total", ("key", kid(KEY_B)), ("route", "/v1/depth"), ("status", "200"))) >= 1
+    assert total(("midas_refused_total", ("key", "-"), ("reason", "unauthorized"))) >= 2
 
 
 def test_keys_never_logged_only_their_ids(keyed):
@@ -88,32 +105,32 @@ def test_key_file_reloads_on_change_and_on_sighup(keyed):
     time.sleep(1.5)
 
 
-def test_foreign_host_is_refused(keyed):
+def test_foreign_host_is_refused(keyed_any):
     """A DNS-rebinding page reaches the server under its own name."""
-    r = httpx.get(keyed + "/readyz", headers={"host": "evil.example:8000"})
+    r = httpx.get(keyed_any + "/readyz", headers={"host": "evil.example:8000"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_host"
-    assert httpx.get(keyed + "/readyz", headers={"host": "localhost"}).status_code == 200
+    assert httpx.get(keyed_any + "/readyz", headers={"host": "localhost"}).status_code == 200
 
 
-def test_cross_site_post_is_refused_and_cors_origin_gets_cors(keyed, photo_set):
+def test_cross_site_post_is_refused_and_cors_origin_gets_cors(keyed_any, photo_set):
     data = jpeg(photo_set["chelsea"])
     browser = {"origin": "https://evil.example", "sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors",
                "content-type": "multipart/form-data; boundary=x"}
-    r = httpx.post(keyed + "/v1/depth", content=b"--x--", headers=browser | bearer(KEY_B))
+    r = httpx.post(keyed_any + "/v1/depth", content=b"--x--", headers=browser | bearer(KEY_B))
     assert r.status_code == 403 and r.json()["error"]["code"] == "cross_origin"
     no_origin = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors", "content-type": "image/jpeg"}
-    assert httpx.post(keyed + "/v1/depth", content=data, headers=no_origin | bearer(KEY_B)).status_code == 403
+    assert httpx.post(keyed_any + "/v1/depth", content=data, headers=no_origin | bearer(KEY_B)).status_code == 403
     # the allowed origin: a preflight without a key, then the call with one, both with CORS headers
-    pre = httpx.options(keyed + "/v1/depth", headers={"origin": "https://app.example",
+    pre = httpx.options(keyed_any + "/v1/depth", headers={"origin": "https://app.example",
                                                       "access-control-request-method": "POST",
                                                       "access-control-request-headers": "authorization"})
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example"
     assert "Authorization" in pre.headers["access-control-allow-headers"]
-    ok = httpx.post(keyed + "/v1/depth", content=data, timeout=60,
+    ok = httpx.post(keyed_any + "/v1/depth", content=data, timeout=60,
                     headers=bearer(KEY_B, origin="https://app.example", **JPEG))
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
     # same-origin page requests pass
-    same = httpx.get(keyed + "/v1/jobs/x", headers=bearer(KEY_B, origin=keyed, **{"sec-fetch-site": "same-origin"}))
+    same = httpx.get(keyed_any + "/v1/jobs/x", headers=bearer(KEY_B, origin=keyed_any, **{"sec-fetch-site": "same-origin"}))
     assert same.status_code == 404
 
 
