@@ -21,15 +21,15 @@ log = logging.getLogger("midas_onnx.serve")
 _prepared = False
 
 
-def prepare_process() -> None:
-    """Log the service's own lines on stderr (access log, errors) and cap glibc's malloc
-    arenas; uvicorn's own access log is silenced (serve.observe writes the one access log).
-    Idempotent."""
+def prepare_process(stream=None) -> None:
+    """Log the service's own lines on ``stream`` (default stderr: access log, errors) and cap
+    glibc's malloc arenas; uvicorn's own access log is silenced (serve.observe writes the one
+    access log). Idempotent."""
     global _prepared
     if _prepared:
         return
     _prepared = True
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger = logging.getLogger("midas_onnx")
     logger.addHandler(handler)

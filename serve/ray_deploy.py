@@ -25,6 +25,7 @@ import shutil
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -39,8 +40,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def haproxy_environment(temp_dir: str, max_query_bytes: int) -> dict[str, str]:
-    """Environment for a local Ray whose Serve ingress is HAProxy, its files under
+def local_ray_environment(temp_dir: str, max_query_bytes: int) -> dict[str, str]:
+    """Environment for a local Ray: replicas' log lines forwarded whole, and Serve's ingress
+    HAProxy, its files under
     ``temp_dir`` and its stats and metrics ports free ones (Ray's defaults are one fixed
     path and ports per machine). ``temp_dir`` must be short: Ray adds a 56-character
     directory and HAProxy refuses socket paths over 97 characters. Values already in the
@@ -66,6 +68,7 @@ def haproxy_environment(temp_dir: str, max_query_bytes: int) -> dict[str, str]:
         # how long a stopping replica keeps serving so a load balancer notices: ours polls
         # every 250 ms once a server fails; Ray's 30 s default is for outside balancers
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        "RAY_DEDUP_LOGS": "0",  # the replicas' access logs, forwarded whole: Ray folds "similar" lines
     }
     return {k: os.environ.get(k, v) for k, v in wanted.items()}
 
@@ -75,6 +78,7 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
     from ray import serve
 
     from .app import create_app
+    from .lifecycle import prepare_process
 
     opts = dict(max_ongoing_requests=max_ongoing, health_check_period_s=2, health_check_timeout_s=10,
                 graceful_shutdown_timeout_s=max(1.0, settings.drain_timeout_s),
@@ -97,6 +101,9 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
             self._midas_app = None
 
         def __serve_build_asgi_app__(self):
+            # the process's real stderr, which Ray forwards to the driver: Serve swaps sys.stderr
+            # for a logger whose lines it buffers (1,000 at a time) into its own files
+            prepare_process(sys.__stderr__)
             self._midas_app = create_app(self.settings)
             pid = str(os.getpid())
 
@@ -151,14 +158,14 @@ def run_on_ray(settings, address: str | None = None, replicas: int = 2, autoscal
     temp_dir = tempfile.mkdtemp(prefix="midas-ray-", dir="/tmp") if local else None
     hap_dir = tempfile.mkdtemp(prefix="mh-", dir="/tmp") if local else None
     if hap_dir:  # read by Ray's processes (and Serve's constants) when they start: before the import
-        os.environ.update(haproxy_environment(hap_dir, settings.max_query_bytes))
+        os.environ.update(local_ray_environment(hap_dir, settings.max_query_bytes))
 
     import ray
     from ray import serve
 
     from .ray_jobs import NAMESPACE, store_actor
 
-    init = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=False)
+    init = dict(namespace=NAMESPACE, include_dashboard=False, log_to_driver=True)
     if local:  # Ray's private _temp_dir: the only way to keep its files apart from another Ray's
         init |= dict(num_cpus=len(os.sched_getaffinity(0)), _temp_dir=temp_dir)
     ray.init(address=address or "local", **init)

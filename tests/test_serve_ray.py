@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -134,6 +135,11 @@ def test_depth_png_and_jobs_any_replica_answers(ray_base):
     job = g.json()
     assert job["completed"] == 3 and all("heatmap_png_base64" in e for e in job["results"])
     assert len(replica_pids(base)) == 2
+    log = ray_base[2]  # the replicas' access log reaches the driver's output, as one process writes it
+    deadline = time.time() + 30
+    while not re.search(r"POST /v1/depth 200 .*\n(.*\n)*.*GET /v1/jobs/nope 404", log.read_text()):
+        assert time.time() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
 
 
 def test_replica_killed_under_load(ray_base):
