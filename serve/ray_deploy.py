@@ -42,9 +42,8 @@ def _free_port() -> int:
 
 def local_ray_environment(temp_dir: str, max_query_bytes: int) -> dict[str, str]:
     """Environment for a local Ray: replicas' log lines forwarded whole, and Serve's ingress
-    HAProxy, its files under
-    ``temp_dir`` and its stats and metrics ports free ones (Ray's defaults are one fixed
-    path and ports per machine). ``temp_dir`` must be short: Ray adds a 56-character
+    HAProxy, its files under ``temp_dir`` and its stats and metrics ports free ones (Ray's
+    defaults are one fixed path and ports per machine). ``temp_dir`` must be short: Ray adds a 56-character
     directory and HAProxy refuses socket paths over 97 characters. Values already in the
     environment win: set ``RAY_SERVE_ENABLE_HA_PROXY=0`` for Ray's Python proxy.
 
