@@ -223,3 +223,59 @@ def test_ray_flags_need_ray(fixed_model):
     out = subprocess.run([sys.executable, "-m", "midas_onnx", "serve", "--ray", "--model", str(fixed_model),
                           "--autoscale", "3:1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "MIN:MAX" in out.stderr
+
+
+def test_joins_a_cluster_and_autoscales_with_load(fixed_model):
+    """``--address`` joins a running Ray (Ray's Python proxy here: the cluster was started
+    without the HAProxy settings) and ``--autoscale 1:2`` starts one replica, adds the second
+    under sustained load, and the driver leaves the cluster running when it stops."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkdtemp(prefix="midas-serve-ray-")) / "server.log"
+    try:
+        with open(log, "w") as sink:
+            proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--ray", "--model", str(fixed_model),
+                                     "--address", cluster.address, "--autoscale", "1:2", "--port", str(port)],
+                                    cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
+            time.sleep(0.5)
+        assert len(replica_pids(base, want=2, tries=20)) == 1  # the minimum, before any load
+
+        stop, seen = threading.Event(), set()
+
+        def client(_):
+            with httpx.Client(timeout=60) as c:
+                while not stop.is_set():
+                    r = c.post(base + "/v1/depth", content=jpeg(), headers={"content-type": "image/jpeg"})
+                    if r.status_code == 200:
+                        seen.add(r.headers["x-midas-replica"])
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(client, i) for i in range(8)]
+            deadline = time.time() + 120
+            while len(seen) < 2 and time.time() < deadline and not any(f.done() for f in futures):
+                time.sleep(0.5)
+            stop.set()
+            for f in futures:
+                f.result()  # a client's failure is the test's
+        assert len(seen) == 2, f"never scaled to 2 replicas: {seen}; " + log.read_text()[-2000:]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        import ray
+
+        ray.init(address=cluster.address)
+        try:
+            assert ray.is_initialized() and ray.cluster_resources().get("CPU") == 2  # the cluster lives on
+        finally:
+            ray.shutdown()
+    finally:
+        cluster.shutdown()
