@@ -135,10 +135,12 @@ def ratio(model: Path, payload: bytes, count: int, server_args: list[str]) -> di
             "cli_images_per_s": cli, "ratio": round(server["per_s"] / cli, 3)}
 
 
-def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2) -> dict:
+def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2, ray_args: tuple[str, ...] = ()) -> dict:
     """``--ray``: `serve --ray` with ``replicas`` single-threaded replicas against the
     single-process server (default flags), both at 16 `ab` clients, in the same run; start-up
-    time (launch to /readyz 200 from every replica) and RSS per replica."""
+    time (launch to /readyz 200 from every replica) and RSS per replica. ``ray_args``
+    (``--server-arg``) go to the Ray server only, e.g. ``--max-batch 1`` to measure its
+    replicas without our batching."""
     from runtime.cpu import cpu_name, int8_flags
 
     out: dict = {"cpu": cpu_name(), "cpu_flags": int8_flags()}
@@ -152,14 +154,14 @@ def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2) -> di
         proc.terminate()
         proc.wait()
     t0 = time.monotonic()
-    proc, base = start(model, "--ray", "--replicas", str(replicas), ready_s=300)
+    proc, base = start(model, "--ray", "--replicas", str(replicas), *ray_args, ready_s=300)
     try:
         pids: set[int] = set()
         while len(pids) < replicas and time.monotonic() - t0 < 300:
             r = httpx.get(base + "/readyz", timeout=5)
             if r.status_code == 200:
                 pids.add(int(r.headers["x-midas-replica"]))
-        ray_out = {"replicas": replicas, "ready_s": round(time.monotonic() - t0, 1)}
+        ray_out = {"replicas": replicas, "args": list(ray_args), "ready_s": round(time.monotonic() - t0, 1)}
         ab(base, payload, 16, 64)
         ray_out["ab_16"] = ab(base, payload, 16, count)
         ray_out["rss_mb_per_replica"] = [round(rss_mb(p), 1) for p in sorted(pids)]
@@ -186,7 +188,7 @@ def main() -> None:
     payload = cv2.imencode(".jpg", cv2.resize(skimage.data.astronaut()[:, :, ::-1], (640, 480)))[1].tobytes()
     report: dict = {"model": str(args.model), "photo": "640x480 JPEG"}
     if args.ray:
-        report["ray"] = ray_vs_one(args.model, payload, args.ratio_requests)
+        report["ray"] = ray_vs_one(args.model, payload, args.ratio_requests, ray_args=tuple(args.server_arg))
         print(json.dumps(report, indent=2))
         return
     if args.only in (None, "ratio"):

@@ -128,6 +128,21 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
     return MidasIngress.bind(settings)
 
 
+def app_builder(args: dict | None = None):
+    """The deployment for Ray Serve's own tools: a RayService's or ``serve run``'s
+    ``import_path: serve.ray_deploy:app_builder``, with ``args`` ``replicas`` or
+    ``autoscale: "MIN:MAX"``; service settings from the environment (``MIDAS_ONNX_*``, as
+    ``uvicorn --factory``). Creates the detached job store if the cluster has none."""
+    from .ray_jobs import store_actor
+    from .settings import ServeSettings
+
+    args = args or {}
+    settings = replica_settings(ServeSettings.from_env())
+    scale = tuple(int(n) for n in str(args["autoscale"]).split(":")) if "autoscale" in args else None
+    store_actor(settings, detached=True)
+    return build(settings, int(args.get("replicas", 2)), scale)  # type: ignore[arg-type]
+
+
 def replica_settings(settings):
     """One inference worker per replica, single-threaded unless --threads says otherwise;
     jobs in the Ray store."""

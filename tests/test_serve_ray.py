@@ -279,3 +279,57 @@ def test_joins_a_cluster_and_autoscales_with_load(fixed_model):
             ray.shutdown()
     finally:
         cluster.shutdown()
+
+
+DEPLOY_WITH_RAY_TOOLS = """
+import signal, sys, threading, ray
+from ray import serve
+from serve.ray_deploy import app_builder
+ray.init(num_cpus=2, include_dashboard=False)
+serve.start(http_options={"host": "127.0.0.1", "port": int(sys.argv[1])})
+serve.run(app_builder({"replicas": 1}), name="midas", route_prefix="/", blocking=False)
+print("deployed", flush=True)
+done = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: done.set())
+done.wait()
+serve.shutdown()
+ray.shutdown()
+"""
+
+
+def test_app_builder_is_what_a_rayservice_deploys(fixed_model):
+    """``import_path: serve.ray_deploy:app_builder`` (a RayService, ``serve run``): settings
+    from the environment, the job store created, the same routes."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkdtemp(prefix="midas-serve-ray-")) / "builder.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", DEPLOY_WITH_RAY_TOOLS, str(port)], cwd=REPO, stdout=sink,
+                                stderr=subprocess.STDOUT, env={**os.environ, "MIDAS_ONNX_MODEL": str(fixed_model),
+                                                               "MIDAS_ONNX_MAX_BODY_MB": "1"})
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
+            time.sleep(0.5)
+        r = httpx.post(base + "/v1/jobs", files=[("file", ("a.jpg", jpeg(), "image/jpeg"))], timeout=60)
+        assert r.status_code == 202, r.text
+        deadline = time.time() + 60
+        while (job := httpx.get(base + r.json()["url"], timeout=10).json())["status"] != "done":
+            assert time.time() < deadline, job
+            time.sleep(0.2)
+        assert "heatmap_png_base64" in job["results"][0]
+        big = httpx.post(base + "/v1/depth", content=b"\xff" * 1_100_000, headers={"content-type": "image/jpeg"},
+                         timeout=60)
+        assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"  # the environment's limit
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
