@@ -111,9 +111,10 @@ def read(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     return decode(data, str(path), max_pixels)
 
 
-def check_header(data: bytes | bytearray | memoryview, name: str, max_pixels: int) -> None:
-    """Refuse, from the header alone, a file above ``max_pixels`` or of a format whose header
-    is not read (so no format reaches the decoder unchecked); costs microseconds, no pixels."""
+def check_header(data: bytes | bytearray | memoryview, name: str, max_pixels: int) -> int:
+    """The pixels the header declares; refuses, from the header alone, a file above
+    ``max_pixels`` or of a format whose header is not read (so no format reaches the decoder
+    unchecked). Costs microseconds, no pixels."""
     try:
         found = header_size(data)
     except HeaderError as exc:
@@ -127,6 +128,7 @@ def check_header(data: bytes | bytearray | memoryview, name: str, max_pixels: in
         raise ImageTooLarge(
             f"{name}: {fmt} header declares {width}x{height} ({width * height:,} pixels): exceeds the pixel "
             f"limit ({max_pixels:,} pixels); refused before decoding (decompression-bomb guard)")
+    return width * height
 
 
 def check_pixels(image: np.ndarray, name: str, max_pixels: int) -> None:

@@ -36,6 +36,7 @@ class Metrics:
                                buckets=_STAGE_BUCKETS)
         self.jobs = Gauge("midas_jobs", "Jobs held, by state", ["state"], registry=r)
         self.jobs_bytes = Gauge("midas_jobs_bytes", "Bytes held by jobs (uploads waiting, results kept)", registry=r)
+        self.work_bytes = Gauge("midas_work_bytes", "Bytes charged to images in process (serve.budget)", registry=r)
         self.refused = Counter("midas_refused_total", "Requests refused by access control or limits",
                                ["reason", "key"], registry=r)
 

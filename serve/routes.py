@@ -100,18 +100,19 @@ def depth_router(svc: Service) -> APIRouter:
         points = parse_points(known_depths, fmt, settings.max_known_points)
         with _working(svc):
             (name, data), = await read_images(request, settings, svc.uploads, max_count=1)
-            deadline = time.monotonic() + settings.request_timeout_s
-            result = await svc.infer(data, name, request)
-            del data
-            started = time.perf_counter()
-            try:
-                response = await asyncio.wait_for(
-                    asyncio.to_thread(render, result, fmt, cmap, overlay, alpha, svc.hm.info.precision, points),
-                    max(0.001, deadline - time.monotonic()))
-            except TimeoutError:
-                raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s:g} s") from None
-            svc.metrics.stage.labels("render").observe(time.perf_counter() - started)
-            return response
+            async with svc.holding(data, name):
+                deadline = time.monotonic() + settings.request_timeout_s
+                result = await svc.infer(data, name, request)
+                del data
+                started = time.perf_counter()
+                try:
+                    response = await asyncio.wait_for(
+                        asyncio.to_thread(render, result, fmt, cmap, overlay, alpha, svc.hm.info.precision, points),
+                        max(0.001, deadline - time.monotonic()))
+                except TimeoutError:
+                    raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s:g} s") from None
+                svc.metrics.stage.labels("render").observe(time.perf_counter() - started)
+                return response
 
     return router
 
@@ -161,8 +162,10 @@ async def _run_job(svc: Service, job, uploads: list[tuple[str, bytes]], cmap: in
     async def one(index: int, name: str, data: bytes) -> None:
         async with gate:
             try:
-                result = await svc.infer(data, name, job=True)
-                entry = {"name": name, **await asyncio.to_thread(summary, result, cmap, svc.hm.info.precision)}
+                async with svc.holding(data, name, job=True):
+                    result = await svc.infer(data, name, job=True)
+                    entry = {"name": name, **await asyncio.to_thread(summary, result, cmap, svc.hm.info.precision)}
+                    del result
             except ApiError as exc:
                 entry = {"name": name, "error": exc.entry()}
             svc.jobs.add(job, index, entry, len(entry.get("heatmap_png_base64", "")), len(data))

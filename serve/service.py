@@ -9,6 +9,7 @@ accepted work (requests and jobs) finishes, for at most ``drain_timeout_s``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -17,9 +18,10 @@ import numpy as np
 from starlette.requests import Request
 
 from runtime import DepthHeatmapper, ImageError, ImageTooLarge
-from runtime.images import decode
+from runtime.images import check_header, decode
 
 from .batcher import Batcher, QueueFull, WorkerDied
+from .budget import BYTES_PER_PIXEL, WorkBudget
 from .errors import ApiError
 from .jobs import JobStore
 from .observe import Metrics
@@ -39,6 +41,7 @@ class Service:
         self.jobs = jobs if jobs is not None else _job_store(settings)
         self.metrics = Metrics()
         self.uploads = UploadGate(settings.max_uploads, settings.retry_after_s)
+        self.work = WorkBudget(settings.max_work_bytes)
         self.draining = False
         self.active = 0  # work requests in progress (uploads, inference, rendering)
         self._tasks: set[asyncio.Task] = set()
@@ -49,6 +52,7 @@ class Service:
         self.spawn(self._expire_jobs())
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth() if self.batcher else 0)
         self.metrics.jobs_bytes.set_function(lambda: self.jobs.held)
+        self.metrics.work_bytes.set_function(lambda: self.work.held)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
@@ -123,6 +127,24 @@ class Service:
         return self.batcher  # type: ignore[return-value]
 
     # -- work ----------------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def holding(self, data: bytes, name: str, job: bool = False):
+        """The block (inference and rendering of ``data``) charged to the work budget: the
+        body plus ``BYTES_PER_PIXEL`` per pixel its header declares (a header that cannot be
+        read is the image's error, before anything is held). Refused with 503 when it does
+        not fit; a job image (``job``) waits for room."""
+        try:
+            pixels = check_header(data, name, self.settings.max_pixels)
+        except ImageTooLarge as exc:
+            raise ApiError(413, "too_many_pixels", str(exc)) from None
+        except ImageError as exc:
+            raise ApiError(422, "bad_image", str(exc)) from None
+        async with self.work.hold(len(data) + pixels * BYTES_PER_PIXEL, wait=job) as granted:
+            if not granted:
+                raise ApiError(503, "busy", f"the images in process hold {self.work.held / 2**20:,.0f} MB of "
+                               f"{self.work.limit / 2**20:,.0f} MB; retry shortly", retry_after=self.settings.retry_after_s)
+            yield
+
     async def infer(self, data: bytes, name: str, request: Request | None = None, job: bool = False):
         """Bytes -> DepthResult: admitted, then decoded once, then batched. A request waits
         at most ``request_timeout_s`` in all and gives its place back when its client goes;

@@ -34,6 +34,7 @@ class ServeSettings:
     max_jobs: int = 256
     max_images_per_job: int = 16
     max_job_bytes: int = 512 * MB  # uploads waiting and results held, all jobs together
+    max_work_bytes: int = 2048 * MB  # bodies and pixels of images being decoded, inferred and rendered (serve.budget)
     retry_after_s: int = 1
     access_log: bool = True
     max_uploads: int = 32  # request bodies being received at once
@@ -56,6 +57,15 @@ class ServeSettings:
     key_rate: float = 0.0  # requests per second per key (0: no limit)
     key_burst: int = 0  # bucket size (0: max(1, 2 x rate))
     key_concurrency: int = 0  # requests in progress per key (0: no limit)
+
+    def __post_init__(self) -> None:
+        from .budget import BYTES_PER_PIXEL
+
+        one = self.max_body_bytes + self.max_pixels * BYTES_PER_PIXEL
+        if self.max_work_bytes < one:
+            raise ValueError(f"--max-work-mb {self.max_work_bytes / MB:,.0f} is below what one image may take "
+                             f"({one / MB:,.0f} MB: the body limit plus {BYTES_PER_PIXEL} bytes for each of "
+                             f"--max-pixels); raise it or lower those")
 
     @property
     def inference_workers(self) -> int:
@@ -118,6 +128,7 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "MIDAS_ONNX_TIMEOUT": ("request_timeout_s", _float),
     "MIDAS_ONNX_JOB_TTL": ("job_ttl_s", _float),
     "MIDAS_ONNX_MAX_JOB_MB": ("max_job_bytes", lambda t: int(_float(t) * MB)),
+    "MIDAS_ONNX_MAX_WORK_MB": ("max_work_bytes", lambda t: int(_float(t) * MB)),
     "MIDAS_ONNX_MAX_UPLOADS": ("max_uploads", _int),
     "MIDAS_ONNX_BODY_TIMEOUT": ("body_timeout_s", _float),
     "MIDAS_ONNX_MAX_KNOWN_POINTS": ("max_known_points", _int),

@@ -217,7 +217,10 @@ class _Stream:
             self.svc.active += 1  # accepted work: a drain waits for it
             try:
                 try:
-                    result = await self.svc.infer(data, f"frame {index}")
+                    async with self.svc.holding(data, f"frame {index}"):
+                        result = await self.svc.infer(data, f"frame {index}")
+                        del data
+                        heat, cut = await asyncio.to_thread(self._render, result)
                 except ApiError as exc:
                     if exc.code == "busy":  # the queue is full: this frame is dropped, not queued
                         self._drop("busy")
@@ -228,8 +231,6 @@ class _Stream:
                     self.metrics["frames"].labels("error").inc()
                     await self._send_json({"frame": index, "error": exc.entry()})
                     continue
-                del data
-                heat, cut = await asyncio.to_thread(self._render, result)
             finally:
                 self.svc.active -= 1
             latency = (time.perf_counter() - arrival) * 1000

@@ -34,6 +34,8 @@ _POS = click.FloatRange(min=0, min_open=True)
 @click.option("--max-known-points", type=_INT1, default=None, help="known_depths points per request [256].")
 @click.option("--job-ttl", "job_ttl_s", type=_POS, default=None, help="Seconds a finished job's result is kept [600].")
 @click.option("--max-job-mb", type=_POS, default=None, help="Bytes all jobs may hold (uploads + results) [512].")
+@click.option("--max-work-mb", type=_POS, default=None,
+              help="Bytes the images in process may hold (body + 32 per pixel); beyond: 503 [2048].")
 @click.option("--drain-timeout", "drain_timeout_s", type=click.FloatRange(min=0), default=None,
               help="On SIGTERM: seconds accepted work may take to finish before exit [30].")
 @click.option("--quiet", is_flag=True, default=None, help="No access log (one line per request, on by default).")
@@ -53,7 +55,8 @@ _POS = click.FloatRange(min=0, min_open=True)
 @click.option("--replicas", type=_INT1, default=2, show_default=True, help="With --ray: replicas, 1 worker each.")
 @click.option("--autoscale", default=None, metavar="MIN:MAX", help="With --ray: autoscale on ongoing requests.")
 def command(host: str, port: int, model: Path | None, quiet: bool | None, max_body_mb: float | None,
-            max_job_mb: float | None, allowed_hosts: tuple[str, ...], cors_origins: tuple[str, ...],
+            max_job_mb: float | None, max_work_mb: float | None, allowed_hosts: tuple[str, ...],
+            cors_origins: tuple[str, ...],
             use_ray: bool, address: str | None, replicas: int, autoscale: str | None, **given) -> None:
     """Serve depth heatmaps over HTTP, with an upload page at / and the API under /v1."""
     require_extra("serve", "fastapi", "uvicorn", "multipart", "prometheus_client")
@@ -80,6 +83,7 @@ def command(host: str, port: int, model: Path | None, quiet: bool | None, max_bo
     given |= {"access_log": None if quiet is None else not quiet,
               "max_body_bytes": int(max_body_mb * mb) if max_body_mb else None,
               "max_job_bytes": int(max_job_mb * mb) if max_job_mb else None,
+              "max_work_bytes": int(max_work_mb * mb) if max_work_mb else None,
               "cors_origins": cors_origins or None,
               "allowed_hosts": (allowed_hosts + (() if is_loopback(host) or host in ("0.0.0.0", "::") else (host,)))
               or None}
