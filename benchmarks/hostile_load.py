@@ -46,8 +46,13 @@ def png_bomb(width: int = 9000, height: int = 11000) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def hostile(kind: str, base: str, photo: bytes, stop: threading.Event, codes: dict, lock: threading.Lock) -> None:
-    """One attacker looping until ``stop`` is set; counts what the server answered."""
+def hostile(kind: str, base: str, photo: bytes, stop: threading.Event, codes: dict, lock: threading.Lock,
+            nice: int = 0) -> None:
+    """One attacker looping until ``stop`` is set; counts what the server answered. ``nice``:
+    this thread's scheduling niceness (19: it runs on CPU time the server leaves idle, as an
+    attacker on another machine would)."""
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
     bomb = png_bomb() if kind == "bomb" else b""
     rng = np.random.default_rng(abs(hash(threading.current_thread().name)) % 2**32)
     with httpx.Client(timeout=60) as http:
@@ -106,6 +111,9 @@ def main() -> None:
     parser.add_argument("--body-timeout", default="5")
     parser.add_argument("--attack", default="bomb:3,points:3,slow:2",
                         help="hostile clients by kind (bomb, points, slow), e.g. bomb:6,slow:2")
+    parser.add_argument("--attackers-nice", type=int, default=0, choices=range(20), metavar="0-19",
+                        help="the attackers' niceness: 19 models attackers on other machines (their own CPU "
+                             "time not taken from the server's cores)")
     args = parser.parse_args()
     import skimage.data
 
@@ -123,7 +131,7 @@ def main() -> None:
         lock = threading.Lock()
         stop = threading.Event()
         kinds = [k for part in args.attack.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1])]
-        threads = [threading.Thread(target=hostile, args=(k, base, photo, stop, codes, lock), name=f"{k}{i}",
+        threads = [threading.Thread(target=hostile, args=(k, base, photo, stop, codes, lock, args.attackers_nice), name=f"{k}{i}",
                                     daemon=True) for i, k in enumerate(kinds)]
         for t in threads:
             t.start()
@@ -140,7 +148,8 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    report = {"cpu": cpu_name(), "cpu_flags": int8_flags(), "honest_clients": 4, "hostile_clients": dict(
+    report = {"cpu": cpu_name(), "cpu_flags": int8_flags(), "attackers_nice": args.attackers_nice,
+              "honest_clients": 4, "hostile_clients": dict(
         (k, kinds.count(k)) for k in HOSTILE_KINDS), "alone": alone, "attacked": attacked,
         "p95_ratio": round(attacked["p95_ms"] / max(1, alone["p95_ms"]), 2),
         "hostile_answers": codes, "server_peak_rss_mb": {"alone": round(rss_alone, 1), "attacked": round(peak, 1)}}
