@@ -66,6 +66,28 @@ def test_store_bounds_ttl_and_lost_lease(monkeypatch):
 
 
 # -- a real local Ray ----------------------------------------------------------------------------
+def stop(proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    """SIGTERM (the graceful stop under test), then SIGKILL if it does not end in time."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
+    """Until ``base`` answers /readyz 200; the process's output if it dies or never does."""
+    deadline = time.time() + timeout_s
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                return
+        assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
+        time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def ray_server(model: Path, *args: str):
     port = free_port()
@@ -76,22 +98,10 @@ def ray_server(model: Path, *args: str):
                                 env={**os.environ, "MIDAS_ONNX_JOB_LEASE": "3"})
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_ready(base, proc, log)
         yield base, proc, log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -240,14 +250,7 @@ def test_joins_a_cluster_and_autoscales_with_load(fixed_model):
             proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "serve", "--ray", "--model", str(fixed_model),
                                      "--address", cluster.address, "--autoscale", "1:2", "--port", str(port)],
                                     cwd=REPO, stdout=sink, stderr=subprocess.STDOUT)
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_ready(base, proc, log)
         assert len(replica_pids(base, want=2, tries=20)) == 1  # the minimum, before any load
 
         stop, seen = threading.Event(), set()
@@ -308,14 +311,7 @@ def test_app_builder_is_what_a_rayservice_deploys(fixed_model):
                                 stderr=subprocess.STDOUT, env={**os.environ, "MIDAS_ONNX_MODEL": str(fixed_model),
                                                                "MIDAS_ONNX_MAX_BODY_MB": "1"})
     try:
-        deadline = time.time() + 180
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            assert time.time() < deadline, "not ready: " + log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_ready(base, proc, log)
         r = httpx.post(base + "/v1/jobs", files=[("file", ("a.jpg", jpeg(), "image/jpeg"))], timeout=60)
         assert r.status_code == 202, r.text
         deadline = time.time() + 60
@@ -327,9 +323,4 @@ def test_app_builder_is_what_a_rayservice_deploys(fixed_model):
                          timeout=60)
         assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"  # the environment's limit
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        stop(proc)
