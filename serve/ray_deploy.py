@@ -163,6 +163,30 @@ def _stop_orphaned_haproxy(hap_dir: str) -> None:
                 os.kill(int(pid), signal.SIGTERM)
 
 
+def _ingress_error_page(hap_dir: str, retry_after_s: int, wait_s: float = 20.0) -> bool:
+    """HAProxy's own answer when a replica fails under a request (a process killed mid-way)
+    becomes the service's 503 envelope with Retry-After, not Ray's plain-text 500. Private:
+    Ray Serve has no setting for it; it writes ``500.http`` beside HAProxy's config when its
+    HAProxy manager starts and HAProxy reads it at each reload, so this must run after
+    ``serve.start`` and before the app's replicas are added. False (Ray's page kept) if the
+    file does not appear."""
+    import glob
+    import json
+
+    deadline = time.monotonic() + wait_s
+    while not (pages := glob.glob(os.path.join(hap_dir, "*", "500.http"))):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    body = json.dumps({"error": {"status": 503, "code": "replica_unavailable", "message":
+                                 "the replica handling this request stopped; retry"}}).encode()
+    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Retry-After: {retry_after_s}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    for page in pages:
+        Path(page).write_bytes(head.encode() + body)
+    return True
+
+
 def run_on_ray(settings, address: str | None = None, replicas: int = 2, autoscale: tuple[int, int] | None = None,
                host: str = "127.0.0.1", port: int = 8000, ready=None) -> None:
     """Deploy and serve until SIGINT/SIGTERM, then delete the app (replicas drain) and shut
@@ -190,6 +214,8 @@ def run_on_ray(settings, address: str | None = None, replicas: int = 2, autoscal
         settings = replica_settings(settings)
         store = store_actor(settings, detached=not local)  # noqa: F841 - held: a non-detached actor dies with its last handle
         serve.start(http_options={"host": host, "port": port})
+        if hap_dir and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+            _ingress_error_page(hap_dir, settings.retry_after_s)
         serve.run(build(settings, replicas, autoscale), name=APP_NAME, route_prefix="/", blocking=False)
         print(f"midas-onnx serve --ray: {replicas if not autoscale else '%d..%d' % autoscale} replica(s) "
               f"on http://{host}:{port} (deployed in {time.monotonic() - t0:.1f} s)", flush=True)
