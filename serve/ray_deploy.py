@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -214,8 +214,10 @@ def run_on_ray(settings, address: str | None = None, replicas: int = 2, autoscal
         settings = replica_settings(settings)
         store = store_actor(settings, detached=not local)  # noqa: F841 - held: a non-detached actor dies with its last handle
         serve.start(http_options={"host": host, "port": port})
-        if hap_dir and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
-            _ingress_error_page(hap_dir, settings.retry_after_s)
+        if hap_dir and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and not _ingress_error_page(
+                hap_dir, settings.retry_after_s):
+            print("midas-onnx serve --ray: HAProxy's error page not found; a failed replica's requests get "
+                  "Ray's plain-text 500", file=sys.stderr, flush=True)
         serve.run(build(settings, replicas, autoscale), name=APP_NAME, route_prefix="/", blocking=False)
         print(f"midas-onnx serve --ray: {replicas if not autoscale else '%d..%d' % autoscale} replica(s) "
               f"on http://{host}:{port} (deployed in {time.monotonic() - t0:.1f} s)", flush=True)
