@@ -166,7 +166,8 @@ class AccessControl:
         self.allow_any_host = "*" in s.allowed_hosts
         self.hosts = LOOPBACK_HOSTS | {h.lower() for h in s.allowed_hosts}
         self.cors = frozenset(o.rstrip("/") for o in s.cors_origins)
-        self.open_paths = {"/healthz", "/", "/live"} | ({"/readyz"} if s.public_readyz else set()) | (
+        pages = {"/", "/live", "/static/key.js"}  # they ask for the key themselves
+        self.open_paths = {"/healthz"} | pages | ({"/readyz"} if s.public_readyz else set()) | (
             {"/metrics"} if s.public_metrics else set())
 
     async def __call__(self, scope, receive, send) -> None:

@@ -74,6 +74,12 @@ def health_router(svc: Service, auth_on=lambda: False) -> APIRouter:
     async def index() -> HTMLResponse:
         return HTMLResponse(files("serve").joinpath("static/index.html").read_text(encoding="utf-8"))
 
+    @router.get("/static/key.js", include_in_schema=False)
+    async def key_script() -> Response:
+        """The API key prompt both pages load."""
+        return Response(files("serve").joinpath("static/key.js").read_text(encoding="utf-8"),
+                        media_type="text/javascript")
+
     return router
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import struct
 import time
-import zlib
 
 import cv2
 import numpy as np
 import pytest
 
+from benchmarks.hostile_load import png_bomb  # the issue's 99 MP file, made row by row
 from runtime import ImageError, ImageTooLarge
 from runtime import images
 from runtime.image_header import header_size
@@ -26,19 +25,6 @@ def encoded(ext: str, params=()) -> bytes:
     if ext in (".pfm", ".hdr"):
         img = img.astype(np.float32) / 255
     return cv2.imencode(ext, img, list(params))[1].tobytes()
-
-
-def png_bomb(width: int = 9000, height: int = 11000) -> bytes:
-    """A real 16-bit grayscale PNG of width x height zeros: a few hundred KB that decode to
-    ~200 MB (the issue's 99 MP file). Compressed row by row, never held whole."""
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    z = zlib.compressobj(9)
-    row = b"\x00" * (1 + 2 * width)
-    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 @pytest.fixture()

@@ -11,7 +11,8 @@ import pytest
 from .test_serve import running_server
 
 
-def chromium():
+def chromium(*more_flags: str):
+    """Debian's headless Chromium under Selenium; ``more_flags`` added to the usual ones."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -23,7 +24,7 @@ def chromium():
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,900"):
+                 "--window-size=1200,900", *more_flags):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
 

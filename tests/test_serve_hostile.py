@@ -21,10 +21,10 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks.hostile_load import png_bomb
 from serve import ServeSettings
 
 from .conftest import REPO
-from .test_image_header import png_bomb
 from .test_serve import RAY_ARGS, SERVER_KINDS, free_port, jpeg, running_server, sample, scrape_replicas
 from .test_serve_hardening import HeldInference, live_app, one_held_in_inference, post_async, wait_until
 
