@@ -43,9 +43,9 @@ def _free_port() -> int:
 def local_ray_environment(temp_dir: str, max_query_bytes: int) -> dict[str, str]:
     """Environment for a local Ray: replicas' log lines forwarded whole, and Serve's ingress
     HAProxy, its files under ``temp_dir`` and its stats and metrics ports free ones (Ray's
-    defaults are one fixed path and ports per machine). ``temp_dir`` must be short: Ray adds a 56-character
-    directory and HAProxy refuses socket paths over 97 characters. Values already in the
-    environment win: set ``RAY_SERVE_ENABLE_HA_PROXY=0`` for Ray's Python proxy.
+    defaults are one fixed path and ports per machine). ``temp_dir`` must be short: Ray adds
+    a 56-character directory and HAProxy refuses socket paths over 97 characters. Values
+    already in the environment win: set ``RAY_SERVE_ENABLE_HA_PROXY=0`` for Ray's Python proxy.
 
     HAProxy holds a request's line and headers in one buffer (16 KB by default), so the buffer
     is sized to the service's own query limit plus 16 KB of headers, or a long
@@ -128,6 +128,17 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
     return MidasIngress.bind(settings)
 
 
+def parse_autoscale(text: str) -> tuple[int, int]:
+    """``"MIN:MAX"`` -> (MIN, MAX) with 1 <= MIN <= MAX; ValueError otherwise."""
+    try:
+        low, high = (int(n) for n in str(text).split(":"))
+    except ValueError:
+        raise ValueError(f"autoscale {text!r}: MIN:MAX with 1 <= MIN <= MAX") from None
+    if not 1 <= low <= high:
+        raise ValueError(f"autoscale {text!r}: MIN:MAX with 1 <= MIN <= MAX")
+    return low, high
+
+
 def app_builder(args: dict | None = None):
     """The deployment for Ray Serve's own tools: a RayService's or ``serve run``'s
     ``import_path: serve.ray_deploy:app_builder``, with ``args`` ``replicas`` or
@@ -138,9 +149,9 @@ def app_builder(args: dict | None = None):
 
     args = args or {}
     settings = replica_settings(ServeSettings.from_env())
-    scale = tuple(int(n) for n in str(args["autoscale"]).split(":")) if "autoscale" in args else None
+    scale = parse_autoscale(args["autoscale"]) if "autoscale" in args else None
     store_actor(settings, detached=True)
-    return build(settings, int(args.get("replicas", 2)), scale)  # type: ignore[arg-type]
+    return build(settings, int(args.get("replicas", 2)), scale)
 
 
 def replica_settings(settings):
@@ -173,13 +184,15 @@ def _ingress_error_page(hap_dir: str, retry_after_s: int, wait_s: float = 20.0) 
     import glob
     import json
 
+    from .errors import ApiError
+
     deadline = time.monotonic() + wait_s
     while not (pages := glob.glob(os.path.join(hap_dir, "*", "500.http"))):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
-    body = json.dumps({"error": {"status": 503, "code": "replica_unavailable", "message":
-                                 "the replica handling this request stopped; retry"}}).encode()
+    error = ApiError(503, "replica_unavailable", "the replica handling this request stopped; retry")
+    body = json.dumps({"error": error.entry()}).encode()  # the service's own envelope
     head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
             f"Retry-After: {retry_after_s}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     for page in pages:

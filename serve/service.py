@@ -135,10 +135,8 @@ class Service:
         not fit; a job image (``job``) waits for room."""
         try:
             pixels = check_header(data, name, self.settings.max_pixels)
-        except ImageTooLarge as exc:
-            raise ApiError(413, "too_many_pixels", str(exc)) from None
         except ImageError as exc:
-            raise ApiError(422, "bad_image", str(exc)) from None
+            raise _image_error(exc) from None
         async with self.work.hold(len(data) + pixels * BYTES_PER_PIXEL, wait=job) as granted:
             if not granted:
                 raise ApiError(503, "busy", f"the images in process hold {self.work.held / 2**20:,.0f} MB of "
@@ -160,10 +158,8 @@ class Service:
             if work not in done:
                 raise ApiError(499, "client_gone", "the client disconnected")
             return work.result()
-        except ImageTooLarge as exc:
-            raise ApiError(413, "too_many_pixels", str(exc)) from None
         except ImageError as exc:
-            raise ApiError(422, "bad_image", str(exc)) from None
+            raise _image_error(exc) from None
         except QueueFull:
             raise ApiError(503, "busy", "the inference queue is full; retry shortly",
                            retry_after=self.settings.retry_after_s) from None
@@ -175,6 +171,13 @@ class Service:
             for task in (work, watch):
                 if task is not None and not task.done():
                     task.cancel()
+
+
+def _image_error(exc: ImageError) -> ApiError:
+    """An image refused from its header or by its decoder, in the service's terms."""
+    if isinstance(exc, ImageTooLarge):
+        return ApiError(413, "too_many_pixels", str(exc))
+    return ApiError(422, "bad_image", str(exc))
 
 
 def _job_store(settings: ServeSettings):

@@ -222,7 +222,7 @@ class _Stream:
                         del data
                         heat, cut = await asyncio.to_thread(self._render, result)
                 except ApiError as exc:
-                    if exc.code == "busy":  # the queue is full: this frame is dropped, not queued
+                    if exc.code == "busy":  # no room (queue or work budget): this frame is dropped, not queued
                         self._drop("busy")
                         continue
                     if exc.code in _FATAL:

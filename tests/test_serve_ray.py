@@ -323,3 +323,12 @@ def test_app_builder_is_what_a_rayservice_deploys(fixed_model):
         assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"  # the environment's limit
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("text", ["3:1", "0:2", "2", "1:2:3", "a:b", ""])
+def test_autoscale_text_is_checked_for_the_cli_and_the_builder_alike(text):
+    from serve.ray_deploy import parse_autoscale
+
+    assert parse_autoscale("1:8") == (1, 8)
+    with pytest.raises(ValueError, match="MIN:MAX"):
+        parse_autoscale(text)

@@ -66,10 +66,10 @@ def command(host: str, port: int, model: Path | None, quiet: bool | None, max_bo
         raise click.UsageError("--address and --autoscale need --ray")
     scale = None
     if autoscale:
+        from serve.ray_deploy import parse_autoscale
+
         try:
-            scale = tuple(int(x) for x in autoscale.split(":"))
-            if len(scale) != 2 or not 1 <= scale[0] <= scale[1]:
-                raise ValueError
+            scale = parse_autoscale(autoscale)
         except ValueError:
             raise click.BadParameter("MIN:MAX with 1 <= MIN <= MAX", param_hint="--autoscale") from None
     import uvicorn
