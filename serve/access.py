@@ -19,6 +19,10 @@ checks. In order, for every HTTP request:
    unless ``--insecure-no-auth``; the CLI refuses to bind there in the first place.
 4. Per-key limits: requests per second (token bucket) and requests in progress; beyond
    either, 429 with ``Retry-After``.
+
+Before all of these, a client address that has had too many requests refused waits and
+gets 429 (serve.refusals); every 4xx answered here or by the app counts against it. The
+probes and /metrics are never slowed, nor counted.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .refusals import MAX_HELD, RefusalThrottle, counts_as_refusal
 from .settings import ServeSettings
 
 log = logging.getLogger("midas_onnx.serve")
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # never slowed for refusals (serve.refusals)
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _RELOAD_POLL_S = 1.0
 
@@ -74,8 +80,10 @@ class AccessPolicy:
     _mtime: tuple[int, int] | None = None
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _task: asyncio.Task | None = None
+    refusals: RefusalThrottle = field(init=False)
 
     def __post_init__(self) -> None:
+        self.refusals = RefusalThrottle(self.settings.refusal_rate, self.settings.refusal_burst)
         self.reload(initial=True)
 
     # -- keys ------------------------------------------------------------------------------
@@ -173,6 +181,12 @@ class AccessControl:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["path"] not in PROBES:  # a throttled liveness probe would get its pod restarted
+            client = (scope.get("client") or ("-",))[0]
+            wait = self.policy.refusals.wait(client)
+            if wait > 0:
+                return await self._slow_down(scope, send, wait)
+            send = self._counting_refusals(send, client)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin", "").rstrip("/")
         refusal = self._check_host(headers) or self._check_origin(scope, headers, origin)
@@ -196,6 +210,35 @@ class AccessControl:
             await self.app(scope, receive, _with_cors(send, cors) if cors else send)
         finally:
             self.policy.release(kid)
+
+    def _counting_refusals(self, send, client: str):
+        """``send``, charging ``client`` one refusal for each 4xx it is answered."""
+        throttle = self.policy.refusals
+        if not throttle.on:
+            return send
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start" and counts_as_refusal(message["status"]):
+                throttle.refused(client)
+            await send(message)
+
+        return counted
+
+    async def _slow_down(self, scope, send, wait: float) -> None:
+        """429 for a client over its refusals, answered when its next one is due (so a client
+        looping on refusals loops at ``refusal_rate``), its body never read. Past MAX_HELD
+        held answers, answered at once: holding costs a connection, and those are bounded too."""
+        throttle = self.policy.refusals
+        if throttle.held < MAX_HELD:
+            throttle.held += 1
+            try:
+                await asyncio.sleep(wait)
+            finally:
+                throttle.held -= 1
+        retry = str(max(1, math.ceil(wait)))
+        await self._refuse(scope, send, 429, "too_many_refusals",
+                           f"too many refused requests from this client (more than {throttle.burst}, then "
+                           f"{throttle.rate:g} a second); retry after {retry} s", {"Retry-After": retry})
 
     def _check_host(self, headers: dict) -> tuple | None:
         if self.allow_any_host:

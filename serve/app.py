@@ -37,6 +37,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
     """
     svc = Service(settings)
     policy = AccessPolicy(settings, svc.metrics)
+    svc.metrics.refusals_held.set_function(lambda: policy.refusals.held)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -6,7 +6,11 @@ requests wait in one queue; ``workers`` inference workers (one thread each) each
 ``max_batch`` waiting images (waiting at most ``max_wait_s`` for more after the first) and
 run one ``predict_batch`` call. Several workers with one inference thread each keep both
 cores busy on small images, where one two-thread call leaves a core idle in its serial
-parts (the ``heatmap`` CLI runs the same way).
+parts (the ``heatmap`` CLI runs the same way). So ``max_batch`` is 1 by default: a
+one-thread worker runs a batch of four no faster than four single calls, and waiting for
+the batch to fill cost light load up to ``max_wait_s`` a request and synchronised the
+clients into waves that left a core idle (4 clients, 640x480 JPEGs: 58 against 45
+requests/s, p95 82 against 130 ms). A multi-thread worker may still gain from batches.
 
 A caller that goes away (timeout, disconnect, cancelled handler) gives its place back and
 takes its queued image (the decoded pixels) out of the queue at once. A worker that dies

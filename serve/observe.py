@@ -37,6 +37,8 @@ class Metrics:
         self.jobs = Gauge("midas_jobs", "Jobs held, by state", ["state"], registry=r)
         self.jobs_bytes = Gauge("midas_jobs_bytes", "Bytes held by jobs (uploads waiting, results kept)", registry=r)
         self.work_bytes = Gauge("midas_work_bytes", "Bytes charged to images in process (serve.budget)", registry=r)
+        self.refusals_held = Gauge("midas_refusals_held", "429 too_many_refusals answers being held back "
+                                   "(serve.refusals)", registry=r)
         self.refused = Counter("midas_refused_total", "Requests refused by access control or limits",
                                ["reason", "key"], registry=r)
 
@@ -92,8 +94,9 @@ class Observe:
         status = state["status"] or 499  # no response: the client went away first
         self.metrics.requests.labels(route, str(status), key).inc()
         self.metrics.latency.labels(route).observe(seconds)
-        if self.access_log_on:  # method, path, status, ms, bytes[, key id]
-            access_log.info("%s %s %d %.1fms %dB%s", scope.get("method"), printable_path(scope), status,
+        if self.access_log_on:  # client, method, path, status, ms, bytes[, key id]
+            client = (scope.get("client") or ("-",))[0]
+            access_log.info("%s %s %s %d %.1fms %dB%s", client, scope.get("method"), printable_path(scope), status,
                             seconds * 1000, state["bytes"], f" key={key}" if key != "-" else "")
 
 

@@ -156,8 +156,9 @@ def app_builder(args: dict | None = None):
 
 def replica_settings(settings):
     """One inference worker per replica, single-threaded unless --threads says otherwise;
-    jobs in the Ray store."""
-    return dataclasses.replace(settings, workers=1, threads=settings.threads or 1, job_store="ray")
+    jobs in the Ray store. No refusal throttle: a replica sees every client at the proxy's
+    address, so one bucket would slow them all together."""
+    return dataclasses.replace(settings, workers=1, threads=settings.threads or 1, job_store="ray", refusal_rate=0.0)
 
 
 def _stop_orphaned_haproxy(hap_dir: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 
 import numpy as np
 from fastapi.responses import JSONResponse, Response
@@ -58,9 +59,11 @@ def _nesting(text: str) -> int:
     return deepest
 
 
-def _number(text: str) -> float:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _bad(f"known_depths: a number of {len(text)} characters; at most {MAX_NUMBER_CHARS}")
+_LONG_NUMBER = re.compile(rf"[-+.0-9eE]{{{MAX_NUMBER_CHARS + 1},}}")
+
+
+def _float(text: str) -> float:
+    """JSON's floats (its integers need no check once no number is long: 32 digits is finite)."""
     value = float(text)
     if not np.isfinite(value):
         raise _bad(f"known_depths: {text[:40]} is out of range")
@@ -80,8 +83,11 @@ def parse_points(text: str | None, fmt: str, max_points: int):
         raise ApiError(422, "bad_format", "known_depths gives metres: ask for format=json, npy, pfm or exr")
     if _nesting(text) > MAX_NESTING:
         raise _bad(f"known_depths: nested deeper than {MAX_NESTING} levels; send a list of [x, y, depth_m]")
+    long = _LONG_NUMBER.search(text)
+    if long:  # one scan here, not a Python call per number
+        raise _bad(f"known_depths: a number of {len(long.group())} characters; at most {MAX_NUMBER_CHARS}")
     try:
-        items = json.loads(text, parse_int=_number, parse_float=_number, parse_constant=_constant)
+        items = json.loads(text, parse_float=_float, parse_constant=_constant)
     except json.JSONDecodeError as exc:
         raise _bad(f"known_depths must be a JSON list of [x, y, depth_m]: {exc}") from None
     if not isinstance(items, list):
@@ -107,7 +113,7 @@ def summary(result, cmap: int, precision: str) -> dict:
 
 def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precision: str, points=None) -> Response:
     from runtime.depth_files import encode_depth
-    from runtime.metric import align, metric_depth
+    from runtime.metric import align, metric_depth, metric_summary
 
     depth, fit = result.depth, None
     if points is not None:
@@ -115,8 +121,8 @@ def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precis
             fit = align(result.depth, points)
         except MidasOnnxError as exc:
             raise _bad(str(exc)) from None
-        depth = metric_depth(result.depth, fit)
     if fmt in DEPTH_FORMATS:
+        depth = depth if fit is None else metric_depth(result.depth, fit)
         try:
             return Response(encode_depth(depth, DEPTH_FORMATS[fmt]), media_type=FORMATS[fmt])
         except MidasOnnxError as exc:
@@ -126,10 +132,8 @@ def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precis
         if with_overlay:
             body["overlay_png_base64"] = base64.b64encode(encode_png(_heatmap(result, cmap, True, alpha))).decode()
         if fit is not None:
-            finite = depth[np.isfinite(depth)]
             body["alignment"] = fit.to_dict()
-            body["metric_depth_m"] = ({"min": float(finite.min()), "max": float(finite.max()),
-                                       "median": float(np.median(finite))} if finite.size else None)
+            body["metric_depth_m"] = metric_summary(result.depth, fit)
         return JSONResponse(body)
     if not with_overlay:  # the shared indexed-PNG encoder: no full-size BGR heatmap is made
         return Response(encode_heatmap(result.depth, cmap), media_type="image/png")

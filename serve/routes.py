@@ -159,11 +159,11 @@ def jobs_router(svc: Service) -> APIRouter:
 
 
 async def _run_job(svc: Service, job, uploads: list[tuple[str, bytes]], cmap: int) -> None:
-    """The job's images through the same batcher, up to max_batch at a time so they can share
-    inference calls; each waits for room (accepted work is never refused for load) and is
+    """The job's images through the same batcher, as many at a time as the workers take at
+    once (workers x max_batch); each waits for room (accepted work is never refused for load) and is
     decoded once. A bad image is an error entry, not a failed job."""
     job.status = "running"
-    gate = asyncio.Semaphore(svc.settings.max_batch)
+    gate = asyncio.Semaphore(svc.settings.max_batch * svc.settings.inference_workers)
 
     async def one(index: int, name: str, data: bytes) -> None:
         async with gate:

@@ -26,7 +26,7 @@ class ServeSettings:
     colormap: str = "inferno"
     max_body_bytes: int = 20 * MB
     max_pixels: int = 40_000_000
-    max_batch: int = 4
+    max_batch: int = 1  # images per inference call: 1 with one-thread workers (batching only waits; serve/batcher.py)
     max_wait_ms: float = 10.0
     queue_size: int = 32
     request_timeout_s: float = 30.0
@@ -57,6 +57,8 @@ class ServeSettings:
     key_rate: float = 0.0  # requests per second per key (0: no limit)
     key_burst: int = 0  # bucket size (0: max(1, 2 x rate))
     key_concurrency: int = 0  # requests in progress per key (0: no limit)
+    refusal_rate: float = 2.0  # refused requests per second per client address, sustained (0: no limit; serve/refusals.py)
+    refusal_burst: int = 20  # refused requests a client may have before it is slowed
 
     def __post_init__(self) -> None:
         from .budget import BYTES_PER_PIXEL
@@ -143,4 +145,6 @@ ENV: dict[str, tuple[str, Callable[[str], object]]] = {
     "MIDAS_ONNX_CORS_ORIGINS": ("cors_origins", _list),
     "MIDAS_ONNX_KEY_RATE": ("key_rate", float),
     "MIDAS_ONNX_KEY_CONCURRENCY": ("key_concurrency", int),
+    "MIDAS_ONNX_REFUSAL_RATE": ("refusal_rate", float),
+    "MIDAS_ONNX_REFUSAL_BURST": ("refusal_burst", _int),
 }

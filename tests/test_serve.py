@@ -94,6 +94,9 @@ def ready_replicas(base: str, tries: int = 20) -> set[str]:
 #: app must answer the same requests the same way on both.
 SERVER_KINDS = ["process", pytest.param("ray", marks=pytest.mark.ray_serve)]
 RAY_ARGS = {"process": (), "ray": ("--ray", "--replicas", "2")}
+#: The shared servers answer many tests' deliberate errors, all from 127.0.0.1: not slowed for
+#: them (serve.refusals has tests of its own; a Ray replica has no throttle anyway).
+SHARED_ARGS = ("--refusal-rate", "0")
 
 
 def jpeg(rgb: np.ndarray) -> bytes:
@@ -102,7 +105,7 @@ def jpeg(rgb: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module", params=SERVER_KINDS)
 def server(request, fixed_model):
-    with running_server(fixed_model, "--job-ttl", "2", *RAY_ARGS[request.param]) as base:
+    with running_server(fixed_model, "--job-ttl", "2", *SHARED_ARGS, *RAY_ARGS[request.param]) as base:
         base.kind = request.param
         yield base
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from .conftest import REPO
-from .test_serve import RAY_ARGS, SERVER_KINDS, free_port, jpeg, running_server, sample, scrape_replicas
+from .test_serve import RAY_ARGS, SERVER_KINDS, SHARED_ARGS, free_port, jpeg, running_server, sample, scrape_replicas
 from .test_serve_hardening import wait_until
 
 KEY_A, KEY_B = "alpha-key-7f3e9c1d2b", "bravo-key-0a8b6c4e1f"
@@ -44,7 +44,7 @@ def keyed_server(model, keys, *more):
 @pytest.fixture(scope="module")
 def keyed(fixed_model, tmp_path_factory):
     """One process: its log, its signals and its per-key limits are what some tests read."""
-    with keyed_server(fixed_model, tmp_path_factory.mktemp("keys") / "keys.txt") as base:
+    with keyed_server(fixed_model, tmp_path_factory.mktemp("keys") / "keys.txt", *SHARED_ARGS) as base:
         yield base
 
 
@@ -52,7 +52,8 @@ def keyed(fixed_model, tmp_path_factory):
 def keyed_any(request, fixed_model, tmp_path_factory):
     """The same keyed service as one process and on Ray Serve (each replica checks keys,
     hosts and origins itself)."""
-    with keyed_server(fixed_model, tmp_path_factory.mktemp("keys") / "keys.txt", *RAY_ARGS[request.param]) as base:
+    with keyed_server(fixed_model, tmp_path_factory.mktemp("keys") / "keys.txt", *SHARED_ARGS,
+                      *RAY_ARGS[request.param]) as base:
         base.kind = request.param
         yield base
 
@@ -222,3 +223,19 @@ def test_factory_without_keys_serves_loopback_only(fixed_model):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_key_guesser_is_slowed(fixed_model, tmp_path, photo_set):
+    """Wrong keys are refusals like any other: past the burst, one guess per token, each
+    answer held until then; a client at another address with the right key is not slowed."""
+    with keyed_server(fixed_model, tmp_path / "keys.txt", "--refusal-burst", "5", "--refusal-rate", "1") as base, \
+            httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3"), timeout=30) as guesser:
+        t = time.perf_counter()
+        codes = [guesser.post(base + "/v1/depth", content=b"x", headers=bearer(f"guess-{i}", **JPEG)).status_code
+                 for i in range(8)]
+        took = time.perf_counter() - t
+        right = httpx.post(base + "/v1/depth", content=jpeg(photo_set["chelsea"]), headers=bearer(KEY_B, **JPEG),
+                           timeout=60)
+    assert codes[:5] == [401] * 5 and 429 in codes[5:], codes
+    assert took > 1.0, took  # eight guesses at full speed take milliseconds
+    assert right.status_code == 200

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +26,7 @@ from benchmarks.hostile_load import png_bomb
 from serve import ServeSettings
 
 from .conftest import REPO
-from .test_serve import RAY_ARGS, SERVER_KINDS, free_port, jpeg, running_server, sample, scrape_replicas
+from .test_serve import RAY_ARGS, SERVER_KINDS, SHARED_ARGS, free_port, jpeg, running_server, sample, scrape_replicas
 from .test_serve_hardening import HeldInference, live_app, one_held_in_inference, post_async, wait_until
 
 JPEG = {"content-type": "image/jpeg"}
@@ -108,6 +109,91 @@ def test_many_large_photos_stay_inside_the_work_budget(fixed_model, photo_set):
     assert held == 0  # every charge paid back
 
 
+# -- clients that loop on refusals ---------------------------------------------------------------
+def test_a_client_looping_on_refusals_is_slowed_and_others_are_not(fixed_model, photo_set):
+    """Refusing a bomb from its header is cheap, but three clients looping on it sent ~900 a
+    second and cut honest throughput by a fifth (benchmarks.hostile_load). Past its burst, a
+    client address gets 429 too_many_refusals, answered only when its next refusal is due and
+    with its body unread; a client at another address is served as before, and the slowed
+    one is served again once it waits."""
+    bomb = png_bomb()
+    with running_server(fixed_model, "--max-pixels", "20000000", "--refusal-burst", "3", "--refusal-rate", "2") as base:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30) as attacker:
+            def attack():
+                t = time.perf_counter()
+                r = attacker.post(base + "/v1/depth", content=bomb, headers={"content-type": "image/png"})
+                return r, time.perf_counter() - t
+
+            first = [attack() for _ in range(3)]
+            assert [r.json()["error"]["code"] for r, _ in first] == ["too_many_pixels"] * 3
+            slowed, took = attack()
+            assert slowed.status_code == 429 and slowed.json()["error"]["code"] == "too_many_refusals"
+            assert slowed.headers["retry-after"] == "1" and "more than 3, then 2 a second" in slowed.text
+            assert 0.3 < took < 2.0, took  # held until its next refusal is due: 1 / 2 s
+            t = time.perf_counter()  # probes are never slowed (a held liveness probe restarts a pod)
+            assert attacker.get(base + "/healthz").status_code == 200 and time.perf_counter() - t < 0.3
+            honest = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+            assert honest.status_code == 200
+            assert attacker.post(base + "/v1/depth", content=b"not an image", headers=JPEG).status_code == 422
+            t = time.perf_counter()
+            answers = [attack()[0].status_code for _ in range(6)]
+            looped = time.perf_counter() - t
+        # looping, it is refused at about 2 a second: each 429 waits for the next token
+        assert answers.count(429) >= 2 and answers.count(413) <= 1 + 2 * looped and looped > 0.9, (answers, looped)
+        refused = sample(httpx.get(base + "/metrics").text)
+    assert refused[("midas_refused_total", ("key", "-"), ("reason", "too_many_refusals"))] >= 4
+    log = base.output()
+    assert re.search(r"127\.0\.0\.2 POST /v1/depth 429 ", log) and re.search(r"127\.0\.0\.1 POST /v1/depth 200 ", log)
+
+
+def test_refusal_throttle_off(fixed_model):
+    with running_server(fixed_model, "--refusal-rate", "0", "--quiet") as base:
+        codes = [httpx.post(base + "/v1/depth", content=b"x", headers=JPEG).status_code for _ in range(30)]
+    assert codes == [422] * 30
+
+
+def test_refusal_throttle_holds_a_bounded_number_of_answers(fixed_model, monkeypatch):
+    """Held answers cost a connection each: past MAX_HELD they are answered at once."""
+    import serve.access
+
+    monkeypatch.setattr(serve.access, "MAX_HELD", 1)
+    settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, access_log=False)
+    with live_app(settings) as (base, svc), httpx.Client(
+            transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30) as client:
+        assert client.post(base + "/v1/depth", content=b"x", headers=JPEG).status_code == 422
+        held: list = []
+        thread = threading.Thread(target=lambda: held.append(client.post(base + "/v1/depth", content=b"x", headers=JPEG)))
+        thread.start()
+        wait_until(lambda: sample(httpx.get(base + "/metrics").text)[("midas_refusals_held",)] == 1, "one held")
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as second:
+            t = time.perf_counter()
+            at_once = second.post(base + "/v1/depth", content=b"x", headers=JPEG)
+            assert at_once.status_code == 429 and time.perf_counter() - t < 0.5
+        thread.join()
+    assert held[0].status_code == 429 and held[0].json()["error"]["code"] == "too_many_refusals"
+
+
+def test_refusal_buckets_are_bounded():
+    """A client per address: an attacker with many addresses cannot grow the table past
+    MAX_CLIENTS; clients whose bucket refilled are forgotten before those still slowed."""
+    from serve.refusals import MAX_CLIENTS, RefusalThrottle
+
+    now = [0.0]
+    throttle = RefusalThrottle(rate=0.1, burst=2, clock=lambda: now[0])
+    for _ in range(3):
+        throttle.refused("slowed")
+    assert throttle.wait("slowed") == pytest.approx(10.0)
+    for i in range(MAX_CLIENTS):
+        throttle.refused(f"10.0.{i // 256}.{i % 256}")
+        now[0] += 1e-4
+    assert throttle.clients() <= MAX_CLIENTS
+    assert throttle.wait("slowed") > 0  # owes most: kept
+    for i in range(MAX_CLIENTS // 10):  # later, many clients come and go with one refusal each
+        throttle.refused(f"10.1.{i // 256}.{i % 256}")
+        now[0] += 1e-4
+    assert throttle.clients() <= MAX_CLIENTS and throttle.wait("slowed") > 0
+
+
 # -- known_depths ---------------------------------------------------------------------------------
 def points_for(n: int, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
@@ -117,7 +203,7 @@ def points_for(n: int, seed: int = 0) -> list:
 
 @pytest.fixture(scope="module", params=SERVER_KINDS)
 def hostile(request, fixed_model):
-    with running_server(fixed_model, "--max-known-points", "1000", *RAY_ARGS[request.param]) as base:
+    with running_server(fixed_model, "--max-known-points", "1000", *SHARED_ARGS, *RAY_ARGS[request.param]) as base:
         base.kind = request.param
         yield base
 
@@ -410,7 +496,7 @@ def test_factory_starts_the_same_service_with_settings_from_the_environment(fixe
         if proc.poll() is None:
             proc.kill()
         log.unlink(missing_ok=True)
-    assert re.search(r"INFO POST /v1/depth 200 [\d.]+ms \d+B$", out, re.M), out  # the service's access log
+    assert re.search(r"INFO 127.0.0.1 POST /v1/depth 200 [\d.]+ms \d+B$", out, re.M), out  # the service's access log
     assert '"POST /v1/depth HTTP/1.1"' not in out, out  # and not uvicorn's as well
     assert "drained" in out
 

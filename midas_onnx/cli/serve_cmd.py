@@ -21,7 +21,7 @@ _POS = click.FloatRange(min=0, min_open=True)
 @click.option("--workers", type=_INT1, default=None, help="Inference workers pulling from the queue (default: CPUs).")
 @click.option("--threads", type=_INT1, default=None,
               help="Inference threads per worker (default: 1 with several workers, else physical cores).")
-@click.option("--max-batch", type=_INT1, default=None, help="Images per inference call at most [4].")
+@click.option("--max-batch", type=_INT1, default=None, help="Images per inference call at most; more only pays with one multi-thread worker [1].")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=None,
               help="How long a worker waits for more images to share its call [10].")
 @click.option("--queue-size", type=_INT1, default=None,
@@ -48,6 +48,10 @@ _POS = click.FloatRange(min=0, min_open=True)
 @click.option("--key-rate", type=click.FloatRange(min=0), default=None, help="Requests per second per key (0: no limit).")
 @click.option("--key-concurrency", type=click.IntRange(min=0), default=None,
               help="Requests in progress per key (0: no limit).")
+@click.option("--refusal-rate", type=click.FloatRange(min=0), default=None,
+              help="Refused requests (4xx) per second a client address may cause once its burst is spent; "
+                   "beyond, its requests wait and get 429 (0: no limit) [2].")
+@click.option("--refusal-burst", type=_INT1, default=None, help="Refused requests a client may have at once [20].")
 @click.option("--public-metrics", is_flag=True, default=None, help="/metrics without a key.")
 @click.option("--ray", "use_ray", is_flag=True, default=False,
               help="Serve on Ray Serve: replicas of the same app, jobs any replica answers (extra: ray).")
