@@ -163,12 +163,15 @@ def metric_depth(depth: np.ndarray, fit: Alignment) -> np.ndarray:
 
 
 def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
-    """min, max and median metres over the pixels with a distance, as ``metric_depth`` would
-    give them, without making that map: metres are ``1 / inverse``, decreasing in the
+    """min, max and median metres over the pixels with a finite distance, as ``metric_depth``
+    would give them, without making that map: metres are ``1 / inverse``, decreasing in the
     fitted inverse depth, so the extremes and middle elements are the inverse's, flipped.
     None when no pixel has a distance."""
     inverse = depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
     values = inverse[inverse > 0]
+    if values.size and not np.isfinite(np.float32(1.0) / values.min()):  # metres past float32 (absurd points)
+        with np.errstate(divide="ignore", over="ignore"):
+            values = values[np.isfinite(np.float32(1.0) / values)]
     if not values.size:
         return None
     n, k = values.size, values.size // 2

@@ -38,11 +38,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .refusals import MAX_HELD, RefusalThrottle, counts_as_refusal
+from .refusals import RefusalThrottle, client_of
 from .settings import ServeSettings
 
 log = logging.getLogger("midas_onnx.serve")
-PROBES = frozenset({"/healthz", "/readyz", "/metrics"})  # never slowed for refusals (serve.refusals)
+# never slowed nor counted for refusals (serve.refusals): a held liveness probe gets its pod
+# restarted, and browsers ask for a favicon the service does not have
+UNTHROTTLED = frozenset({"/healthz", "/readyz", "/metrics", "/favicon.ico"})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 _RELOAD_POLL_S = 1.0
 
@@ -181,18 +183,32 @@ class AccessControl:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] not in PROBES:  # a throttled liveness probe would get its pod restarted
-            client = (scope.get("client") or ("-",))[0]
-            wait = self.policy.refusals.wait(client)
-            if wait > 0:
-                return await self._slow_down(scope, send, wait)
-            send = self._counting_refusals(send, client)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin", "").rstrip("/")
+        cors = origin if origin in self.cors else None
+        if scope["path"] in UNTHROTTLED or not self.policy.refusals.on:
+            return await self._checked(scope, receive, send, headers, origin, cors)
+        client = client_of(scope)
+        wait, pending = self.policy.refusals.admit(client)
+        if wait > 0:
+            return await self._slow_down(scope, send, client, wait, cors)
+        status = [499]  # no answer: the client left
+
+        async def counted(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self._checked(scope, receive, counted, headers, origin, cors)
+        finally:
+            self.policy.refusals.settle(client, pending, status[0])
+
+    async def _checked(self, scope, receive, send, headers: dict, origin: str, cors: str | None) -> None:
+        """Hosts, origins, keys and per-key limits (the module docstring's 1-4), then the app."""
         refusal = self._check_host(headers) or self._check_origin(scope, headers, origin)
         if refusal:
             return await self._refuse(scope, send, *refusal)
-        cors = origin if origin in self.cors else None
         if cors and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
             return await _send_json(send, 204, None, _cors_headers(cors, preflight=True))
         refusal = self._authenticate(scope, headers)
@@ -211,34 +227,23 @@ class AccessControl:
         finally:
             self.policy.release(kid)
 
-    def _counting_refusals(self, send, client: str):
-        """``send``, charging ``client`` one refusal for each 4xx it is answered."""
+    async def _slow_down(self, scope, send, client: str, wait: float, cors: str | None) -> None:
+        """429 for a client over its refusals, its body never read, answered when its next
+        token is due (so a client looping on refusals loops at ``refusal_rate``). With no
+        hold slot free (serve.refusals bounds them), answered at once, closing the connection."""
         throttle = self.policy.refusals
-        if not throttle.on:
-            return send
-
-        async def counted(message) -> None:
-            if message["type"] == "http.response.start" and counts_as_refusal(message["status"]):
-                throttle.refused(client)
-            await send(message)
-
-        return counted
-
-    async def _slow_down(self, scope, send, wait: float) -> None:
-        """429 for a client over its refusals, answered when its next one is due (so a client
-        looping on refusals loops at ``refusal_rate``), its body never read. Past MAX_HELD
-        held answers, answered at once: holding costs a connection, and those are bounded too."""
-        throttle = self.policy.refusals
-        if throttle.held < MAX_HELD:
-            throttle.held += 1
+        holding = throttle.take_hold(client)
+        if holding:
             try:
                 await asyncio.sleep(wait)
             finally:
-                throttle.held -= 1
-        retry = str(max(1, math.ceil(wait)))
+                throttle.end_hold(client)
+        retry = str(0 if holding else max(1, math.ceil(wait)))
+        when = "the next may be sent now" if holding else f"retry after {retry} s"
         await self._refuse(scope, send, 429, "too_many_refusals",
                            f"too many refused requests from this client (more than {throttle.burst}, then "
-                           f"{throttle.rate:g} a second); retry after {retry} s", {"Retry-After": retry})
+                           f"{throttle.rate:g} a second); {when}",
+                           {"Retry-After": retry} | ({} if holding else {"Connection": "close"}), cors=cors)
 
     def _check_host(self, headers: dict) -> tuple | None:
         if self.allow_any_host:

@@ -51,8 +51,12 @@ class Metrics:
 
 
 def printable_path(scope: dict) -> str:
-    raw = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
-    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in raw[:512])
+    return printable(scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace"))
+
+
+def printable(raw: bytes, limit: int = 512) -> str:
+    """``raw`` with every byte outside printable ASCII (and the space) percent-escaped."""
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in raw[:limit])
 
 
 class Observe:
@@ -95,7 +99,7 @@ class Observe:
         self.metrics.requests.labels(route, str(status), key).inc()
         self.metrics.latency.labels(route).observe(seconds)
         if self.access_log_on:  # client, method, path, status, ms, bytes[, key id]
-            client = (scope.get("client") or ("-",))[0]
+            client = printable(str((scope.get("client") or ("-",))[0]).encode(), 64)  # from X-Forwarded-For: anything
             access_log.info("%s %s %s %d %.1fms %dB%s", client, scope.get("method"), printable_path(scope), status,
                             seconds * 1000, state["bytes"], f" key={key}" if key != "-" else "")
 

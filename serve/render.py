@@ -85,7 +85,8 @@ def parse_points(text: str | None, fmt: str, max_points: int):
         raise _bad(f"known_depths: nested deeper than {MAX_NESTING} levels; send a list of [x, y, depth_m]")
     long = _LONG_NUMBER.search(text)
     if long:  # one scan here, not a Python call per number
-        raise _bad(f"known_depths: a number of {len(long.group())} characters; at most {MAX_NUMBER_CHARS}")
+        raise _bad(f"known_depths: {len(long.group())} number characters in a row (a number of that length, or a "
+                   f"string of digits and e's); a number may have at most {MAX_NUMBER_CHARS}")
     try:
         items = json.loads(text, parse_float=_float, parse_constant=_constant)
     except json.JSONDecodeError as exc:

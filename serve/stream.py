@@ -37,7 +37,9 @@ server answers ``midas-onnx`` and never echoes the key), or as ``?key=`` (kept o
 access log, which does not log WebSockets; proxies may log it, so prefer the subprotocol).
 A missing or wrong key closes the accepted connection with 4401 and the reason (a browser
 sees close codes, not handshake statuses); per-key limits count one connection as one
-request in progress for its whole life (beyond them: 1013).
+request in progress for its whole life (beyond them: 1013). Refused handshakes (host,
+origin, key) count against the client like refused HTTP requests (serve.refusals); a client
+over its refusals is denied in the handshake (HTTP 429), not held.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from runtime.postprocess import COLORMAPS, colormap_id
 from runtime.steady import SteadyNormalizer
 
 from .access import AccessControl, AccessPolicy
+from .refusals import client_of
 from .errors import ApiError, envelope
 from .service import Service
 
@@ -109,8 +112,13 @@ def stream_router(svc: Service, max_connections: int | None = None,
         headers = {k.lower(): v for k, v in ws.headers.items()}
         origin = headers.get("origin", "").rstrip("/")
         http_scope = {**ws.scope, "scheme": "https" if ws.scope.get("scheme") == "wss" else "http"}
+        client = client_of(ws.scope)
+        if policy.refusals.wait(client) > 0:  # as for HTTP (serve.refusals), without holding the handshake
+            return await _deny(ws, policy, 429, "too_many_refusals", "too many refused requests from this client; "
+                               f"at most {policy.refusals.rate:g} a second after {policy.refusals.burst}")
         refusal = gate._check_host(headers) or gate._check_origin(http_scope, headers, origin)
         if refusal:
+            policy.refusals.refused(client)
             return await _deny(ws, policy, *refusal)
         offered = list(ws.scope.get("subprotocols") or [])
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in offered else None
@@ -120,6 +128,7 @@ def stream_router(svc: Service, max_connections: int | None = None,
         refusal = gate._authenticate(ws.scope, headers)
         if refusal:
             status, code, message = refusal[:3]
+            policy.refusals.refused(client)  # a key guesser over WebSocket is slowed as over HTTP
             policy.metrics.refused.labels(code, "-").inc()
             if status == 401:  # the ways a WebSocket client can give one
                 message = ("the API key is not valid" if "not valid" in message else

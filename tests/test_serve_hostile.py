@@ -5,6 +5,7 @@ the app under uvicorn in a thread, where inference can be held still."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -128,7 +129,7 @@ def test_a_client_looping_on_refusals_is_slowed_and_others_are_not(fixed_model, 
             assert [r.json()["error"]["code"] for r, _ in first] == ["too_many_pixels"] * 3
             slowed, took = attack()
             assert slowed.status_code == 429 and slowed.json()["error"]["code"] == "too_many_refusals"
-            assert slowed.headers["retry-after"] == "1" and "more than 3, then 2 a second" in slowed.text
+            assert slowed.headers["retry-after"] == "0" and "more than 3, then 2 a second" in slowed.text
             assert 0.3 < took < 2.0, took  # held until its next refusal is due: 1 / 2 s
             t = time.perf_counter()  # probes are never slowed (a held liveness probe restarts a pod)
             assert attacker.get(base + "/healthz").status_code == 200 and time.perf_counter() - t < 0.3
@@ -146,6 +147,33 @@ def test_a_client_looping_on_refusals_is_slowed_and_others_are_not(fixed_model, 
     assert re.search(r"127\.0\.0\.2 POST /v1/depth 429 ", log) and re.search(r"127\.0\.0\.1 POST /v1/depth 200 ", log)
 
 
+def test_more_connections_do_not_buy_more_refusals(fixed_model):
+    """A client with refusals on record may have only as many requests in progress as it
+    has tokens: of ten requests whose bodies are still coming, two (its two tokens) are
+    admitted; the others get 429 before their bodies are read (two held, the rest at once,
+    their connections closed)."""
+    with running_server(fixed_model, "--refusal-burst", "3", "--refusal-rate", "0.2", "--quiet") as base:
+        host, port = base.removeprefix("http://").split(":")
+        bad = b"not an image"
+        head = (f"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                f"Content-Length: {len(bad)}\r\n\r\n").encode()
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.5"), timeout=30) as c:
+            assert c.post(base + "/v1/depth", content=bad, headers=JPEG).status_code == 422  # 2 tokens left
+        socks = [socket.create_connection((host, int(port)), source_address=("127.0.0.5", 0)) for _ in range(10)]
+        for sock in socks:  # all ten admitted or refused before any body arrives
+            sock.sendall(head)
+        time.sleep(1.0)
+        for sock in socks:
+            with contextlib.suppress(OSError):  # refused at once: the server may have closed it
+                sock.sendall(bad)
+        answers = [read_response(sock, timeout=15) for sock in socks]
+        for sock in socks:
+            sock.close()
+    codes = [int(a.split(b" ", 2)[1]) for a in answers]
+    assert codes.count(422) == 2 and codes.count(429) == 8, codes
+    assert sum(b"connection: close" in a.lower() for a in answers) >= 5, answers
+
+
 def test_refusal_throttle_off(fixed_model):
     with running_server(fixed_model, "--refusal-rate", "0", "--quiet") as base:
         codes = [httpx.post(base + "/v1/depth", content=b"x", headers=JPEG).status_code for _ in range(30)]
@@ -153,10 +181,11 @@ def test_refusal_throttle_off(fixed_model):
 
 
 def test_refusal_throttle_holds_a_bounded_number_of_answers(fixed_model, monkeypatch):
-    """Held answers cost a connection each: past MAX_HELD they are answered at once."""
-    import serve.access
+    """Held answers cost a connection each: past MAX_HELD (all clients) they are answered at
+    once and the connection closed."""
+    import serve.refusals
 
-    monkeypatch.setattr(serve.access, "MAX_HELD", 1)
+    monkeypatch.setattr(serve.refusals, "MAX_HELD", 1)
     settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, access_log=False)
     with live_app(settings) as (base, svc), httpx.Client(
             transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30) as client:
@@ -165,10 +194,12 @@ def test_refusal_throttle_holds_a_bounded_number_of_answers(fixed_model, monkeyp
         thread = threading.Thread(target=lambda: held.append(client.post(base + "/v1/depth", content=b"x", headers=JPEG)))
         thread.start()
         wait_until(lambda: sample(httpx.get(base + "/metrics").text)[("midas_refusals_held",)] == 1, "one held")
-        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as second:
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.3")) as other:
+            assert other.post(base + "/v1/depth", content=b"x", headers=JPEG).status_code == 422
             t = time.perf_counter()
-            at_once = second.post(base + "/v1/depth", content=b"x", headers=JPEG)
+            at_once = other.post(base + "/v1/depth", content=b"x", headers=JPEG)
             assert at_once.status_code == 429 and time.perf_counter() - t < 0.5
+            assert at_once.headers["connection"] == "close" and at_once.headers["retry-after"] == "2"
         thread.join()
     assert held[0].status_code == 429 and held[0].json()["error"]["code"] == "too_many_refusals"
 
@@ -194,6 +225,16 @@ def test_refusal_buckets_are_bounded():
     assert throttle.clients() <= MAX_CLIENTS and throttle.wait("slowed") > 0
 
 
+def test_an_ipv6_client_is_its_64():
+    """A host holds a whole /64: each of its addresses is the same client, another /64 not."""
+    from serve.refusals import client_of
+
+    one = client_of({"client": ("2001:db8:0:7::1", 1)})
+    assert one == client_of({"client": ("2001:db8:0:7:ffff::9", 2)}) == "2001:db8:0:7::/64"
+    assert one != client_of({"client": ("2001:db8:0:8::1", 1)})
+    assert client_of({"client": ("192.0.2.7", 1)}) == "192.0.2.7"
+
+
 # -- known_depths ---------------------------------------------------------------------------------
 def points_for(n: int, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
@@ -208,9 +249,21 @@ def hostile(request, fixed_model):
         yield base
 
 
+def test_absurd_distances_never_reach_a_500(hostile, photo_set):
+    """Points at 1e38 m fit a scale near 1e-40: metres past float32 at some pixels used to
+    come out as inf, which JSON cannot carry (500). They are left out like missing ones."""
+    pts = [[x, y, 1e38 * (1 + (x + y) / 1000)] for x, y in [(10, 10), (300, 200), (500, 50), (100, 350), (600, 400)]]
+    r = httpx.post(hostile + "/v1/depth", params={"format": "json", "known_depths": json.dumps(pts)},
+                   content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
+    assert r.status_code in (200, 422), r.text
+    if r.status_code == 200:
+        summary = r.json()["metric_depth_m"]
+        assert summary is None or all(np.isfinite(v) for v in summary.values())
+
+
 @pytest.mark.parametrize("text, message", [
     ("[" * 1100 + "]" * 1100, "nested deeper than 3 levels"),
-    ("[[1,2," + "9" * 400 + "],[3,4,5],[5,6,7]]", "a number of 400 characters"),
+    ("[[1,2," + "9" * 400 + "],[3,4,5],[5,6,7]]", "400 number characters in a row"),
     ("[[1,2,1e999],[3,4,5],[5,6,7]]", "out of range"),
     ("[[1,2,NaN],[3,4,5],[5,6,7]]", "NaN is not a number"),
     (json.dumps(points_for(1001)), "1,001 points; at most 1,000"),

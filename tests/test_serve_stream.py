@@ -250,3 +250,23 @@ def test_keys_and_origin(settings):
         with connect(base + PATH, origin=f"http://127.0.0.1:{port}", subprotocols=["midas-onnx", token]) as ws:
             ws.send(jpg(frame(0)))  # the page's own origin is welcome
             assert next_heatmap(ws)[0]["frame"] == 0
+
+
+def test_a_key_guesser_over_websocket_is_slowed(settings):
+    """Wrong keys in the handshake count like refused HTTP requests: past the burst the
+    client is denied in the handshake (429) until its next token is due; another address
+    with the right key is not."""
+    slowed = dataclasses.replace(settings, api_keys=(KEY,), refusal_burst=3, refusal_rate=1.0)
+    with stream_app(slowed) as (base, svc):
+        for i in range(3):
+            with connect(base + PATH + f"?key=guess-{i}", source_address=("127.0.0.4", 0)) as ws:
+                assert closed_with(ws) == (4401, "the API key is not valid")
+        with pytest.raises(InvalidStatus) as denied:
+            connect(base + PATH + "?key=guess-3", source_address=("127.0.0.4", 0))
+        assert denied.value.response.status_code == 429 and b"too_many_refusals" in denied.value.response.body
+        with connect(base + PATH + f"?key={KEY}") as ws:
+            ws.send(jpg(frame(0)))
+            assert next_heatmap(ws)[0]["frame"] == 0
+        time.sleep(1.1)  # one token back
+        with connect(base + PATH + "?key=guess-4", source_address=("127.0.0.4", 0)) as ws:
+            assert closed_with(ws) == (4401, "the API key is not valid")
