@@ -156,7 +156,7 @@ def align(depth: np.ndarray, points: Sequence) -> Alignment:
 def metric_depth(depth: np.ndarray, fit: Alignment) -> np.ndarray:
     """Metres per pixel (float32); NaN where the fitted inverse depth is not positive (never a
     negative or infinite distance)."""
-    inverse = depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
+    inverse = _inverse(depth, fit)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(inverse > 0, np.float32(1.0) / inverse, np.float32(np.nan))
     return out.astype(np.float32, copy=False)
@@ -167,7 +167,7 @@ def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
     would give them, without making that map: metres are ``1 / inverse``, decreasing in the
     fitted inverse depth, so the extremes and middle elements are the inverse's, flipped.
     None when no pixel has a distance."""
-    inverse = depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
+    inverse = _inverse(depth, fit)
     values = inverse[inverse > 0]
     if values.size and not np.isfinite(np.float32(1.0) / values.min()):  # metres past float32 (absurd points)
         with np.errstate(divide="ignore", over="ignore"):
@@ -182,13 +182,18 @@ def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
             "median": float(metres.mean(dtype=np.float64))}
 
 
+def _inverse(depth: np.ndarray, fit: Alignment) -> np.ndarray:
+    """The fitted inverse depth (float32), of which metres are the reciprocal."""
+    return depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
+
+
 def _sample(depth: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Bilinear samples (float64) at pixel coordinates inside the image (x right, y down;
     integers are pixel centres), all points at once, weighing in the depth's own precision."""
     x0, y0 = np.floor(x).astype(np.intp), np.floor(y).astype(np.intp)
     x1, y1 = np.minimum(x0 + 1, depth.shape[1] - 1), np.minimum(y0 + 1, depth.shape[0] - 1)
     fx, fy = x - x0, y - y0
-    wx0, wx1, wy0, wy1 = ((w).astype(depth.dtype) for w in (1 - fx, fx, 1 - fy, fy))
+    wx0, wx1, wy0, wy1 = (w.astype(depth.dtype) for w in (1 - fx, fx, 1 - fy, fy))
     top = depth[y0, x0] * wx0 + depth[y0, x1] * wx1
     bottom = depth[y1, x0] * wx0 + depth[y1, x1] * wx1
     return (top * wy0 + bottom * wy1).astype(np.float64)

@@ -22,7 +22,7 @@ checks. In order, for every HTTP request:
 
 Before all of these, a client address that has had too many requests refused waits and
 gets 429 (serve.refusals); every 4xx answered here or by the app counts against it. The
-probes and /metrics are never slowed, nor counted.
+paths in ``UNTHROTTLED`` (probes, /metrics, the favicon) are never slowed, nor counted.
 """
 
 from __future__ import annotations

@@ -83,16 +83,19 @@ class RefusalThrottle:
         bucket = self._refilled(client) if self.on else None
         if bucket is None or bucket.tokens >= self.burst:
             return 0.0, False
-        if bucket.tokens - bucket.pending >= 1:
+        due = self._due(bucket)
+        if not due:
             bucket.pending += 1
-            return 0.0, True
-        return (1 + bucket.pending - bucket.tokens) / self.rate, False
+        return due, not due
 
     def wait(self, client: str) -> float:
         """Seconds until ``client`` may be served (0: now), admitting nothing."""
         bucket = self._refilled(client) if self.on else None
-        return 0.0 if bucket is None or bucket.tokens - bucket.pending >= 1 else \
-            (1 + bucket.pending - bucket.tokens) / self.rate
+        return 0.0 if bucket is None else self._due(bucket)
+
+    def _due(self, bucket: _Bucket) -> float:
+        """Seconds until a whole token is free beside the requests in progress (0: now)."""
+        return 0.0 if bucket.tokens - bucket.pending >= 1 else (1 + bucket.pending - bucket.tokens) / self.rate
 
     def settle(self, client: str, pending: bool, status: int) -> None:
         """The request ``admit`` let in was answered ``status``."""

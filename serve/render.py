@@ -116,14 +116,14 @@ def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precis
     from runtime.depth_files import encode_depth
     from runtime.metric import align, metric_depth, metric_summary
 
-    depth, fit = result.depth, None
+    fit = None
     if points is not None:
         try:
             fit = align(result.depth, points)
         except MidasOnnxError as exc:
             raise _bad(str(exc)) from None
     if fmt in DEPTH_FORMATS:
-        depth = depth if fit is None else metric_depth(result.depth, fit)
+        depth = result.depth if fit is None else metric_depth(result.depth, fit)
         try:
             return Response(encode_depth(depth, DEPTH_FORMATS[fmt]), media_type=FORMATS[fmt])
         except MidasOnnxError as exc:

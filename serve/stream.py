@@ -64,8 +64,8 @@ from runtime.postprocess import COLORMAPS, colormap_id
 from runtime.steady import SteadyNormalizer
 
 from .access import AccessControl, AccessPolicy
-from .refusals import client_of
 from .errors import ApiError, envelope
+from .refusals import client_of
 from .service import Service
 
 log = logging.getLogger("midas_onnx.serve")

@@ -204,6 +204,23 @@ def test_refusal_throttle_holds_a_bounded_number_of_answers(fixed_model, monkeyp
     assert held[0].status_code == 429 and held[0].json()["error"]["code"] == "too_many_refusals"
 
 
+def test_a_client_that_leaves_during_its_hold_gives_the_slot_back(fixed_model):
+    """A slowed client that drops its connection mid-hold: the held slot comes back when the
+    hold ends, and the server goes on serving."""
+    settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, access_log=False)
+    with live_app(settings) as (base, svc):
+        host, port = base.removeprefix("http://").split(":")
+        with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.6"), timeout=30) as client:
+            assert client.post(base + "/v1/depth", content=b"x", headers=JPEG).status_code == 422
+        sock = socket.create_connection((host, int(port)), source_address=("127.0.0.6", 0))
+        sock.sendall(b"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\n")
+        held = lambda: sample(httpx.get(base + "/metrics").text)[("midas_refusals_held",)]  # noqa: E731
+        wait_until(lambda: held() == 1, "held")
+        sock.close()
+        wait_until(lambda: held() == 0, "slot given back", timeout=5)
+        assert httpx.get(base + "/healthz").status_code == 200
+
+
 def test_refusal_buckets_are_bounded():
     """A client per address: an attacker with many addresses cannot grow the table past
     MAX_CLIENTS; clients whose bucket refilled are forgotten before those still slowed."""
