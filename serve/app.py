@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from . import errors
 from .access import AccessControl, AccessPolicy
-from .lifecycle import install_drain, prepare_process
+from .lifecycle import install_drain, prepare_process, redact_keys
 from .observe import Observe
 from .routes import depth_router, health_router, jobs_router
 from .service import Service
@@ -41,6 +41,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        redact_keys()  # whoever runs the app: keys stay out of the server's request lines
         await svc.start()
         install_drain(svc.drain)
         policy.start_reloading()

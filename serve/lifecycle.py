@@ -13,19 +13,44 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import re
 import signal
 import sys
 import threading
 
 log = logging.getLogger("midas_onnx.serve")
 _prepared = False
+# a key sent as ``?key=`` (the WebSocket's browser-less way): its value, up to the next
+# parameter, quote or space
+_QUERY_KEY = re.compile(r"([?&]key=)[^&\s\"']*")
+
+
+class RedactKeys(logging.Filter):
+    """Leaves ``?key=`` values out of a record's message: uvicorn logs every WebSocket
+    handshake at INFO with its query string, and a key must never reach a log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "key=" in message:
+            record.msg, record.args = _QUERY_KEY.sub(r"\1<redacted>", message), None
+        return True
+
+
+def redact_keys() -> None:
+    """Install ``RedactKeys`` on the loggers that print request lines (idempotent; a logger's
+    filters survive uvicorn's logging set-up)."""
+    for name in ("uvicorn.error", "uvicorn.access", "midas_onnx"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactKeys) for f in logger.filters):
+            logger.addFilter(RedactKeys())
 
 
 def prepare_process(stream=None) -> None:
     """Log the service's own lines on ``stream`` (default stderr: access log, errors) and cap
     glibc's malloc arenas; uvicorn's own access log is silenced (serve.observe writes the one
-    access log). Idempotent."""
+    access log). Keys are left out of every request line (``redact_keys``). Idempotent."""
     global _prepared
+    redact_keys()
     if _prepared:
         return
     _prepared = True

@@ -33,8 +33,8 @@ middleware's own checks: Host allow-list and Origin (a page of another site cann
 stream: cross-site WebSocket hijacking) refused in the handshake (HTTP 400/403), then the API
 key. Browsers cannot set ``Authorization`` on a WebSocket, so the key may also come as a
 subprotocol, ``new WebSocket(url, ["midas-onnx", "midas-key." + base64url(key)])`` (the
-server answers ``midas-onnx`` and never echoes the key), or as ``?key=`` (kept out of the
-access log, which does not log WebSockets; proxies may log it, so prefer the subprotocol).
+server answers ``midas-onnx`` and never echoes the key), or as ``?key=`` (left out of
+every log line by ``serve.lifecycle.RedactKeys``; proxies may log it, so prefer the subprotocol).
 A missing or wrong key closes the accepted connection with 4401 and the reason (a browser
 sees close codes, not handshake statuses); per-key limits count one connection as one
 request in progress for its whole life (beyond them: 1013). Refused handshakes (host,
