@@ -58,9 +58,11 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def bind_refusal(host: str, settings: ServeSettings, keys: int) -> str | None:
-    """Why the CLI must not bind to ``host`` (None: it may)."""
-    if is_loopback(host) or keys or settings.insecure_no_auth:
+def bind_refusal(settings: ServeSettings) -> str | None:
+    """Why the CLI must not bind to ``settings.host`` (None: it may). A key file that cannot
+    be read is a ValueError."""
+    host = settings.host
+    if is_loopback(host) or settings.insecure_no_auth or keys_in(settings):
         return None
     return (f"refusing to serve on {host} without API keys: anyone who reaches the port could use it. "
             "Give keys with --api-key-file PATH (one a line) or MIDAS_ONNX_API_KEYS=key1,key2, "
@@ -174,7 +176,8 @@ class AccessControl:
         self.app, self.policy = app, policy
         s = policy.settings
         self.allow_any_host = "*" in s.allowed_hosts
-        self.hosts = LOOPBACK_HOSTS | {h.lower() for h in s.allowed_hosts}
+        own = () if is_loopback(s.host) or s.host in ("0.0.0.0", "::", "") else (s.host,)  # the bind address
+        self.hosts = LOOPBACK_HOSTS | {h.lower() for h in (*s.allowed_hosts, *own)}
         self.cors = frozenset(o.rstrip("/") for o in s.cors_origins)
         pages = {"/", "/live", "/static/key.js"}  # they ask for the key themselves
         self.open_paths = {"/healthz"} | pages | ({"/readyz"} if s.public_readyz else set()) | (

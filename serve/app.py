@@ -9,7 +9,7 @@ admitted before they are decoded; decoding and PNG encoding run in worker thread
 loop only moves bytes. Layers, outside in: ``Observe`` (metrics, access log, 500 envelope),
 ``AccessControl`` (keys, hosts, origins, per-key limits), then the routers over ``Service``.
 
-    uvicorn --factory serve.app:app_from_env      # settings from MIDAS_ONNX_* (serve.settings.ENV)
+    uvicorn --factory serve.app:app_from_env      # settings from MIDAS_ONNX_* (serve.settings)
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .lifecycle import install_drain, prepare_process, redact_keys
 from .observe import Observe
 from .routes import depth_router, health_router, jobs_router
 from .service import Service
-from .settings import ServeSettings
+from .settings import ServeSettings, SettingsError
 from .stream import stream_router
 
 
@@ -62,11 +62,30 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """``uvicorn --factory serve.app:app_from_env``: the CLI's service, with settings from the
-    environment (MIDAS_ONNX_MODEL, MIDAS_ONNX_MAX_BODY_MB, ...; see serve.settings.ENV), the
+    environment (MIDAS_ONNX_MODEL, MIDAS_ONNX_MAX_BODY_MB, ...; see serve.settings), the
     same logging and malloc-arena cap. Keys are required off loopback as with the CLI; the
-    bind address is uvicorn's here, so that check is the CLI's alone (see serve.access)."""
+    bind address is uvicorn's here, so that check is the CLI's alone (see serve.access). A bad
+    setting ends the process with one line (uvicorn would print a traceback).
+
+    OpenCV's decoder limit cannot follow ``MIDAS_ONNX_MAX_PIXELS`` here (uvicorn imported this
+    module, and so cv2, first): set ``OPENCV_IO_MAX_IMAGE_PIXELS`` to the same value beside it."""
+    try:
+        settings = ServeSettings.load()
+    except SettingsError as exc:
+        raise SystemExit(f"error: {exc}") from None
     prepare_process()
-    return create_app(ServeSettings.from_env())
+    return create_app(settings)
+
+
+def run_uvicorn(app: FastAPI, settings: ServeSettings) -> None:
+    """The CLI's server: uvicorn on ``settings.host:port``. ``ws_max_size``: uvicorn refuses
+    a larger WebSocket message before buffering it (its own default is 16 MiB), the same cap
+    as an HTTP body; ``limit_concurrency`` bounds the connections (and so what their buffers
+    hold)."""
+    import uvicorn
+
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
+                ws_max_size=settings.max_body_bytes, limit_concurrency=settings.limit_concurrency)
 
 
 def _version() -> str:

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-#: Peak bytes per pixel of one image between decode and answer: 29 measured for a 12 MP JPEG
-#: answered with an overlay, most of it the float64 copy upstream's pre-processing makes at
-#: full size (tests/test_serve_hostile.py::test_many_large_photos_stay_inside_the_work_budget).
-BYTES_PER_PIXEL = 32
+from .settings import BYTES_PER_PIXEL  # noqa: F401 - where the settings check that one image fits
+
 
 
 class WorkBudget:

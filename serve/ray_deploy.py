@@ -20,7 +20,6 @@ joined and the store actor is detached (it outlives this driver).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -80,7 +79,7 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
     from .lifecycle import prepare_process
 
     opts = dict(max_ongoing_requests=max_ongoing, health_check_period_s=2, health_check_timeout_s=10,
-                graceful_shutdown_timeout_s=max(1.0, settings.drain_timeout_s),
+                graceful_shutdown_timeout_s=max(1.0, settings.drain_timeout),
                 logging_config={"enable_access_log": False})
     most = autoscale[1] if autoscale else replicas
     opts["ray_actor_options"] = {"num_cpus": cpus_per_replica if cpus_per_replica is not None
@@ -128,27 +127,16 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
     return MidasIngress.bind(settings)
 
 
-def parse_autoscale(text: str) -> tuple[int, int]:
-    """``"MIN:MAX"`` -> (MIN, MAX) with 1 <= MIN <= MAX; ValueError otherwise."""
-    try:
-        low, high = (int(n) for n in str(text).split(":"))
-    except ValueError:
-        raise ValueError(f"autoscale {text!r}: MIN:MAX with 1 <= MIN <= MAX") from None
-    if not 1 <= low <= high:
-        raise ValueError(f"autoscale {text!r}: MIN:MAX with 1 <= MIN <= MAX")
-    return low, high
-
-
 def app_builder(args: dict | None = None):
     """The deployment for Ray Serve's own tools: a RayService's or ``serve run``'s
     ``import_path: serve.ray_deploy:app_builder``, with ``args`` ``replicas`` or
     ``autoscale: "MIN:MAX"``; service settings from the environment (``MIDAS_ONNX_*``, as
     ``uvicorn --factory``). Creates the detached job store if the cluster has none."""
     from .ray_jobs import store_actor
-    from .settings import ServeSettings
+    from .settings import ServeSettings, parse_autoscale
 
     args = args or {}
-    settings = replica_settings(ServeSettings.from_env())
+    settings = replica_settings(ServeSettings.load())
     scale = parse_autoscale(args["autoscale"]) if "autoscale" in args else None
     store_actor(settings, detached=True)
     return build(settings, int(args.get("replicas", 2)), scale)
@@ -158,7 +146,7 @@ def replica_settings(settings):
     """One inference worker per replica, single-threaded unless --threads says otherwise;
     jobs in the Ray store. No refusal throttle: a replica sees every client at the proxy's
     address, so one bucket would slow them all together."""
-    return dataclasses.replace(settings, workers=1, threads=settings.threads or 1, job_store="ray", refusal_rate=0.0)
+    return settings.replace(workers=1, threads=settings.threads or 1, job_store="ray", refusal_rate=0.0)
 
 
 def _stop_orphaned_haproxy(hap_dir: str) -> None:
@@ -175,7 +163,7 @@ def _stop_orphaned_haproxy(hap_dir: str) -> None:
                 os.kill(int(pid), signal.SIGTERM)
 
 
-def _ingress_error_page(hap_dir: str, retry_after_s: int, wait_s: float = 20.0) -> bool:
+def _ingress_error_page(hap_dir: str, retry_after: int, wait_s: float = 20.0) -> bool:
     """HAProxy's own answer when a replica fails under a request (a process killed mid-way)
     becomes the service's 503 envelope with Retry-After, not Ray's plain-text 500. Private:
     Ray Serve has no setting for it; it writes ``500.http`` beside HAProxy's config when its
@@ -195,17 +183,18 @@ def _ingress_error_page(hap_dir: str, retry_after_s: int, wait_s: float = 20.0) 
     error = ApiError(503, "replica_unavailable", "the replica handling this request stopped; retry")
     body = json.dumps({"error": error.entry()}).encode()  # the service's own envelope
     head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Retry-After: {retry_after_s}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+            f"Retry-After: {retry_after}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     for page in pages:
         Path(page).write_bytes(head.encode() + body)
     return True
 
 
-def run_on_ray(settings, address: str | None = None, replicas: int = 2, autoscale: tuple[int, int] | None = None,
-               host: str = "127.0.0.1", port: int = 8000, ready=None) -> None:
+def run_on_ray(settings, ready=None) -> None:
     """Deploy and serve until SIGINT/SIGTERM, then delete the app (replicas drain) and shut
     down Serve and, if we started it, the local Ray."""
     t0 = time.monotonic()
+    address, replicas, autoscale = settings.address, settings.replicas, settings.autoscale_range
+    host, port = settings.host, settings.port
     local = address is None
     temp_dir = tempfile.mkdtemp(prefix="midas-ray-", dir="/tmp") if local else None
     hap_dir = tempfile.mkdtemp(prefix="mh-", dir="/tmp") if local else None
@@ -229,7 +218,7 @@ def run_on_ray(settings, address: str | None = None, replicas: int = 2, autoscal
         store = store_actor(settings, detached=not local)  # noqa: F841 - held: a non-detached actor dies with its last handle
         serve.start(http_options={"host": host, "port": port})
         if hap_dir and os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" and not _ingress_error_page(
-                hap_dir, settings.retry_after_s):
+                hap_dir, settings.retry_after):
             print("midas-onnx serve --ray: HAProxy's error page not found; a failed replica's requests get "
                   "Ray's plain-text 500", file=sys.stderr, flush=True)
         serve.run(build(settings, replicas, autoscale), name=APP_NAME, route_prefix="/", blocking=False)

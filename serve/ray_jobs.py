@@ -144,10 +144,10 @@ def store_actor(settings, detached: bool = False):
     opts = dict(name=STORE_NAME, namespace=NAMESPACE, get_if_exists=True)
     if detached:
         opts["lifetime"] = "detached"
-    handle = actor.options(**opts).remote(settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes,
-                                          settings.job_lease_s)
-    ray.get(handle.configure.remote(settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes,
-                                    settings.job_lease_s), timeout=60)
+    handle = actor.options(**opts).remote(settings.job_ttl, settings.max_jobs, settings.max_job_bytes,
+                                          settings.job_lease)
+    ray.get(handle.configure.remote(settings.job_ttl, settings.max_jobs, settings.max_job_bytes,
+                                    settings.job_lease), timeout=60)
     return handle
 
 
@@ -207,7 +207,7 @@ class RayJobStore:
             raise
 
     def _beat(self) -> None:
-        while not self._stop.wait(max(0.1, self.settings.job_lease_s / 3)):
+        while not self._stop.wait(max(0.1, self.settings.job_lease / 3)):
             with self._lock:
                 owned = list(self._owned)
             if owned:

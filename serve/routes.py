@@ -61,7 +61,7 @@ def health_router(svc: Service, auth_on=lambda: False) -> APIRouter:
         try:
             svc.require_ready()
         except ApiError as exc:
-            return envelope(503, exc.code, exc.message, {"Retry-After": str(svc.settings.retry_after_s)})
+            return envelope(503, exc.code, exc.message, {"Retry-After": str(svc.settings.retry_after)})
         return envelope(503, "not_ready", "not ready")  # pragma: no cover - require_ready raised above
 
     @router.get("/metrics", include_in_schema=False)
@@ -107,7 +107,7 @@ def depth_router(svc: Service) -> APIRouter:
         with _working(svc):
             (name, data), = await read_images(request, settings, svc.uploads, max_count=1)
             async with svc.holding(data, name):
-                deadline = time.monotonic() + settings.request_timeout_s
+                deadline = time.monotonic() + settings.timeout
                 result = await svc.infer(data, name, request)
                 del data
                 started = time.perf_counter()
@@ -116,7 +116,7 @@ def depth_router(svc: Service) -> APIRouter:
                         asyncio.to_thread(render, result, fmt, cmap, overlay, alpha, svc.hm.info.precision, points),
                         max(0.001, deadline - time.monotonic()))
                 except TimeoutError:
-                    raise ApiError(504, "timeout", f"no result within {settings.request_timeout_s:g} s") from None
+                    raise ApiError(504, "timeout", f"no result within {settings.timeout:g} s") from None
                 svc.metrics.stage.labels("render").observe(time.perf_counter() - started)
                 return response
 
@@ -129,7 +129,7 @@ def jobs_router(svc: Service) -> APIRouter:
 
     def too_many() -> ApiError:
         return ApiError(503, "too_many_jobs", f"the job store is full ({settings.max_jobs} jobs or "
-                        f"{settings.max_job_bytes:,} bytes held); retry later", retry_after=settings.retry_after_s)
+                        f"{settings.max_job_bytes:,} bytes held); retry later", retry_after=settings.retry_after)
 
     @router.post("/v1/jobs", status_code=202)
     async def create_job(request: Request, colormap: Annotated[Colormap | None, Query()] = None) -> JSONResponse:
@@ -153,7 +153,7 @@ def jobs_router(svc: Service) -> APIRouter:
         job = svc.jobs.get(job_id)
         if job is None:
             raise ApiError(404, "no_such_job", f"job {job_id[:64]} does not exist or has expired")
-        return job.view(settings.job_ttl_s)
+        return job.view(settings.job_ttl)
 
     return router
 

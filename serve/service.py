@@ -3,7 +3,7 @@
 ``start()`` loads the model in a background thread (``/readyz`` says when it is ready, or
 why it failed) and starts the inference workers; ``stop()`` ends them. ``drain()`` is what
 SIGTERM runs: ready turns false at once, new work is refused with 503 + Retry-After, and
-accepted work (requests and jobs) finishes, for at most ``drain_timeout_s``.
+accepted work (requests and jobs) finishes, for at most ``drain_timeout``.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class Service:
         self.batcher: Batcher | None = None
         self.jobs = jobs if jobs is not None else _job_store(settings)
         self.metrics = Metrics()
-        self.uploads = UploadGate(settings.max_uploads, settings.retry_after_s)
+        self.uploads = UploadGate(settings.max_uploads, settings.retry_after)
         self.work = WorkBudget(settings.max_work_bytes)
         self.draining = False
         self.active = 0  # work requests in progress (uploads, inference, rendering)
@@ -70,7 +70,7 @@ class Service:
 
     async def _expire_jobs(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, max(0.05, self.settings.job_ttl_s / 4)))
+            await asyncio.sleep(min(5.0, max(0.05, self.settings.job_ttl / 4)))
             self.jobs.expire()
 
     def load(self) -> None:
@@ -89,10 +89,10 @@ class Service:
             self.loaded.set()
 
     async def drain(self) -> None:
-        """Refuse new work, then wait for accepted work, at most drain_timeout_s."""
+        """Refuse new work, then wait for accepted work, at most drain_timeout."""
         self.draining = True
-        deadline = time.monotonic() + self.settings.drain_timeout_s
-        log.info("draining: new work refused; waiting up to %gs for accepted work", self.settings.drain_timeout_s)
+        deadline = time.monotonic() + self.settings.drain_timeout
+        log.info("draining: new work refused; waiting up to %gs for accepted work", self.settings.drain_timeout)
         while (self.active or self.jobs.running()) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         left = self.active + self.jobs.running()
@@ -115,7 +115,7 @@ class Service:
         return self.hm is not None and self.batcher is not None and self.batcher.alive() and not self.draining
 
     def require_ready(self) -> Batcher:
-        retry = self.settings.retry_after_s
+        retry = self.settings.retry_after
         if self.draining:
             raise ApiError(503, "draining", "the server is shutting down; retry on another instance", retry_after=retry)
         if self.batcher is not None and not self.batcher.alive():
@@ -140,17 +140,17 @@ class Service:
         async with self.work.hold(len(data) + pixels * BYTES_PER_PIXEL, wait=job) as granted:
             if not granted:
                 raise ApiError(503, "busy", f"the images in process hold {self.work.held / 2**20:,.0f} MB of "
-                               f"{self.work.limit / 2**20:,.0f} MB; retry shortly", retry_after=self.settings.retry_after_s)
+                               f"{self.work.limit / 2**20:,.0f} MB; retry shortly", retry_after=self.settings.retry_after)
             yield
 
     async def infer(self, data: bytes, name: str, request: Request | None = None, job: bool = False):
         """Bytes -> DepthResult: admitted, then decoded once, then batched. A request waits
-        at most ``request_timeout_s`` in all and gives its place back when its client goes;
+        at most ``timeout`` in all and gives its place back when its client goes;
         a job image (``job``) waits for room and for its turn however long the queue is
         (accepted work is never refused for load)."""
         batcher = self.require_ready()
         prepare = lambda: decode(data, name, self.settings.max_pixels)  # noqa: E731
-        timeout = None if job else self.settings.request_timeout_s  # a job has no client waiting on it
+        timeout = None if job else self.settings.timeout  # a job has no client waiting on it
         work = asyncio.ensure_future(batcher.run(prepare, wait=job, timeout_s=timeout))
         watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
         try:
@@ -162,9 +162,9 @@ class Service:
             raise _image_error(exc) from None
         except QueueFull:
             raise ApiError(503, "busy", "the inference queue is full; retry shortly",
-                           retry_after=self.settings.retry_after_s) from None
+                           retry_after=self.settings.retry_after) from None
         except TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {self.settings.request_timeout_s:g} s") from None
+            raise ApiError(504, "timeout", f"no result within {self.settings.timeout:g} s") from None
         except WorkerDied as exc:
             raise ApiError(503, "worker_died", f"inference stopped: {exc}") from None
         finally:  # whatever ended the wait (even this handler's own cancellation), nothing is left behind
@@ -186,7 +186,7 @@ def _job_store(settings: ServeSettings):
         from .ray_jobs import RayJobStore
 
         return RayJobStore(settings)
-    return JobStore(settings.job_ttl_s, settings.max_jobs, settings.max_job_bytes)
+    return JobStore(settings.job_ttl, settings.max_jobs, settings.max_job_bytes)
 
 
 async def _disconnected(request: Request) -> None:

@@ -16,14 +16,13 @@ Live means bounded latency, so one frame is in flight per connection: while it i
 computed, frames that arrive wait in one slot and a newer one replaces the waiting one (the
 newest wins; the replaced one is dropped and counted). Each frame goes through the service's
 batcher like an HTTP request (``Service.infer``: admitted before it is decoded, the same
-queue bound, the same ``request_timeout_s``): a frame the full queue cannot take is dropped
+queue bound, the same ``timeout``): a frame the full queue cannot take is dropped
 and counted, not queued. Each connection has its own ``runtime.steady.SteadyNormalizer``, so
 its colours stay steady from frame to frame (``?colormap=`` picks the map).
 
-Bounds: a connection that sends nothing for ``idle_timeout_s`` (60 s) is closed; at most
-``max_connections`` live connections (``ServeSettings.max_streams`` when the
-settings have it, else ``MIDAS_ONNX_MAX_STREAMS``, else 8); one over is accepted and closed at
-once with 1013 (try again later) and a reason. A message over ``max_body_bytes`` closes the
+Bounds: a connection that sends nothing for ``--stream-idle-timeout`` (60 s) is closed; at
+most ``--max-streams`` (8) live connections; one over is accepted and closed at once with
+1013 (try again later) and a reason. A message over ``max_body_bytes`` closes the
 connection with 1009 (uvicorn's own ``ws_max_size``, 16 MiB by default, applies first when it
 is smaller). A service that is loading or draining closes with 1013 or 1001 and the reason.
 
@@ -50,7 +49,6 @@ import binascii
 import contextlib
 import json
 import logging
-import os
 import time
 
 from importlib.resources import files
@@ -72,21 +70,18 @@ log = logging.getLogger("midas_onnx.serve")
 PATH = "/v1/stream"
 SUBPROTOCOL = "midas-onnx"
 KEY_PROTOCOL = "midas-key."
-DEFAULT_MAX_STREAMS = 8
-ENV_MAX_STREAMS = "MIDAS_ONNX_MAX_STREAMS"
-IDLE_TIMEOUT_S = 60.0  # an idle connection must not hold one of the capped places for ever
 # close codes: RFC 6455 ones, and 4401/4403 (application range) for a refused key
 GOING_AWAY, UNSUPPORTED, INTERNAL, TOO_BIG, TRY_AGAIN = 1001, 1003, 1011, 1009, 1013
 UNAUTHORIZED, FORBIDDEN = 4401, 4403
 _FATAL = {"draining": GOING_AWAY, "loading": TRY_AGAIN, "worker_died": INTERNAL, "model_failed": INTERNAL}
 
 
-def stream_router(svc: Service, max_connections: int | None = None,
-                  idle_timeout_s: float = IDLE_TIMEOUT_S) -> APIRouter:
+def stream_router(svc: Service) -> APIRouter:
     """The ``/v1/stream`` WebSocket and the ``/live`` page over ``svc`` (see the module
-    docstring); a connection that sends nothing for ``idle_timeout_s`` is closed (1000)."""
+    docstring)."""
     router = APIRouter()
-    cap = max_connections or getattr(svc.settings, "max_streams", None) or _env_cap() or DEFAULT_MAX_STREAMS
+    cap = svc.settings.max_streams
+    idle_timeout_s = svc.settings.stream_idle_timeout
     metrics = _metrics(svc)
     live = {"open": 0}
     gates: dict[int, AccessControl] = {}
@@ -276,16 +271,6 @@ def _key_from(offered: list[str], query_key: str | None) -> str | None:
             except (binascii.Error, UnicodeDecodeError, ValueError):
                 return ""  # present but unreadable: refused as a wrong key
     return query_key
-
-
-def _env_cap() -> int | None:
-    text = os.environ.get(ENV_MAX_STREAMS, "").strip()
-    if not text:
-        return None
-    value = int(text)
-    if value <= 0:
-        raise ValueError(f"{ENV_MAX_STREAMS}={text!r}: must be positive")
-    return value
 
 
 def _metrics(svc: Service) -> dict:

@@ -71,7 +71,7 @@ async def read_images(request: Request, settings: ServeSettings, gate: UploadGat
                        f"send an image as multipart/form-data (field 'file') or as image/*, not {ctype[:100]}")
     with gate:
         try:
-            async with asyncio.timeout(settings.body_timeout_s):
+            async with asyncio.timeout(settings.body_timeout):
                 if ctype.startswith("multipart/form-data"):
                     return await _multipart(_capped(request, limit), settings, max_count)
                 return await _raw(_capped(request, limit))
@@ -79,7 +79,7 @@ async def read_images(request: Request, settings: ServeSettings, gate: UploadGat
             raise too_large from None
         except TimeoutError:
             raise ApiError(408, "body_timeout",
-                           f"the request body did not arrive within {settings.body_timeout_s:g} s") from None
+                           f"the request body did not arrive within {settings.body_timeout:g} s") from None
         except ClientDisconnect:
             raise ApiError(499, "client_gone", "the client disconnected while sending the body") from None
 

@@ -152,7 +152,7 @@ def rss_peak_above_now(measure) -> int:
 def test_chunked_body_is_capped_while_it_arrives(fixed_model, multipart):
     """64 MiB with no Content-Length, chunked: 413 as soon as the cap (1 MiB) is passed, the
     sender stopped long before the end, and the server never held much more than the cap."""
-    settings = ServeSettings(model=fixed_model, threads=1, max_body_bytes=1024 * 1024, access_log=False)
+    settings = ServeSettings(model=fixed_model, threads=1, max_body_mb=1, quiet=True)
     with live_app(settings) as (base, svc):
         block = b"\x00" * 65536
         if multipart:
@@ -185,7 +185,7 @@ def test_chunked_body_is_capped_while_it_arrives(fixed_model, multipart):
 def one_held_in_inference(model, photo, name: str):
     """A server with room for one waiting image, and a first request ``name`` held inside
     inference until ``held.release`` is set: yields (base, svc, held, first's responses)."""
-    settings = ServeSettings(model=model, threads=1, workers=1, queue_size=1, max_batch=1, access_log=False)
+    settings = ServeSettings(model=model, threads=1, workers=1, queue_size=1, max_batch=1, quiet=True)
     with live_app(settings) as (base, svc):
         held = HeldInference(svc)
         first: list = []
@@ -273,10 +273,10 @@ def failing_model(path: Path) -> Path:
 @pytest.mark.parametrize("case", ["warm-up fails in onnxruntime", "unknown colormap"])
 def test_every_load_failure_ends_as_readyz_503_with_the_reason(tmp_path, fixed_model, case, caplog):
     if case == "unknown colormap":
-        settings = ServeSettings(model=fixed_model, colormap="rainbowz", access_log=False)
+        settings = ServeSettings(model=fixed_model, colormap="rainbowz", quiet=True)
         reason = "unknown colormap 'rainbowz'"
     else:
-        settings = ServeSettings(model=failing_model(tmp_path / "fails.onnx"), access_log=False)
+        settings = ServeSettings(model=failing_model(tmp_path / "fails.onnx"), quiet=True)
         reason = "Reshape"
     with caplog.at_level("ERROR", logger="midas_onnx.serve"), live_app(settings, wait_ready=False) as (base, svc):
         wait_until(svc.loaded.is_set, "load attempt")
@@ -293,7 +293,7 @@ def test_each_result_is_colorized_once(fixed_model, photo_set, monkeypatch):
     calls = []
     real = postprocess.colorize
     monkeypatch.setattr(postprocess, "colorize", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
-    with live_app(ServeSettings(model=fixed_model, threads=1, access_log=False)) as (base, svc):
+    with live_app(ServeSettings(model=fixed_model, threads=1, quiet=True)) as (base, svc):
         calls.clear()  # the warm-up run
         data = jpeg(photo_set["coffee"])
         r = httpx.post(base + "/v1/depth", content=data, headers={"content-type": "image/jpeg"}, timeout=60)
@@ -317,7 +317,7 @@ def test_depth_files_and_known_depths_over_http(fixed_model, photo_set, tmp_path
 
     data = jpeg(photo_set["coffee"])
     rel = DepthHeatmapper(fixed_model).predict(data).depth
-    with live_app(ServeSettings(model=fixed_model, threads=1, access_log=False)) as (base, svc):
+    with live_app(ServeSettings(model=fixed_model, threads=1, quiet=True)) as (base, svc):
         post = lambda query: httpx.post(base + "/v1/depth" + query, content=data,  # noqa: E731
                                         headers={"content-type": "image/jpeg"}, timeout=60)
         npy = post("?format=npy")

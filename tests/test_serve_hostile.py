@@ -186,7 +186,7 @@ def test_refusal_throttle_holds_a_bounded_number_of_answers(fixed_model, monkeyp
     import serve.refusals
 
     monkeypatch.setattr(serve.refusals, "MAX_HELD", 1)
-    settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, access_log=False)
+    settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, quiet=True)
     with live_app(settings) as (base, svc), httpx.Client(
             transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30) as client:
         assert client.post(base + "/v1/depth", content=b"x", headers=JPEG).status_code == 422
@@ -207,7 +207,7 @@ def test_refusal_throttle_holds_a_bounded_number_of_answers(fixed_model, monkeyp
 def test_a_client_that_leaves_during_its_hold_gives_the_slot_back(fixed_model):
     """A slowed client that drops its connection mid-hold: the held slot comes back when the
     hold ends, and the server goes on serving."""
-    settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, access_log=False)
+    settings = ServeSettings(model=fixed_model, threads=1, refusal_burst=1, refusal_rate=0.5, quiet=True)
     with live_app(settings) as (base, svc):
         host, port = base.removeprefix("http://").split(":")
         with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.6"), timeout=30) as client:
@@ -370,7 +370,7 @@ def test_access_log_cannot_be_forged_and_disconnects_leave_no_traceback(fixed_mo
 # -- inference workers ------------------------------------------------------------------------------
 def test_a_dead_worker_fails_health_and_pending_requests_at_once(fixed_model, photo_set):
     """Before: every later request timed out while /healthz said ok and /readyz ready."""
-    with live_app(ServeSettings(model=fixed_model, threads=1, workers=1, request_timeout_s=30)) as (base, svc):
+    with live_app(ServeSettings(model=fixed_model, threads=1, workers=1, timeout=30)) as (base, svc):
         def bug(name, value):
             if name == "batch_size":
                 raise RuntimeError("metrics hook bug")
@@ -429,7 +429,7 @@ def test_a_gone_client_frees_its_queued_pixels(fixed_model, photo_set, monkeypat
 def test_job_images_wait_out_a_long_queue(fixed_model, photo_set):
     """Before: job images waited for room inside the request timeout and became 504 entries."""
     settings = ServeSettings(model=fixed_model, threads=1, workers=1, queue_size=1, max_batch=1,
-                             request_timeout_s=1.0, access_log=False)
+                             timeout=1.0, quiet=True)
     with live_app(settings) as (base, svc):
         held = HeldInference(svc)
         first: list = []
@@ -447,8 +447,8 @@ def test_job_images_wait_out_a_long_queue(fixed_model, photo_set):
 
 def test_jobs_are_bounded_in_bytes_before_the_body_is_read(fixed_model, photo_set):
     data = jpeg(photo_set["astronaut"])
-    settings = ServeSettings(model=fixed_model, threads=1, max_job_bytes=len(data) + 1000, job_ttl_s=60,
-                             access_log=False)
+    settings = ServeSettings(model=fixed_model, threads=1, max_job_mb=(len(data) + 1000) / 2**20, job_ttl=60,
+                             quiet=True)
     with live_app(settings) as (base, svc):
         job = httpx.post(base + "/v1/jobs", files={"file": ("a.jpg", data, "image/jpeg")}, timeout=30)
         assert job.status_code == 202
@@ -469,7 +469,7 @@ def test_jobs_are_bounded_in_bytes_before_the_body_is_read(fixed_model, photo_se
 def test_job_expiry_ignores_wall_clock_jumps(fixed_model, photo_set, monkeypatch):
     import serve.jobs
 
-    with live_app(ServeSettings(model=fixed_model, threads=1, job_ttl_s=30, access_log=False)) as (base, svc):
+    with live_app(ServeSettings(model=fixed_model, threads=1, job_ttl=30, quiet=True)) as (base, svc):
         job = httpx.post(base + "/v1/jobs", content=jpeg(photo_set["chelsea"]), headers=JPEG, timeout=30).json()
         wait_until(lambda: httpx.get(base + job["url"]).json()["status"] == "done", "job done")
         real = time.time
@@ -482,7 +482,7 @@ def test_job_expiry_ignores_wall_clock_jumps(fixed_model, photo_set, monkeypatch
 
 # -- uploads ---------------------------------------------------------------------------------------------
 def test_slow_uploads_are_capped_in_number_and_time(fixed_model, photo_set):
-    settings = ServeSettings(model=fixed_model, threads=1, max_uploads=2, body_timeout_s=1.5, access_log=False)
+    settings = ServeSettings(model=fixed_model, threads=1, max_uploads=2, body_timeout=1.5, quiet=True)
     with live_app(settings) as (base, svc):
         head = (b"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                 b"Content-Length: 500000\r\n\r\n" + b"\xff\xd8\xff" + b"\x00" * 1000)

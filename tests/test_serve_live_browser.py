@@ -68,7 +68,7 @@ def test_live_page_streams_heatmaps_that_follow_the_camera(fixed_model, tmp_path
     from selenium.webdriver.support.ui import WebDriverWait
 
     clip = write_y4m(tmp_path / "clip.y4m", clip_frames())
-    settings = ServeSettings(model=fixed_model, workers=1, access_log=False, api_keys=(key,) if key else ())
+    settings = ServeSettings(model=fixed_model, workers=1, quiet=True, api_keys=(key,) if key else ())
     with stream_app(settings) as (ws_base, svc):
         base = ws_base.replace("ws://", "http://")
         assert httpx.get(base + "/live").status_code == 200  # the page itself is open; it asks for the key

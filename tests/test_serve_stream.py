@@ -6,7 +6,6 @@ bound, bad frames, drain, and the access policy (keys, Origin)."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import threading
 import time
@@ -18,7 +17,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from serve import ServeSettings
-from serve.stream import PATH, stream_router
+from serve.stream import PATH
 
 from .test_serve import free_port
 from .test_serve_hardening import HeldInference, wait_until
@@ -27,26 +26,14 @@ KEY = "stream-test-key-0123456789"
 
 
 @contextlib.contextmanager
-def stream_app(settings: ServeSettings, max_connections: int | None = None, wait_ready: bool = True, **router):
-    """(ws URL base, Service): ``create_app`` with the stream router (``max_connections``
-    given here), served by uvicorn on 127.0.0.1 in a background thread."""
+def stream_app(settings: ServeSettings, wait_ready: bool = True):
+    """(ws URL base, Service): ``create_app(settings)``, served by uvicorn on 127.0.0.1 in a
+    background thread."""
     import uvicorn
 
     import serve.app
 
-    def ours(svc):
-        return stream_router(svc, max_connections=max_connections, **router)
-
-    if hasattr(serve.app, "stream_router"):  # create_app routes the stream: with these arguments
-        wired = serve.app.stream_router
-        serve.app.stream_router = ours
-        try:
-            app = serve.app.create_app(settings)
-        finally:
-            serve.app.stream_router = wired
-    else:
-        app = serve.app.create_app(settings)
-        app.include_router(ours(app.state.service))
+    app = serve.app.create_app(settings)
     svc = app.state.service
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
@@ -97,7 +84,7 @@ def open_streams(svc) -> float:
 
 @pytest.fixture(scope="module")
 def settings(fixed_model) -> ServeSettings:
-    return ServeSettings(model=fixed_model, workers=1, access_log=False)
+    return ServeSettings(model=fixed_model, workers=1, quiet=True)
 
 
 def test_frames_in_heatmaps_out_following_the_input(settings):
@@ -138,7 +125,7 @@ def test_newest_frame_wins_while_one_is_in_flight(settings):
 
 def test_full_queue_drops_the_frame_instead_of_queueing(settings):
     """With the batcher's queue full, a frame is dropped (counted) and the stream goes on."""
-    with stream_app(dataclasses.replace(settings, queue_size=1, max_batch=1)) as (base, svc):
+    with stream_app(settings.replace(queue_size=1, max_batch=1)) as (base, svc):
         held = HeldInference(svc)
         with connect(base + PATH) as a, connect(base + PATH) as b, connect(base + PATH) as c:
             a.send(jpg(frame(0)))
@@ -156,7 +143,7 @@ def test_full_queue_drops_the_frame_instead_of_queueing(settings):
 
 
 def test_connection_cap(settings):
-    with stream_app(settings, max_connections=2) as (base, svc):
+    with stream_app(settings.replace(max_streams=2)) as (base, svc):
         with connect(base + PATH) as a, connect(base + PATH) as b:
             with connect(base + PATH) as third:
                 code, reason = closed_with(third)
@@ -170,7 +157,7 @@ def test_connection_cap(settings):
 
 
 def test_idle_connection_is_closed_and_frees_its_place(settings):
-    with stream_app(settings, max_connections=1, idle_timeout_s=0.5) as (base, svc):
+    with stream_app(settings.replace(max_streams=1, stream_idle_timeout=0.5)) as (base, svc):
         with connect(base + PATH) as idle:
             assert closed_with(idle) == (1000, "no frame for 0.5 s; closed")
         wait_until(lambda: open_streams(svc) == 0, "the place given back")
@@ -180,7 +167,7 @@ def test_idle_connection_is_closed_and_frees_its_place(settings):
 
 
 def test_oversize_message_is_refused(settings):
-    with stream_app(dataclasses.replace(settings, max_body_bytes=50_000)) as (base, svc), \
+    with stream_app(settings.replace(max_body_mb=50_000 / 2**20)) as (base, svc), \
             connect(base + PATH, max_size=None) as ws:
         noise = np.random.default_rng(0).integers(0, 256, (600, 800, 3), np.uint8)
         big = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
@@ -221,7 +208,7 @@ def test_keys_and_origin(settings):
     import base64
 
     token = "midas-key." + base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("=")
-    with stream_app(dataclasses.replace(settings, api_keys=(KEY,))) as (base, svc):
+    with stream_app(settings.replace(api_keys=(KEY,))) as (base, svc):
         with connect(base + PATH) as ws:
             code, reason = closed_with(ws)
             assert code == 4401 and "API key is required" in reason
@@ -256,7 +243,7 @@ def test_a_key_guesser_over_websocket_is_slowed(settings):
     """Wrong keys in the handshake count like refused HTTP requests: past the burst the
     client is denied in the handshake (429) until its next token is due; another address
     with the right key is not."""
-    slowed = dataclasses.replace(settings, api_keys=(KEY,), refusal_burst=3, refusal_rate=1.0)
+    slowed = settings.replace(api_keys=(KEY,), refusal_burst=3, refusal_rate=1.0)
     with stream_app(slowed) as (base, svc):
         for i in range(3):
             with connect(base + PATH + f"?key=guess-{i}", source_address=("127.0.0.4", 0)) as ws:
