@@ -1,4 +1,6 @@
-"""Finding, safely loading and checking MiDaS_small checkpoints."""
+"""Finding, safely loading and checking official checkpoints, and building the network a
+model description names with them (MiDaS small, Depth Anything V2 Small and its metric
+variants: each loads its upstream file strictly, under upstream's own key names)."""
 
 from __future__ import annotations
 
@@ -9,47 +11,25 @@ import torch
 
 from runtime.errors import MidasOnnxError
 from runtime.files import sha256_file
+from runtime.model_description import MIDAS_SMALL, ModelDescription, describe
 
-from .model import MidasNetSmall
-
-OFFICIAL_URL = "https://github.com/isl-org/MiDaS/releases/download/v2_1/midas_v21_small_256.pt"
-OFFICIAL_FILENAME = "midas_v21_small_256.pt"
-# Where tests and benchmarks look for the real weights (first match wins).
+# Where tests and benchmarks look for the real MiDaS small weights (first match wins).
 WEIGHTS_ENV = "MIDAS_SMALL_WEIGHTS"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_WEIGHTS = _REPO_ROOT.parent / "shared" / "weights" / OFFICIAL_FILENAME
+SHARED_WEIGHTS = _REPO_ROOT.parent / "shared" / "weights" / MIDAS_SMALL.checkpoint.filename
 
 
 class CheckpointError(MidasOnnxError):
-    """A checkpoint is missing, not a PyTorch file, or not MiDaS_small."""
+    """A checkpoint is missing, not a PyTorch file, or not the model it is meant for."""
 
 
 def find_real_weights() -> Path | None:
-    """The official checkpoint on local disk, if any: $MIDAS_SMALL_WEIGHTS, then ../shared/weights."""
+    """The official MiDaS small checkpoint on local disk, if any: $MIDAS_SMALL_WEIGHTS, then ../shared/weights."""
     env = os.environ.get(WEIGHTS_ENV)
     for candidate in (Path(env) if env else None, SHARED_WEIGHTS):
         if candidate is not None and candidate.is_file():
             return candidate
     return None
-
-
-def download_official() -> Path:
-    """The official checkpoint through torch.hub's download cache (``$TORCH_HOME/hub/checkpoints``).
-
-    A cached copy is reused, so only the first call needs the network.
-    """
-    target = Path(torch.hub.get_dir()) / "checkpoints" / OFFICIAL_FILENAME
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(OFFICIAL_URL, str(target), progress=True)
-        except Exception as exc:  # URLError, HTTPError, timeouts, SSL: all mean "no download"
-            raise CheckpointError(
-                f"could not download the official MiDaS_small weights from {OFFICIAL_URL} "
-                f"({type(exc).__name__}: {exc}). Offline? Download {OFFICIAL_FILENAME} elsewhere "
-                "and pass it with --checkpoint PATH."
-            ) from None
-    return target
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -99,8 +79,9 @@ def _first_sentence(text: str, limit: int = 200) -> str:
     return sentence.rstrip(".") or type(text).__name__
 
 
-def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str) -> None:
-    """Refuse a state dict that is not MiDaS_small, naming what is missing, extra or misshapen."""
+def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: str,
+               title: str = MIDAS_SMALL.title) -> None:
+    """Refuse a state dict that is not ``title``'s layout, naming what is missing, extra or misshapen."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -120,24 +101,44 @@ def check_keys(state: dict[str, torch.Tensor], model: torch.nn.Module, source: s
             parts.append(f"{len(unexpected)} unexpected keys ({head(unexpected)})")
         if misshapen:
             parts.append(f"{len(misshapen)} keys of the wrong shape ({head(misshapen)})")
-        raise CheckpointError(f"{source} is not a MiDaS v2.1 small checkpoint: " + "; ".join(parts))
+        raise CheckpointError(f"{source} is not a {title} checkpoint: " + "; ".join(parts))
 
 
-def build_model(checkpoint: str | Path | None = None) -> tuple[MidasNetSmall, str]:
-    """MidasNetSmall in eval mode with weights loaded strictly, and the checkpoint's sha256.
+def new_network(description: ModelDescription) -> torch.nn.Module:
+    """The untrained network ``description`` names, carrying it as ``.description``."""
+    if description.family == "midas":
+        from .model import MidasNetSmall
 
-    ``checkpoint=None`` uses the official weights via torch.hub's cache (network on first use).
+        return MidasNetSmall()
+    from .depth_anything import DepthAnythingV2
+
+    return DepthAnythingV2(description)
+
+
+def build_model(checkpoint: str | Path | None = None,
+                model: str | ModelDescription = MIDAS_SMALL) -> tuple[torch.nn.Module, str]:
+    """``model``'s network (a description or an ``export --model`` id) in eval mode with the
+    checkpoint's weights loaded strictly, and the checkpoint's sha256.
+
+    ``checkpoint=None`` uses the official weights, downloaded once into a cache
+    (``export.download``; network on first use).
     """
-    path = Path(checkpoint) if checkpoint is not None else download_official()
+    description = describe(model) if isinstance(model, str) else model
+    if checkpoint is None:
+        from .download import official_checkpoint
+
+        path = official_checkpoint(description)
+    else:
+        path = Path(checkpoint)
     state = load_state_dict(path)
-    model = MidasNetSmall()
-    check_keys(state, model, str(path))
-    model.load_state_dict(state, strict=True)
-    return model.eval(), sha256_file(path)
+    network = new_network(description)
+    check_keys(state, network, str(path), description.title)
+    network.load_state_dict(state, strict=True)
+    return network.eval(), sha256_file(path)
 
 
 def build_hub_model() -> tuple[torch.nn.Module, str]:
-    """Upstream's own code path: ``torch.hub.load("intel-isl/MiDaS", "MiDaS_small")``.
+    """MiDaS small by upstream's own code path: ``torch.hub.load("intel-isl/MiDaS", "MiDaS_small")``.
 
     Needs the network (GitHub code + weights); useful to cross-check this re-implementation.
     """
@@ -148,4 +149,5 @@ def build_hub_model() -> tuple[torch.nn.Module, str]:
             f"torch.hub.load('intel-isl/MiDaS', 'MiDaS_small') failed ({type(exc).__name__}: "
             f"{str(exc)[:300]}). It needs internet access; offline, use --checkpoint PATH."
         ) from None
+    model.description = MIDAS_SMALL
     return model.eval(), "torch.hub:intel-isl/MiDaS:MiDaS_small"

@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from runtime.model_description import MIDAS_SMALL
+
 FEATURES = 64
 # Channel counts of the four backbone taps (EfficientNet-Lite3 stages 1, 2, 4, 6).
 BACKBONE_CHANNELS = (32, 48, 136, 384)
@@ -132,6 +134,8 @@ class MidasNetSmall(nn.Module):
     non_negative=True, exportable backbone.
     """
 
+    description = MIDAS_SMALL
+
     def __init__(self) -> None:
         super().__init__()
         f = FEATURES
@@ -154,8 +158,9 @@ class MidasNetSmall(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_tracing() and (x.shape[-2] % 32 or x.shape[-1] % 32):
-            raise ValueError(f"input height and width must be multiples of 32, got {tuple(x.shape[-2:])}")
+        step = self.description.input.multiple_of
+        if not torch.jit.is_tracing() and (x.shape[-2] % step or x.shape[-1] % step):
+            raise ValueError(f"input height and width must be multiples of {step}, got {tuple(x.shape[-2:])}")
         p, s = self.pretrained, self.scratch
         l1 = p.layer1(x)
         l2 = p.layer2(l1)

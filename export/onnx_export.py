@@ -1,14 +1,17 @@
-"""PyTorch -> ONNX for MidasNet_small, then clean-up, metadata and verification.
+"""PyTorch -> ONNX for the networks of ``export.checkpoint`` (MiDaS small, Depth Anything
+V2 Small), then clean-up, metadata (the model's description) and verification.
 
 Choices:
 
-- Exporter: the TorchScript exporter (``dynamo=False``). The network is plain convolutions,
-  clips, adds and resizes with static shapes apart from batch, height and width, which the
-  TorchScript exporter writes in a few seconds; its graph is the one the parity checks
-  below and the INT8 quantizer are verified on.
-- Opset 17: every op here (Conv, Clip, Pad, Resize with align_corners) exists since opset
-  11-13; 17 is the newest that onnxruntime's quantizer, OpenVINO and TensorRT all handle
-  without caveats, and there is nothing in 18+ this network needs.
+- Exporter: the TorchScript exporter (``dynamo=False``). The networks are convolutions,
+  matmuls, norms, adds and resizes with static shapes apart from batch, height and width,
+  which the TorchScript exporter writes in seconds; its graph is the one the parity checks
+  below and the INT8 quantizer are verified on. Sizes read from a tensor in ``forward`` are
+  traced, so everything computed from them follows the input; Python floats and ints made
+  from them would freeze (see ``export.depth_anything``).
+- Opset 17: every op here (Conv, Clip, Pad, Resize with align_corners, LayerNormalization,
+  Range) exists by opset 17, the newest that onnxruntime's quantizer, OpenVINO and TensorRT
+  all handle without caveats; there is nothing in 18+ these networks need.
 - Static pads: ``export.model.StaticSameConv2d`` gives each strided TF-"same" conv a
   constant ``F.pad`` instead of pads computed from the input size, so the graph carries no
   shape arithmetic, at any size, and quantizes like any other.
@@ -34,16 +37,16 @@ import torch
 from runtime.errors import MidasOnnxError
 from runtime.files import temp_path_beside
 from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
+from runtime.model_description import MIDAS_SMALL, ModelDescription
 
 log = logging.getLogger(__name__)
 
 OPSET = 17
-# Provenance carried in every model file (and into its INT8 variants).
-WEIGHTS_LICENCE = ("MIT: MiDaS v2.1 small weights by isl-org/MiDaS (holds for the official checkpoint; "
-                   "see checkpoint_sha256 for which file this is)")
 MAX_REL_ERROR = 1e-4
-# Shapes checked after a dynamic export: square, landscape, portrait, and a batch of 2.
-DYNAMIC_CHECK_SHAPES = ((1, 256, 256), (1, 256, 384), (1, 320, 192), (2, 192, 256))
+# Shapes checked after a dynamic export, as fractions of the model's size (rounded to its
+# multiple): square at its own size, then smaller landscape, portrait and a batch of 2 (a
+# ViT's cost grows with the square of its tokens: the check stays cheap for either family).
+DYNAMIC_CHECK_FRACTIONS = ((1, 1.0, 1.0), (1, 0.5, 0.75), (1, 0.75, 0.5), (2, 0.5, 0.5))
 
 
 class ExportError(MidasOnnxError):
@@ -86,63 +89,76 @@ def export_onnx(
     *,
     force: bool = False,
     slim: bool = True,
+    description: ModelDescription | None = None,
 ) -> Path:
     """Write ``model`` as ONNX to ``out_path``, with midas-onnx metadata embedded.
 
-    ``input_hw=None`` exports dynamic batch, height and width; otherwise H and W are fixed
-    and only the batch is dynamic (so ``predict_batch`` can send one call per batch).
-    The file appears only when complete (written beside it, then renamed), and an existing
-    file is kept unless ``force``.
+    ``description`` defaults to the network's own (``model.description``). ``input_hw=None``
+    exports dynamic batch, height and width; otherwise H and W are fixed and only the batch
+    is dynamic (so ``predict_batch`` can send one call per batch). The file appears only
+    when complete (written beside it, then renamed), and an existing file is kept unless
+    ``force``. Any failure of the exporter, onnxslim or the checker is one ``ExportError``.
     """
     import onnx
 
+    description = description or model.description
     out_path = Path(out_path)
     if out_path.exists() and not force:
         raise ExportError(f"{out_path} exists; pass --force to overwrite it")
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = input_hw or (256, 256)
-    dummy = torch.zeros(1, 3, h, w)
-    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
-    if input_hw is None:
-        dynamic_axes = {
-            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-            OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"},
-        }
+    size = description.input.size
     tmp = temp_path_beside(out_path)
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter is chosen on purpose (see module docstring), and its
-            # constant-folding notes are about its own passes, not the user's model.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-            torch.onnx.export(
-                model,
-                (dummy,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes=dynamic_axes,
-                opset_version=OPSET,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        _stage("torch.onnx.export", _trace_to_file, model, tmp, input_hw or (size, size), dynamic=input_hw is None)
         proto = onnx.load(str(tmp))
         if slim:
             import onnxslim
 
-            proto = onnxslim.slim(proto)
+            proto = _stage("onnxslim", onnxslim.slim, proto)
         info = ModelInfo(
             input_hw=input_hw,
             checkpoint_sha256=checkpoint_sha256,
-            extra={"export_versions": json.dumps(versions(), sort_keys=True), "weights_licence": WEIGHTS_LICENCE},
+            extra={"export_versions": json.dumps(versions(), sort_keys=True), "weights_licence": description.licence},
+            description=description,
         )
         set_metadata(proto, info.to_props())
-        onnx.checker.check_model(proto, full_check=True)
+        _stage("the onnx checker", onnx.checker.check_model, proto, full_check=True)
         onnx.save(proto, str(tmp))
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
     return out_path
+
+
+def _trace_to_file(model: torch.nn.Module, path: Path, hw: tuple[int, int], dynamic: bool) -> None:
+    dynamic_axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+    if dynamic:
+        dynamic_axes = {
+            INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+            OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"},
+        }
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter is chosen on purpose (see module docstring); its notes on
+        # constant folding and traced sizes are about its own passes, not the user's model.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        torch.onnx.export(model, (torch.zeros(1, 3, *hw),), str(path), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+
+
+def _stage(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; whatever it raises becomes one ``ExportError`` line naming the
+    stage (their own messages run to pages of C++ or graph dumps: the first line says it)."""
+    try:
+        return fn(*args, **kwargs)
+    except MidasOnnxError:
+        raise
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = lines[0][:300] if lines else ""
+        raise ExportError(f"{what} failed: {type(exc).__name__}{': ' + detail if detail else ''}") from None
 
 
 def check_parity(
@@ -182,8 +198,18 @@ def check_parity(
     return results
 
 
-def parity_inputs(input_hw: tuple[int, int] | None, seed: int = 0) -> list[np.ndarray]:
-    """Seeded N(0, 1) inputs (what normalised images look like) at the shapes to check."""
+def parity_inputs(input_hw: tuple[int, int] | None, seed: int = 0,
+                  description: ModelDescription = MIDAS_SMALL) -> list[np.ndarray]:
+    """Seeded N(0, 1) inputs (what normalised images look like) at the shapes to check:
+    a fixed model's size (batches of 1 and 2), else ``check_shapes(description)``."""
     rng = np.random.default_rng(seed)
-    shapes = DYNAMIC_CHECK_SHAPES if input_hw is None else ((1, *input_hw), (2, *input_hw))
+    shapes = check_shapes(description) if input_hw is None else ((1, *input_hw), (2, *input_hw))
     return [rng.standard_normal((n, 3, h, w)).astype(np.float32) for n, h, w in shapes]
+
+
+def check_shapes(description: ModelDescription) -> list[tuple[int, int, int]]:
+    """(batch, H, W) for a dynamic export's check: ``DYNAMIC_CHECK_FRACTIONS`` of the
+    model's size, rounded to its multiple (MiDaS small: 256x256, 128x192, 192x128, 2 x 128x128)."""
+    size, step = description.input.size, description.input.multiple_of
+    return [(n, max(step, round(size * fh / step) * step), max(step, round(size * fw / step) * step))
+            for n, fh, fw in DYNAMIC_CHECK_FRACTIONS]

@@ -1,8 +1,10 @@
-"""``DepthHeatmapper``: MiDaS_small depth and heatmaps on a CPU, torch-free."""
+"""``DepthHeatmapper``: depth and heatmaps on a CPU, torch-free, for any model midas-onnx
+exports (MiDaS small, Depth Anything V2 Small relative and metric): the file's description
+sets the pre- and post-processing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import groupby
 from pathlib import Path
@@ -13,7 +15,8 @@ import onnxruntime as ort
 
 from . import images, postprocess
 from .errors import ModelError
-from .metadata import INPUT_NAME, ModelInfo, parse_size
+from .metadata import INPUT_NAME, PREFIX, ModelInfo, parse_size
+from .model_description import MIDAS_SMALL, OutputRule
 from .preprocess import network_input, network_size
 from .session import create_session
 
@@ -22,17 +25,20 @@ from .session import create_session
 class DepthResult:
     """One image's result.
 
-    depth: float32 HxW relative inverse depth at the input's size (larger is nearer).
+    depth: float32 HxW at the input's size, what ``output`` says: relative inverse depth
+        (larger is nearer, unknown scale and shift) or, for metric models, metres.
     heatmap: uint8 HxWx3 BGR, the depth through the colormap (near is bright for inferno),
         made on first use, so a caller that wants only the depth or another colormap never
         pays for it. Heatmap *files* need no such array: ``runtime.outputs.render`` writes
         the PNG from the depth's 8-bit levels and the colormap's palette, block by block.
     source: the input's pixels as given or decoded (not copied; for overlays).
+    output: the model's output rule (kind, unit, range), from its description.
     """
 
     depth: np.ndarray
     source: images.Loaded = field(repr=False)
     colormap: int = field(default=postprocess.colormap_id(postprocess.DEFAULT_COLORMAP), repr=False)
+    output: OutputRule = field(default=MIDAS_SMALL.output, repr=False)
 
     @cached_property
     def heatmap(self) -> np.ndarray:
@@ -70,7 +76,8 @@ class DepthResult:
 
 
 class DepthHeatmapper:
-    """Monocular depth heatmaps from a midas-onnx model (fp32, dynamic INT8 or static INT8).
+    """Monocular depth heatmaps from a midas-onnx model (fp32, dynamic INT8 or static INT8),
+    pre- and post-processed as the model's upstream pipeline does (``info.description``).
 
     One onnxruntime session is created here and reused for every call; ``predict`` is safe to
     call from several threads at once (onnxruntime's ``run`` is, and nothing else is shared).
@@ -84,10 +91,15 @@ class DepthHeatmapper:
         model_path: an ONNX file written by ``midas-onnx export`` or ``quantize``.
         threads: intra-op threads; None = one per physical core (onnxruntime's choice).
         colormap: any OpenCV colormap by name ("inferno", "turbo", "magma", ...).
-        input_size: only for ONNX files without midas-onnx metadata: "256x256" or "dynamic".
-        mean: likewise, the per-channel (RGB) mean subtracted from inputs scaled to [0, 1];
-            default ImageNet's.
-        std: likewise, the per-channel (RGB) divisor applied after ``mean``; default ImageNet's.
+        input_size: for a dynamic-size model, the size its resize rule aims at instead of the
+            description's (e.g. 364 or 252 for Depth Anything V2 instead of 518): fewer
+            pixels, less work (a ViT's cost grows with the square of its tokens), a coarser
+            depth map; a multiple of the model's ``multiple_of``. "HxW" runs a dynamic model
+            at one fixed size. For ONNX files without midas-onnx metadata it is required:
+            "HxW" or "dynamic" (they are then taken for MiDaS small).
+        mean: only for files without metadata: the per-channel (RGB) mean subtracted from
+            inputs scaled to [0, 1]; default the description's.
+        std: likewise, the per-channel (RGB) divisor applied after ``mean``.
         max_pixels: refuse larger inputs (decompression-bomb guard).
         memory_arena: onnxruntime's CPU arena. Off by default: with dynamic models it grows
             with every new input shape, and with fixed ones it measured no faster (79 vs
@@ -100,7 +112,7 @@ class DepthHeatmapper:
         threads: int | None = None,
         colormap: str = postprocess.DEFAULT_COLORMAP,
         *,
-        input_size: str | None = None,
+        input_size: str | int | None = None,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         max_pixels: int = images.MAX_PIXELS,
@@ -163,33 +175,50 @@ class DepthHeatmapper:
         return self.session.run(None, {INPUT_NAME: x})[0]
 
     def _finish(self, src: images.Loaded, net_depth: np.ndarray) -> DepthResult:
-        depth = postprocess.resize_depth(net_depth, src.pixels.shape[0], src.pixels.shape[1])
-        return DepthResult(depth, src, self._colormap_id)
+        output = self.info.description.output
+        depth = postprocess.resize_depth(net_depth, src.pixels.shape[0], src.pixels.shape[1], output.resize)
+        return DepthResult(depth, src, self._colormap_id, output)
 
     def __repr__(self) -> str:
-        return (f"DepthHeatmapper({str(self.model_path)!r}, input={self.info.input_size_text}, "
-                f"precision={self.info.precision}, colormap={self.colormap!r})")
+        return (f"DepthHeatmapper({str(self.model_path)!r}, model={self.info.description.id}, "
+                f"input={self.info.input_size_text}, precision={self.info.precision}, colormap={self.colormap!r})")
 
 
 def read_model_info(
     session: ort.InferenceSession,
     path: Path,
-    input_size: str | None = None,
+    input_size: str | int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
 ) -> ModelInfo:
-    """ModelInfo from the file's metadata, or from explicit arguments for foreign ONNX files."""
+    """ModelInfo from the file's metadata (``input_size`` then changes a dynamic model's
+    size, see ``DepthHeatmapper``), or from explicit arguments for foreign ONNX files."""
     props = dict(session.get_modelmeta().custom_metadata_map)
-    if input_size is None:
-        info = ModelInfo.from_props(props, str(path))
+    ours = any(k.startswith(PREFIX) for k in props)
+    if ours or input_size is None:
+        info = ModelInfo.from_props(props, str(path))  # a foreign file without input_size: refused, saying why
     else:
-        try:
-            info = ModelInfo(input_hw=parse_size(input_size), name=path.stem)
-        except ValueError as exc:
-            raise ModelError(f"input_size: {exc}") from None
-    if mean is not None or std is not None:
-        from dataclasses import replace
+        info = ModelInfo(input_hw=None, name=path.stem)  # a foreign file is taken for MiDaS small
+    try:
+        if mean is not None or std is not None:
+            info = replace(info, mean=tuple(mean or info.mean), std=tuple(std or info.std))
+        return info if input_size is None else _resized(info, input_size, path)
+    except ModelError:
+        raise
+    except ValueError as exc:
+        raise ModelError(f"input_size: {exc}") from None
 
-        info = replace(info, mean=tuple(mean or info.mean), std=tuple(std or info.std))
-    return info
 
+def _resized(info: ModelInfo, input_size: str | int, path: Path) -> ModelInfo:
+    """``info`` run at ``input_size``: N (the rule's target size) or "HxW" (one fixed size)."""
+    text = str(input_size).strip().lower()
+    if info.input_hw is not None:
+        if text in ("dynamic", info.input_size_text) or (text.isdigit() and info.input_hw == (int(text),) * 2):
+            return info
+        raise ModelError(f"{path} is a fixed {info.input_size_text} model: it cannot run at input size {text}; "
+                         "export a dynamic one (`midas-onnx export`, the default) to choose the size at run time")
+    if text == "dynamic":
+        return info
+    if text.isdigit():
+        return replace(info, description=info.description.with_input_size(int(text)))
+    return replace(info, input_hw=parse_size(text, info.description.input.multiple_of))

@@ -1,46 +1,70 @@
 """The contract between exporter, quantizer and runtime: ONNX ``metadata_props`` keys.
 
-The exporter writes these; the runtime configures itself from them (input size, mean/std),
-so a model file carries everything needed to use it. This module is plain Python on
+The exporter writes these; the runtime configures itself from them, so a model file carries
+everything needed to use it. The model's whole description (``runtime.model_description``:
+input and output rules, licence, checkpoint) is one JSON entry, ``midas_onnx.description``;
+the older flat entries (``model``, ``input_size``, ``mean``, ``std``) are still written, from
+the description, so files stay readable by earlier releases, and a file without a
+description (exported before it existed) is MiDaS small. This module is plain Python on
 purpose: the exporter (torch side) and the runtime (torch-free) both import it.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from .errors import ModelError
+from .model_description import MIDAS_SMALL, DescriptionError, ModelDescription
 
 PREFIX = "midas_onnx."
 FORMAT_VERSION = "1"
-MODEL_NAME = "midas_v21_small_256"
+MODEL_NAME = MIDAS_SMALL.name  # what files exported before descriptions existed hold
 INPUT_NAME = "image"
 OUTPUT_NAME = "depth"
-# ImageNet statistics, as upstream's small_transform NormalizeImage uses them.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# Upstream's hub transform for MiDaS_small: long side 256, sides multiples of 32.
-DYNAMIC_TARGET = 256
-MULTIPLE_OF = 32
+_KNOWN = {"model", "input_size", "mean", "std", "precision", "checkpoint_sha256", "description"}
+_SQUARE = (-1, -1)  # "the description's default size, square": ModelInfo's default input_hw
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     """What a midas-onnx model file says about itself.
 
-    ``input_hw`` is ``None`` for a dynamic-size model (pre-processing then follows upstream's
-    aspect-preserving ``small_transform``); otherwise the fixed (height, width).
+    ``description`` is the model's (MiDaS small when the file has none). ``input_hw`` is
+    ``None`` for a dynamic-size model (pre-processing then follows the description's
+    aspect-keeping rule); otherwise the fixed (height, width); by default the description's
+    size, square. ``mean``/``std`` given here override the description's (for ONNX files
+    without metadata) and are folded into it, so ``description.input`` is the one rule the
+    runtime follows; left out, they read back as the description's.
     """
 
-    name: str = MODEL_NAME
-    input_hw: tuple[int, int] | None = (256, 256)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    name: str = ""
+    input_hw: tuple[int, int] | None = _SQUARE
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
     precision: str = "fp32"
     checkpoint_sha256: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    description: ModelDescription = MIDAS_SMALL
+
+    def __post_init__(self) -> None:
+        desc = self.description
+        if self.mean is not None or self.std is not None:
+            rule = replace(desc.input, mean=tuple(float(v) for v in (self.mean or desc.input.mean)),
+                           std=tuple(float(v) for v in (self.std or desc.input.std)))
+            desc = replace(desc, input=rule)
+            try:
+                desc.check()
+            except DescriptionError as exc:
+                raise ModelError(str(exc)) from None
+        set_ = object.__setattr__  # frozen: fill the derived fields once, here
+        set_(self, "description", desc)
+        set_(self, "mean", desc.input.mean)
+        set_(self, "std", desc.input.std)
+        set_(self, "name", self.name or desc.name)
+        if self.input_hw == _SQUARE:
+            set_(self, "input_hw", (desc.input.size, desc.input.size))
 
     @property
     def dynamic(self) -> bool:
@@ -60,6 +84,7 @@ class ModelInfo:
             "std": json.dumps(list(self.std)),
             "precision": self.precision,
             "checkpoint_sha256": self.checkpoint_sha256,
+            "description": self.description.to_json(),
             **self.extra,
         }
         return {PREFIX + k: str(v) for k, v in props.items()}
@@ -75,14 +100,17 @@ class ModelInfo:
                 "`midas-onnx export`, or pass input_size/mean/std to DepthHeatmapper explicitly."
             )
         try:
-            mean = tuple(float(v) for v in json.loads(ours.get("mean", json.dumps(IMAGENET_MEAN))))
-            std = tuple(float(v) for v in json.loads(ours.get("std", json.dumps(IMAGENET_STD))))
-            input_hw = parse_size(ours["input_size"])
+            if "description" in ours:
+                description, mean, std = ModelDescription.from_json(ours["description"]), None, None
+            else:  # exported before descriptions: MiDaS small, with the mean/std it recorded
+                description = MIDAS_SMALL
+                mean = tuple(float(v) for v in json.loads(ours.get("mean", json.dumps(MIDAS_SMALL.input.mean))))
+                std = tuple(float(v) for v in json.loads(ours.get("std", json.dumps(MIDAS_SMALL.input.std))))
+            input_hw = parse_size(ours["input_size"], description.input.multiple_of)
         except (ValueError, TypeError) as exc:
             raise ModelError(f"{source} has malformed midas-onnx metadata: {exc}") from None
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        if mean is not None and (len(mean) != 3 or len(std) != 3 or min(std) <= 0):
             raise ModelError(f"{source} has malformed mean/std metadata: {mean} / {std}")
-        known = {"model", "input_size", "mean", "std", "precision", "checkpoint_sha256"}
         return cls(
             name=ours["model"],
             input_hw=input_hw,
@@ -90,12 +118,14 @@ class ModelInfo:
             std=std,  # type: ignore[arg-type]
             precision=ours.get("precision", "fp32"),
             checkpoint_sha256=ours.get("checkpoint_sha256", ""),
-            extra={k: v for k, v in ours.items() if k not in known},
+            extra={k: v for k, v in ours.items() if k not in _KNOWN},
+            description=description,
         )
 
 
-def parse_size(text: str) -> tuple[int, int] | None:
-    """``"dynamic"`` -> None; ``"256"`` or ``"256x384"`` -> (H, W), multiples of 32."""
+def parse_size(text: str, multiple_of: int = MIDAS_SMALL.input.multiple_of) -> tuple[int, int] | None:
+    """``"dynamic"`` -> None; ``"256"`` or ``"256x384"`` -> (H, W), multiples of ``multiple_of``
+    (the model's: MiDaS small's for files that do not say)."""
     text = text.strip().lower()
     if text == "dynamic":
         return None
@@ -105,8 +135,8 @@ def parse_size(text: str) -> tuple[int, int] | None:
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise ValueError(f"size must be HxW (e.g. 256x384) or 'dynamic', got {text!r}")
     h, w = int(parts[0]), int(parts[1])
-    if h <= 0 or w <= 0 or h % MULTIPLE_OF or w % MULTIPLE_OF:
-        raise ValueError(f"height and width must be positive multiples of {MULTIPLE_OF}, got {h}x{w}")
+    if h <= 0 or w <= 0 or h % multiple_of or w % multiple_of:
+        raise ValueError(f"height and width must be positive multiples of {multiple_of}, got {h}x{w}")
     return h, w
 
 

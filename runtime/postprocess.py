@@ -1,12 +1,14 @@
 """From network output to what people look at: depth at the input's size, colour heatmaps,
-overlays and 16-bit depth PNGs. The output is relative *inverse* depth: larger is nearer,
-so with a dark-to-bright colormap near objects are bright.
+overlays and 16-bit depth PNGs. A relative model's output is *inverse* depth: larger is
+nearer, so with a dark-to-bright colormap near objects are bright.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from .model_description import MIDAS_SMALL, OUTPUT_RESIZES
 
 DEFAULT_COLORMAP = "inferno"
 COLORMAPS: dict[str, int] = {
@@ -22,11 +24,50 @@ def colormap_id(name: str) -> int:
         raise ValueError(f"unknown colormap {name!r}; choose from {', '.join(sorted(COLORMAPS))}") from None
 
 
-def resize_depth(depth: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Network-size depth -> input size, bicubic as upstream's ``F.interpolate(mode="bicubic")``."""
+def resize_depth(depth: np.ndarray, height: int, width: int, method: str = MIDAS_SMALL.output.resize) -> np.ndarray:
+    """Network-size depth -> input size, as the model's upstream pipeline does it
+    (``OutputRule.resize``): ``bicubic`` as MiDaS's ``F.interpolate(mode="bicubic")``,
+    ``bilinear_align_corners`` as Depth Anything V2's ``F.interpolate(mode="bilinear",
+    align_corners=True)``."""
+    if method not in OUTPUT_RESIZES:
+        raise ValueError(f"unknown depth resize {method!r}; known: {', '.join(OUTPUT_RESIZES)}")
     if depth.shape == (height, width):
         return depth.astype(np.float32, copy=False)
-    return cv2.resize(depth, (width, height), interpolation=cv2.INTER_CUBIC)
+    if method == "bicubic":
+        return cv2.resize(depth, (width, height), interpolation=cv2.INTER_CUBIC)
+    return _bilinear_align_corners(depth.astype(np.float32, copy=False), height, width)
+
+
+def _linear_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Indices and float32 weights of ``align_corners=True`` linear resampling from ``src`` to
+    ``dst`` samples, computed as torch's CPU kernel does: ``x = i * (src - 1) / (dst - 1)``."""
+    scale = np.float32((src - 1) / (dst - 1)) if dst > 1 else np.float32(0)
+    pos = scale * np.arange(dst, dtype=np.float32)
+    first = np.minimum(pos.astype(np.int64), src - 1)  # floor: positions are never negative
+    second = np.minimum(first + 1, src - 1)
+    w_second = (pos - first).astype(np.float32)
+    return first, second, np.float32(1) - w_second, w_second
+
+
+def _bilinear_align_corners(depth: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear with aligned corners, horizontal pass first on the small map, then the
+    vertical one a block of output rows at a time into the result (torch's order and float32
+    arithmetic: within a float32 rounding of its output). OpenCV has no aligned-corner mode,
+    and its remap quantises the weights to 1/32."""
+    y0, y1, wy0, wy1 = _linear_taps(depth.shape[0], height)
+    x0, x1, wx0, wx1 = _linear_taps(depth.shape[1], width)
+    rows = depth[:, x0] * wx0
+    rows += depth[:, x1] * wx1  # (network height) x width
+    out = np.empty((height, width), np.float32)
+    step = block_rows(width)
+    scratch = np.empty((min(step, height), width), np.float32)
+    for top in range(0, height, step):
+        block = slice(top, min(top + step, height))
+        part, tmp = out[block], scratch[:block.stop - top]
+        np.multiply(rows[y0[block]], wy0[block, None], out=part)  # (np.take with out= is 5x slower)
+        np.multiply(rows[y1[block]], wy1[block, None], out=tmp)
+        part += tmp
+    return out
 
 
 # Pixels per block when mapping full-size depth to levels: the float scratch (1 MB) stays

@@ -1,10 +1,11 @@
 """The one pre-processing function: runtime, calibration, benchmarks, server and bulk use it.
 
-It reproduces upstream MiDaS's torch.hub ``small_transform``: RGB / 255 -> bicubic resize
-(OpenCV's ``INTER_CUBIC`` in float64) -> ImageNet mean/std -> NCHW float32. Dynamic models
-keep the aspect ratio with the long side at 256 and each side a multiple of 32 (upstream's
-``resize_method="upper_bound"``); fixed-size models are resized to their size, as upstream's
-own ONNX/OpenVINO scripts do.
+It reproduces the upstream pipeline the model's description names (``InputRule``): RGB / 255
+-> bicubic resize (OpenCV's ``INTER_CUBIC``) -> mean/std -> NCHW float32, all in float64
+until the final cast, as upstream's numpy code does. Dynamic models keep the aspect ratio
+with the long side (MiDaS: ``upper_bound``) or the short side (Depth Anything V2:
+``lower_bound``) at the rule's size and each side a multiple of its ``multiple_of``;
+fixed-size models are resized to their size, as upstream's own ONNX/OpenVINO scripts do.
 
 Why not simply ``cv2.resize``: upstream resizes a float64 copy of the whole photo (24 bytes
 a pixel: about 1 GB for a 40 MP photo), and OpenCV's float32 path is off by up to 2e-5 on
@@ -13,10 +14,9 @@ Bicubic is separable and each output row reads only 4 source rows, so here the v
 pass is done the way OpenCV does it (same sample positions, same float32 coefficients, edge
 rows replicated) on just those rows, straight from the decoded uint8/uint16 pixels, and
 OpenCV's float64 resize does the horizontal pass on the small result. Memory and cost then
-depend on the network height and the photo's width, not its pixel count (measured on a
-2-core AVX2 EPYC: 2.1 ms for a 640x480 photo, where upstream's float64 conversion and resize
-take 2.2-4.4 ms; 9 ms for 12 MP, where they take 90-175 ms), and the result equals
-upstream's resize to the last bit on the tested sizes.
+depend on the network height and the photo's width, not its pixel count, and the network
+input equals upstream's to the last bit on the golden photos (at most one float32 ulp on a
+few values elsewhere: the two passes run in the other order).
 """
 
 from __future__ import annotations
@@ -27,29 +27,45 @@ import cv2
 import numpy as np
 
 from . import images
-from .metadata import DYNAMIC_TARGET, MULTIPLE_OF, ModelInfo
+from .metadata import ModelInfo
+from .model_description import InputRule
 
 _CUBIC_A = np.float32(-0.75)  # OpenCV's INTER_CUBIC kernel parameter
 # Vertical-pass rows per block: bounds the scratch to BLOCK x width x 3 values.
 _BLOCK_ROWS = 32
 
 
-def _multiple_of(x: float, max_val: int) -> int:
-    """Upstream ``Resize.constrain_to_multiple_of``: round, but never above ``max_val``."""
-    y = int(round(x / MULTIPLE_OF) * MULTIPLE_OF)
-    if y > max_val:
-        y = int(math.floor(x / MULTIPLE_OF) * MULTIPLE_OF)
-    if y < MULTIPLE_OF:
-        y = int(math.ceil(x / MULTIPLE_OF) * MULTIPLE_OF)
+def _multiple_of(x: float, step: int, max_val: int | None = None, min_val: int = 0) -> int:
+    """Upstream ``Resize.constrain_to_multiple_of``: round to a multiple of ``step``, down
+    if that passes ``max_val``, up if it falls under ``min_val`` (never under one ``step``)."""
+    y = int(round(x / step) * step)
+    if max_val is not None and y > max_val:
+        y = int(math.floor(x / step) * step)
+    if y < max(min_val, step):
+        y = int(math.ceil(x / step) * step)
     return y
 
 
-def network_size(height: int, width: int, info: ModelInfo, target: int = DYNAMIC_TARGET) -> tuple[int, int]:
-    """The (H, W) the network sees for an input of ``height`` x ``width``."""
+def network_size(height: int, width: int, info: ModelInfo, target: int | None = None) -> tuple[int, int]:
+    """The (H, W) the network sees for an input of ``height`` x ``width``: a fixed model's
+    size, else the description's rule at ``target`` (default: the rule's own size)."""
     if info.input_hw is not None:
         return info.input_hw
-    scale = min(target / height, target / width)  # upper bound: the long side fits
-    return _multiple_of(scale * height, target), _multiple_of(scale * width, target)
+    return rule_size(height, width, info.description.input, target)
+
+
+def rule_size(height: int, width: int, rule: InputRule, target: int | None = None) -> tuple[int, int]:
+    """``InputRule``'s aspect-keeping size (see its docstring), as upstream's ``Resize`` computes it."""
+    size, step = target or rule.size, rule.multiple_of
+    if rule.resize == "lower_bound":
+        scale = max(size / height, size / width)  # the short side reaches size
+        cap = int(rule.max_aspect * size // step * step)
+        if max(height, width) * scale <= cap:
+            return (_multiple_of(scale * height, step, min_val=size),
+                    _multiple_of(scale * width, step, min_val=size))
+        size = cap  # a panorama past max_aspect: hold the long side instead
+    scale = min(size / height, size / width)  # upper bound: the long side fits
+    return _multiple_of(scale * height, step, max_val=size), _multiple_of(scale * width, step, max_val=size)
 
 
 def cubic_taps(src: int, dst: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,22 +122,25 @@ def preprocess(image: np.ndarray, info: ModelInfo, order: str = "bgr") -> np.nda
 
     ``image``: HxW (gray), HxWx3 or HxWx4 (alpha ignored) in ``order`` ("bgr" or "rgb");
     uint8, uint16, or float in [0, 1]. Only the network-size result is ever in float.
+    Normalised as upstream does, in float64 and in its order (/ 255, - mean, / std), in
+    place on the resized copy, then cast once: the cast is what makes the input float32.
     """
     h, w = network_size(image.shape[0], image.shape[1], info)
-    if image.ndim == 3:
-        channels = [2, 1, 0] if order == "bgr" else [0, 1, 2]
-        if image.shape[2] == 4:
-            image = image[:, :, :3]  # a view: alpha is never read
-    small = resize_bicubic(image, h, w)
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]  # a view: alpha is never read
+    small = resize_bicubic(image, h, w)  # float64, pixel units, a fresh array: changed in place below
     if small.ndim == 2:
         small = np.repeat(small[:, :, None], 3, axis=2)
-    else:
-        small = small[:, :, channels]
-    scale = np.float32(_scale_of(image))
-    mean = np.asarray(info.mean, np.float32) * scale
-    std = np.asarray(info.std, np.float32) * scale
-    normalised = (small - mean) / std
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
+    rule = info.description.input
+    mean, std = np.asarray(rule.mean, np.float64), np.asarray(rule.std, np.float64)
+    bgr = image.ndim == 3 and order == "bgr"
+    if bgr:  # normalise in the image's channel order; the final cast puts them in RGB order
+        mean, std = mean[::-1], std[::-1]
+    small /= _scale_of(image)
+    small -= mean
+    small /= std
+    planes = small.transpose(2, 0, 1)
+    return np.ascontiguousarray((planes[::-1] if bgr else planes)[None], dtype=np.float32)
 
 
 def network_input(image: images.ImageInput, info: ModelInfo, order: str = "bgr",

@@ -17,6 +17,7 @@ from export.onnx_export import ExportError, check_parity, export_onnx, parity_in
 from midas_onnx.cli import main
 from runtime import ModelInfo
 from runtime.files import sha256_file
+from runtime.model_description import MIDAS_SMALL
 from runtime.preprocess import network_input
 from runtime.session import create_session
 
@@ -169,7 +170,8 @@ def test_metadata_round_trip(fixed_model, dynamic_model, random_checkpoint, reci
         assert info.mean == (0.485, 0.456, 0.406) and info.std == (0.229, 0.224, 0.225)
         assert info.checkpoint_sha256 == sha256_file(ckpt)
         assert info.precision == "fp32"
-        assert info.extra["weights_licence"].startswith("MIT: MiDaS v2.1 small weights by isl-org/MiDaS")
+        assert info.description == MIDAS_SMALL  # the whole description travels in the file
+        assert info.extra["weights_licence"] == MIDAS_SMALL.licence
         versions = json.loads(info.extra["export_versions"])
         assert versions["torch"] == torch.__version__ and versions["opset"] == "17"
 
@@ -209,6 +211,11 @@ def test_cli_export_other_size_then_info(tmp_path, random_checkpoint):
     (["--size", "big"], "size must be HxW"),
     (["--hub", "--checkpoint", "x.pt"], "alternatives"),
     (["--dynamic", "--size", "256x256"], "alternatives"),
+    (["--input-size", "300"], "input size must be a positive multiple of 32, got 300"),
+    (["--input-size", "384", "--size", "256x256"], "--input-size is for dynamic models"),
+    (["--model", "da-v2-small", "--size", "256x256"], "multiples of 14, got 256x256"),
+    (["--model", "da-v2-small", "--hub"], "--hub builds MiDaS small only"),
+    (["--model", "da-v2-base"], "'da-v2-base' is not one of 'midas-small', 'da-v2-small'"),
 ])
 def test_cli_export_bad_options(tmp_path, args, message):
     result = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "m.onnx"), *args])
@@ -297,7 +304,7 @@ def test_default_export_is_dynamic_and_reproduces_the_upstream_pipeline(tmp_path
     out = tmp_path / "default.onnx"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(recipe_checkpoint), "-o", str(out)])
     assert result.exit_code == 0, result.output
-    assert "exporting dynamic model" in result.output and "input 1x3x256x384" in result.output
+    assert "exporting midas-small dynamic model" in result.output and "input 1x3x128x192" in result.output
     graph = onnx.load(str(out)).graph
     ops = [n.op_type for n in graph.node]
     assert "Shape" not in ops and "Pad" not in ops  # pads folded into the convs
@@ -312,3 +319,45 @@ def test_default_export_is_dynamic_and_reproduces_the_upstream_pipeline(tmp_path
         want = golden[f"depth_{i}"]
         depth = hm.predict(golden[f"rgb_{i}"], order="rgb").depth
         assert np.abs(depth - want).max() / np.ptp(want) < 1e-4
+
+
+@pytest.mark.parametrize("target, error, message", [
+    ("torch.onnx.export", RuntimeError("Unsupported: ONNX export of operator foo\n  at some C++ frame\n  more"),
+     "error: torch.onnx.export failed: RuntimeError: Unsupported: ONNX export of operator foo"),
+    ("onnxslim.slim", ValueError("\n  graph has a cycle\nsecond line"), "error: onnxslim failed: ValueError: graph has a cycle"),
+    ("onnx.checker.check_model", RuntimeError("Field 'shape' of 'type' is required\n==> Context: Bad node spec"),
+     "error: the onnx checker failed: RuntimeError: Field 'shape' of 'type' is required"),
+])
+def test_cli_export_stage_failures_are_one_line(tmp_path, random_checkpoint, monkeypatch, target, error, message):
+    """Whatever the exporter, onnxslim or the checker raise (pages of C++ frames or graph
+    dumps), the user sees one line naming the stage, and no file is left behind."""
+    import importlib
+
+    module, _, attr = target.rpartition(".")
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(importlib.import_module(module), attr, fail)
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(random_checkpoint), "-o", str(out), "--size", "64x64"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == message
+    assert "Traceback" not in result.output and "more" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_export_input_size_is_the_files_default(tmp_path, random_checkpoint):
+    """`--input-size` writes the resize target into the file's description: the runtime
+    aims at it by default and can still choose another."""
+    from runtime import DepthHeatmapper
+
+    out = tmp_path / "m384.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(random_checkpoint), "-o", str(out), "--input-size", "384"])
+    assert result.exit_code == 0, result.output
+    assert "input 1x3x384x384" in result.output  # the check's square is the file's size
+    photo = np.zeros((480, 640, 3), np.uint8)
+    hm = DepthHeatmapper(out)
+    assert hm.info.description.input.size == 384
+    assert hm.preprocess(photo).shape == (1, 3, 288, 384)
+    assert DepthHeatmapper(out, input_size=256).preprocess(photo).shape == (1, 3, 192, 256)

@@ -300,15 +300,38 @@ def test_resize_matches_upstreams_float64_opencv_resize(src_hw, dst_hw):
 
 
 def test_network_input_matches_upstreams_transform(hm_dyn):
-    """The pipeline golden stores upstream's small_transform output for each photo."""
+    """The pipeline golden stores upstream's small_transform output for each photo. Upstream
+    normalises in float64 and casts once; so does the runtime, and the inputs are equal to
+    the bit, from RGB and from BGR pixels alike."""
     path = FIXTURES / "midas_small_pipeline_golden_seed0.npz"
     if not path.is_file():
         pytest.skip("needs ../shared/fixtures")
     golden = np.load(path)
     for i in range(3):
-        x = hm_dyn.preprocess(golden[f"rgb_{i}"], "rgb")
-        assert x.shape == golden[f"net_input_{i}"].shape
-        assert np.abs(x - golden[f"net_input_{i}"]).max() < 2e-6
+        rgb = golden[f"rgb_{i}"]
+        for x in (hm_dyn.preprocess(rgb, "rgb"), hm_dyn.preprocess(np.ascontiguousarray(rgb[:, :, ::-1]))):
+            assert x.dtype == np.float32
+            np.testing.assert_array_equal(x, golden[f"net_input_{i}"])
+
+
+def test_input_size_chooses_the_dynamic_models_size(hm_dyn, dynamic_model, fixed_model, photo_set):
+    """``input_size``: N re-aims a dynamic model's resize rule, "HxW" runs it at one size;
+    a fixed model runs only at its own size and says so."""
+    photo = photo_set["coffee"]  # 400x600
+    assert hm_dyn.preprocess(photo, "rgb").shape == (1, 3, 160, 256)
+    big = DepthHeatmapper(dynamic_model, threads=2, input_size=384)
+    assert big.info.description.input.size == 384 and big.info.dynamic
+    assert big.preprocess(photo, "rgb").shape == (1, 3, 256, 384)
+    assert big.predict(photo, order="rgb").depth.shape == (400, 600)
+    pinned = DepthHeatmapper(dynamic_model, threads=2, input_size="192x320")
+    assert pinned.preprocess(photo, "rgb").shape == (1, 3, 192, 320) and pinned.info.input_size_text == "192x320"
+    assert DepthHeatmapper(fixed_model, input_size="256x256").info.input_hw == (256, 256)
+    with pytest.raises(ModelError, match="is a fixed 256x256 model: it cannot run at input size 384"):
+        DepthHeatmapper(fixed_model, input_size=384)
+    with pytest.raises(ModelError, match="input size must be a positive multiple of 32, got 300"):
+        DepthHeatmapper(dynamic_model, input_size="300")
+    with pytest.raises(ModelError, match="multiples of 32, got 200x320"):
+        DepthHeatmapper(dynamic_model, input_size="200x320")
 
 
 def test_large_photo_peak_memory_is_bounded(tmp_path, dynamic_model):

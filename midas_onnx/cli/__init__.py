@@ -15,7 +15,8 @@ from midas_onnx import __version__
 
 # command name -> (module under midas_onnx.cli, one-line help shown by --help)
 COMMANDS = {
-    "export": ("export_cmd", "Build MiDaS_small from a checkpoint and write a verified ONNX model."),
+    "export": ("export_cmd", "Build a model from its checkpoint and write a verified ONNX model."),
+    "models": ("models_cmd", "List the models export builds, with licence and size."),
     "quantize": ("quantize_cmd", "Write an INT8 model (static QDQ or dynamic) with a fidelity report."),
     "heatmap": ("heatmap_cmd", "Depth heatmaps for images, folders, globs and videos."),
     "bench": ("bench_cmd", "Benchmark model variants side by side."),
