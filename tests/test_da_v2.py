@@ -154,6 +154,17 @@ def test_whole_pipeline_matches_upstream_infer_image(da_model, golden):
         assert not result.output.metric
 
 
+def test_resize_back_is_upstreams_bilinear_align_corners(golden):
+    """The network output back at the photo's size as upstream's ``F.interpolate(bilinear,
+    align_corners=True)``: equal to float32 rounding (align_corners=False would be 2e-2 off)."""
+    from runtime.postprocess import resize_depth
+
+    for i in range(4):
+        want = golden[f"depth_{i}"]
+        got = resize_depth(golden[f"net_output_{i}"][0], *want.shape, DA_V2_SMALL.output.resize)
+        assert got.dtype == np.float32 and _rel_err(got, want) < 1e-6
+
+
 def test_network_input_matches_upstream_image2tensor(da_model, golden):
     """Upstream normalises in float64 and casts once; so does the runtime: two photos equal
     upstream's input to the bit, the other two within one float32 ulp on a handful of values
