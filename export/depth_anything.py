@@ -30,6 +30,8 @@ from torch.nn import functional as F
 
 from runtime.model_description import ModelDescription
 
+from .blocks import FusionBlock
+
 _CUBIC_A = -0.75  # torch's bicubic kernel (upsample_bicubic2d), as upstream runs it
 
 
@@ -116,39 +118,6 @@ class _Backbone(nn.Module):
         return maps
 
 
-class _ResidualConvUnit(nn.Module):
-    """ReLU-conv-ReLU-conv with a skip (upstream ResidualConvUnit, bn=False)."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
-
-
-class _FusionBlock(nn.Module):
-    """Upstream FeatureFusionBlock (expand=False, align_corners=True): fuse the skip,
-    refine, resize to the next level's size (or x2), project."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.out_conv = nn.Conv2d(features, features, 1)
-        self.resConfUnit1 = _ResidualConvUnit(features)
-        self.resConfUnit2 = _ResidualConvUnit(features)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
-        if skip is not None:
-            x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        if size is None:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        else:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
-
-
 class _DPTHead(nn.Module):
     """Upstream DPTHead (use_bn=False, use_clstoken=False): four token maps -> one depth map."""
 
@@ -163,7 +132,7 @@ class _DPTHead(nn.Module):
         self.scratch = nn.Module()
         for i, ch in enumerate(c, start=1):
             setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(ch, features, 3, padding=1, bias=False))
-            setattr(self.scratch, f"refinenet{i}", _FusionBlock(features))
+            setattr(self.scratch, f"refinenet{i}", FusionBlock(features, features))
         self.scratch.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
         self.scratch.output_conv2 = nn.Sequential(
             nn.Conv2d(features // 2, 32, 3, padding=1),

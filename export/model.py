@@ -15,6 +15,8 @@ from torch.nn import functional as F
 
 from runtime.model_description import MIDAS_SMALL
 
+from .blocks import FusionBlock
+
 FEATURES = 64
 # Channel counts of the four backbone taps (EfficientNet-Lite3 stages 1, 2, 4, 6).
 BACKBONE_CHANNELS = (32, 48, 136, 384)
@@ -85,40 +87,6 @@ class _Backbone(nn.Module):
         self.layer4 = nn.Sequential(*net.blocks[5:9])
 
 
-class _ResidualConvUnit(nn.Module):
-    """ReLU-conv-ReLU-conv with a skip connection (upstream ResidualConvUnit_custom, bn=False)."""
-
-    def __init__(self, features: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1, bias=True)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1, bias=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv2(F.relu(self.conv1(F.relu(x))))
-        return out + x
-
-
-class _FusionBlock(nn.Module):
-    """Upstream FeatureFusionBlock_custom: fuse the skip, refine, upsample x2, project.
-
-    Upsampling is bilinear with ``align_corners=True`` as upstream's MiDaS_small sets it.
-    """
-
-    def __init__(self, features: int, expand: bool) -> None:
-        super().__init__()
-        out_features = features // 2 if expand else features
-        self.out_conv = nn.Conv2d(features, out_features, 1, bias=True)
-        self.resConfUnit1 = _ResidualConvUnit(features)
-        self.resConfUnit2 = _ResidualConvUnit(features)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        if skip is not None:
-            x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
-
-
 class _Upsample2x(nn.Module):
     """Bilinear x2 inside the output head; upstream's ``Interpolate`` uses align_corners=False."""
 
@@ -144,10 +112,11 @@ class MidasNetSmall(nn.Module):
         self.scratch = nn.Module()
         for i, (cin, cout) in enumerate(zip(BACKBONE_CHANNELS, widths, strict=True), start=1):
             setattr(self.scratch, f"layer{i}_rn", nn.Conv2d(cin, cout, 3, padding=1, bias=False))
-        self.scratch.refinenet4 = _FusionBlock(widths[3], expand=True)
-        self.scratch.refinenet3 = _FusionBlock(widths[2], expand=True)
-        self.scratch.refinenet2 = _FusionBlock(widths[1], expand=True)
-        self.scratch.refinenet1 = _FusionBlock(widths[0], expand=False)
+        # "expand": each fusion halves the width on its way up, but the last keeps it
+        self.scratch.refinenet4 = FusionBlock(widths[3], widths[3] // 2)
+        self.scratch.refinenet3 = FusionBlock(widths[2], widths[2] // 2)
+        self.scratch.refinenet2 = FusionBlock(widths[1], widths[1] // 2)
+        self.scratch.refinenet1 = FusionBlock(widths[0], widths[0])
         self.scratch.output_conv = nn.Sequential(
             nn.Conv2d(f, f // 2, 3, padding=1),
             _Upsample2x(),
