@@ -45,6 +45,7 @@ BARS = {
     "cli_images_per_s_vnni": 40.0,  # 640x480 JPEGs, default INT8 model, 2-core VNNI machine
     "runtime_peak_rss_mb_max": 200.0,
     "cold_start_s_max": 1.5,
+    "int8_paths_absrel_diff_max": 0.005,  # the same INT8 file on CPUs with and without VNNI
 }
 
 
@@ -76,8 +77,12 @@ QUICK = Settings(runs=6, batch_runs=2, photos=3, threads=(os.cpu_count() or 1,),
 
 
 # --- machine -------------------------------------------------------------------------------
+# A results file per CPU kind: the same CPU name comes as Zen 3 (AVX2 only) and Zen 4/5 (VNNI).
+PATH_SLUG = {"vnni": "vnni", "avx2-u8s8": "avx2", "arm-dot": "armdot", "other": "noint8"}
+
+
 def machine() -> dict[str, str]:
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.cpu import cpu_name, int8_flags, int8_path
 
     cpu = cpu_name()
     isa = int8_flags()
@@ -87,8 +92,9 @@ def machine() -> dict[str, str]:
     for mod in ("cv2", "torch", "openvino"):
         if importlib.util.find_spec(mod):
             versions[mod] = getattr(__import__(mod), "__version__", "?")
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{cpu}-{os.cpu_count()}c".lower()).strip("-")
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "isa": " ".join(isa), "slug": slug,
+    path = int8_path(isa)
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{cpu}-{os.cpu_count()}c-{PATH_SLUG[path]}".lower()).strip("-")
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "isa": " ".join(isa), "int8_path": path, "slug": slug,
             "date": dt.date.today().isoformat(), **{f"v_{k}": str(v) for k, v in versions.items()}}
 
 
@@ -197,8 +203,44 @@ def measure_fidelity(variants, checkpoint, inputs) -> dict:
             out[v.name] = None  # other (random) weights: no comparison possible
             continue
         run = make_runner(v, threads, checkpoint)
-        scores = [compare(run(x), r) for x, r in zip(inputs, refs, strict=True)]
-        out[v.name] = {"absrel": float(np.mean([s[0] for s in scores])), "delta1": float(np.mean([s[1] for s in scores]))}
+        out[v.name] = _scores([run(x) for x in inputs], refs)
+    return out
+
+
+def _scores(preds: list[np.ndarray], refs: list[np.ndarray]) -> dict[str, float]:
+    from quantize.report import compare
+
+    scores = [compare(p, r) for p, r in zip(preds, refs, strict=True)]
+    return {"absrel": float(np.mean([s[0] for s in scores])), "delta1": float(np.mean([s[1] for s in scores])),
+            "worst_delta1": float(np.min([s[1] for s in scores]))}
+
+
+def measure_int8_paths(int8: Variant | None, fp32: Variant | None, inputs: list[np.ndarray]) -> dict | None:
+    """Static INT8 fidelity against fp32 on this CPU's integer path and, from a VNNI CPU, on
+    the AVX2-only path too (emulated with qemu-user: benchmarks/emulated_cpu.py), so one run
+    shows a fidelity regression on either kind. None without both models."""
+    from benchmarks.emulated_cpu import EMULATED_CPU, emulator, run_emulated
+    from runtime.cpu import int8_layout, int8_path
+    from runtime.session import create_session
+
+    if int8 is None or fp32 is None:
+        return None
+    meta = dict(create_session(int8.path, threads=1).get_modelmeta().custom_metadata_map)
+    layout = meta.get("midas_onnx.int8_layout") or int8_layout(json.loads(meta.get("midas_onnx.quantization", "{}")))
+    threads = os.cpu_count() or 1
+    refs = [make_runner(fp32, threads, None)(x) for x in inputs]
+    here = [make_runner(int8, threads, None)(x) for x in inputs]
+    out = {"layout": layout, "this_cpu": {"path": int8_path(), **_scores(here, refs)}}
+    if int8_path() == "avx2-u8s8":
+        out["avx2_emulated"] = "not needed: this CPU takes the AVX2 path itself"
+    elif emulator() is None:
+        out["avx2_emulated"] = "not measured: install Debian's qemu-user to emulate an AVX2-only CPU"
+    else:
+        there, features = run_emulated(int8.path, inputs, threads=threads)
+        diff = max(float(np.abs(a - b).max() / max(float(r.max() - r.min()), 1e-12))
+                   for a, b, r in zip(here, there, refs))
+        out["avx2_emulated"] = {"path": f"avx2-u8s8 (qemu {EMULATED_CPU})", "features": features,
+                                "max_diff_of_range_vs_this_cpu": diff, **_scores(there, refs)}
     return out
 
 
@@ -422,7 +464,7 @@ def bars(results: dict) -> list[dict]:
 
     def add(name: str, value: float, target: float, cmp: str, judged: bool = True) -> None:
         met = (value >= target if cmp == ">=" else value <= target) if judged else None
-        rows.append({"bar": name, "value": round(value, 2), "target": f"{cmp} {target}" + ("" if judged else " (VNNI CPUs)"),
+        rows.append({"bar": name, "value": round(value, 4), "target": f"{cmp} {target}" + ("" if judged else " (VNNI CPUs)"),
                      "met": met})
 
     if "pytorch-eager" in lat and "onnx-fp32" in lat:
@@ -442,6 +484,10 @@ def bars(results: dict) -> list[dict]:
             BARS["cli_vs_inference_min"], ">=")
         add("heatmap CLI images/s (640x480, static INT8)", e2e["cli_images_per_s"], BARS["cli_images_per_s_vnni"], ">=",
             judged=vnni)
+    paths = results.get("int8_paths") or {}
+    if isinstance(paths.get("avx2_emulated"), dict):
+        add("static INT8 AbsRel, AVX2-only path minus this CPU's (|difference|)",
+            abs(paths["avx2_emulated"]["absrel"] - paths["this_cpu"]["absrel"]), BARS["int8_paths_absrel_diff_max"], "<=")
     cold = results.get("cold_start", {}).get("onnx-int8-static")
     if cold:
         add("INT8 runtime process peak RSS (MB)", cold["peak_rss_mb"], BARS["runtime_peak_rss_mb_max"], "<=")
@@ -477,6 +523,8 @@ def markdown(results: dict) -> str:
         for t, rows in sorted(results["latency_second_size"].items(), key=lambda kv: int(kv[0])):
             for n, r in rows.items():
                 lines.append(f"| {n} | {t} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} |")
+    if results.get("int8_paths"):
+        lines += _int8_path_lines(results["int8_paths"])
     if results.get("roofline"):
         lines += _roofline_lines(results)
     if results.get("op_profile"):
@@ -499,6 +547,21 @@ def markdown(results: dict) -> str:
     if results.get("weights_note"):
         lines += ["", results["weights_note"]]
     return "\n".join(lines) + "\n"
+
+
+def _int8_path_lines(p: dict) -> list[str]:
+    lines = ["", f"## Static INT8 fidelity against fp32 per integer path (file layout {p['layout']})", "",
+             "| integer path | AbsRel mean | δ<1.25 mean | δ<1.25 worst | max difference from this CPU |",
+             "|---|---|---|---|---|"]
+    here = p["this_cpu"]
+    lines.append(f"| this CPU: {here['path']} | {here['absrel']:.4f} | {here['delta1']:.4f} | {here['worst_delta1']:.4f} | - |")
+    other = p["avx2_emulated"]
+    if isinstance(other, dict):
+        lines.append(f"| {other['path']} | {other['absrel']:.4f} | {other['delta1']:.4f} | {other['worst_delta1']:.4f} | "
+                     f"{other['max_diff_of_range_vs_this_cpu']:.2e} of range |")
+    else:
+        lines += ["", f"AVX2-only path: {other}."]
+    return lines
 
 
 def _roofline_lines(results: dict) -> list[str]:
@@ -618,6 +681,8 @@ def run(args) -> dict:
         results["op_profile"] = op_profile(int8.path, fp32.path, max(settings.threads))
     print("fidelity ...", file=sys.stderr)
     results["fidelity"] = measure_fidelity(variants, checkpoint, inputs[: max(2, settings.photos)])
+    print("INT8 fidelity per integer path ...", file=sys.stderr)
+    results["int8_paths"] = measure_int8_paths(int8, fp32, inputs[: max(2, settings.photos)])
     ort_variants = [v for v in variants if v.engine == "onnxruntime"]
     with tempfile.TemporaryDirectory(prefix="midas-bench-") as tmp:
         print("end to end ...", file=sys.stderr)

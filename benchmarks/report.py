@@ -41,7 +41,7 @@ class ReportError(Exception):
 class Result:
     """One results file: its data, what made it, and on what."""
 
-    name: str  # the file's stem, e.g. "amd-epyc-2c"
+    name: str  # the file's stem, e.g. "amd-epyc-2c-vnni"
     kind: str  # "bench", "bulk", "live" or "other"
     data: dict
     cpu: str
@@ -181,6 +181,9 @@ def _bench(r: Result) -> list[str]:
                 for t in sorted(second, key=int) for n, x in second[t].items()]
         lines += ["### Dynamic-size models at 192x256 (a 640x480 photo after upstream's resize), batch 1", ""]
         lines += _table(["variant", "threads", "median ms", "p95 ms"], rows)
+    paths = d.get("int8_paths")
+    if paths:
+        lines += _int8_paths(paths)
     roof = d.get("roofline")
     if roof:
         rows = [[t, _f(x["sgemm_gflops"]), _f(x["floor_ms"]), n, _f(d["latency"][t][n]["median_ms"]), _f(share, ".2f")]
@@ -201,6 +204,21 @@ def _bench(r: Result) -> list[str]:
         rows = [[b["bar"], b["value"], b["target"], "not judged here" if b["met"] is None else _f(bool(b["met"]))]
                 for b in bars]
         lines += ["### Bars (ratios from this run, all cores)", ""] + _table(["bar", "value", "target", "met"], rows)
+    return lines
+
+
+def _int8_paths(p: dict) -> list[str]:
+    """Static INT8 fidelity on this CPU's integer path and on the AVX2-only one (emulated)."""
+    rows = [[f"this CPU: {p['this_cpu']['path']}", _f(p["this_cpu"]["absrel"], ".4f"), _f(p["this_cpu"]["delta1"], ".4f"),
+             _f(p["this_cpu"]["worst_delta1"], ".4f"), "-"]]
+    other = p.get("avx2_emulated")
+    if isinstance(other, dict):
+        rows.append([other["path"], _f(other["absrel"], ".4f"), _f(other["delta1"], ".4f"), _f(other["worst_delta1"], ".4f"),
+                     f"{other['max_diff_of_range_vs_this_cpu']:.1e} of range"])
+    lines = [f"### Static INT8 fidelity against fp32 per integer path (file layout {p['layout']})", ""]
+    lines += _table(["integer path", "AbsRel mean", "δ<1.25 mean", "δ<1.25 worst", "max difference from this CPU"], rows)
+    if isinstance(other, str):
+        lines += [f"AVX2-only path: {other}.", ""]
     return lines
 
 
@@ -296,7 +314,7 @@ def _neg_date(date: str) -> str:
 def figure(ref: str, folder: Path = RESULTS) -> str:
     """One figure from a results file, as text: ``FILE:dotted.path[:format]``.
 
-    ``FILE`` is a file's stem (``amd-epyc-2c``) or a kind (``bench``, ``bulk``, ``live``: that
+    ``FILE`` is a file's stem (``amd-epyc-2c-vnni``) or a kind (``bench``, ``bulk``, ``live``: that
     kind's newest file). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
     ``latency.2.onnx-int8-static.median_ms``). ``format`` is a Python format spec (``.1f``).
     ``cpu`` and ``date`` give the file's CPU and date.

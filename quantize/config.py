@@ -25,6 +25,12 @@ class QuantConfig:
     per_channel: one weight scale per output channel (static); depthwise convs need it.
     keep_float: layer roles left in fp32: "stem" (first conv), "head" (the output convs),
         "all" (every conv: a diagnostic baseline).
+    reduce_range: 7-bit weights (static U8S8). On x86 CPUs without VNNI, onnxruntime's U8S8
+        kernels add pairs of uint8 x int8 products in int16 (``vpmaddubsw``), which saturates
+        with 8-bit weights; with 7-bit weights no pair can (2 x 255 x 64 < 32768), so the file
+        computes the same integers on every x86 CPU. Chosen by measurement on both kinds of
+        CPU (docs/commands/quantize.md); off, a file is a little closer to fp32 on VNNI CPUs
+        and much further from it on the others.
     """
 
     mode: str = "static"
@@ -33,6 +39,7 @@ class QuantConfig:
     per_channel: bool = True
     activation_type: str = "uint8"  # U8S8: the fast integer kernels on x86 (AVX2 and VNNI)
     weight_type: str = "int8"
+    reduce_range: bool = True
     keep_float: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -68,6 +75,7 @@ class QuantConfig:
         again; omitted settings take their defaults."""
         d = dict(d)
         d["keep_float"] = tuple(d.get("keep_float", ()))
+        d.setdefault("reduce_range", False)  # files written before the setting had 8-bit weights
         return cls(**d)
 
     def with_(self, **changes) -> "QuantConfig":

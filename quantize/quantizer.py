@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cpu import cpu_name, dot_product_flags, int8_flags
+from runtime.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
 from runtime.errors import ModelError
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
@@ -111,7 +111,8 @@ def _quantize(src: Path, tmp: Path, config: QuantConfig, calibration: PhotoSet,
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     if config.mode != "static":
         quantize_dynamic(str(pre), str(q_out), per_channel=config.per_channel,
-                         weight_type=types[config.weight_type], nodes_to_exclude=exclude)
+                         weight_type=types[config.weight_type], nodes_to_exclude=exclude,
+                         reduce_range=config.reduce_range)
         return pre, q_out, exclude
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -125,6 +126,7 @@ def _quantize(src: Path, tmp: Path, config: QuantConfig, calibration: PhotoSet,
                 str(pre), str(q_out), reader, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                 activation_type=types[config.activation_type], weight_type=types[config.weight_type],
                 calibrate_method=methods[config.calibration], nodes_to_exclude=exclude,
+                reduce_range=config.reduce_range,
                 extra_options={"CalibPercentile": config.percentile,
                                "CalibStridedMinMax": ImageCalibrationReader.STRIDE},
             )
@@ -180,6 +182,8 @@ def _write_model(q_tmp: Path, out: Path, src: Path, source_props: dict[str, str]
     props = dict(source_props)
     props[PREFIX + "precision"] = f"int8-{config.mode}"
     props[PREFIX + "quantization"] = config.to_json()
+    props[PREFIX + "int8_layout"] = int8_layout(config.to_dict())
+    props[PREFIX + "quantized_on"] = machine_text()
     props[PREFIX + "source_model_sha256"] = sha256_file(src)
     if config.mode == "static":
         props[PREFIX + "calibration"] = f"{len(sets.calibration)} images: {sets.calibration_source}"
@@ -214,8 +218,10 @@ def _report(src: Path, out: Path, info: ModelInfo, config: QuantConfig, sets: "_
         "latency_ms": lat,
         "speedup_vs_fp32": {shape: r["fp32"]["median_ms"] / r["int8"]["median_ms"] for shape, r in lat.items()},
         "threads": threads or "physical cores",
-        "cpu": {"name": cpu_name(), "int8_flags": int8_flags()},
+        "cpu": {"name": cpu_name(), "int8_flags": int8_flags(), "int8_path": int8_path()},
     }
+    layout = int8_layout(config.to_dict())
+    result["int8_layout"] = {"layout": layout, "on_this_cpu": layout_on_cpu(layout)}
     result["speed_verdict"] = speed_verdict(result)
     if diag.layer_table is not None:
         result["layers"] = diag.layer_table
@@ -225,6 +231,12 @@ def _report(src: Path, out: Path, info: ModelInfo, config: QuantConfig, sets: "_
 
 
 MIN_USEFUL_SPEEDUP = 1.2
+
+
+def machine_text() -> str:
+    """The CPU that quantized and measured a file, its INT8 flags and integer path, as one line
+    for the file's metadata (``midas_onnx.quantized_on``)."""
+    return f"{cpu_name()}; flags: {' '.join(int8_flags()) or 'none listed'}; integer path: {int8_path()}"
 
 
 def speed_verdict(result: dict) -> str | None:
@@ -393,7 +405,10 @@ def describe(result: dict) -> str:
                      f"({fb['int8_work_kept']:.1%} of the conv work left in INT8), search worst δ {fb['search_worst_delta1']:.4f}")
         lines.append(f"                on the report photos: worst δ {f['worst_delta1']:.4f} with fallback, "
                      f"{full['worst_delta1']:.4f} full INT8")
-    lines.append(f"  cpu           {result['cpu']['name']} ({' '.join(result['cpu']['int8_flags']) or 'no INT8 features listed'})")
+    cpu = result["cpu"]
+    lines.append(f"  cpu           {cpu['name']} ({' '.join(cpu['int8_flags']) or 'no INT8 features listed'}); "
+                 f"integer path: {PATH_TEXT[cpu['int8_path']]}")
+    lines.append(f"  int8 layout   {result['int8_layout']['layout']}: {result['int8_layout']['on_this_cpu']}")
     if result.get("speed_verdict"):
         lines.append(f"  verdict       {result['speed_verdict']}")
     return "\n".join(lines)

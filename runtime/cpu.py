@@ -47,3 +47,51 @@ def dot_product_flags(flags: list[str] | None = None) -> list[str]:
 
 def has_int8_dot_product(flags: list[str] | None = None) -> bool:
     return bool(dot_product_flags(flags))
+
+
+# The integer paths onnxruntime's x86 INT8 kernels take. Without VNNI, U8S8 products are
+# added in pairs into int16 (``vpmaddubsw``, AVX2 and AVX-512BW alike) and saturate when both
+# are large; VNNI and AMX add into int32 and never saturate. ARM's dot products are exact too.
+SATURATING = "avx2-u8s8"
+PATH_TEXT = {
+    "vnni": "VNNI: uint8 x int8 products added in int32, exact",
+    SATURATING: "no VNNI: uint8 x int8 products added in pairs in int16 (vpmaddubsw), which saturates "
+                "when both are large",
+    "arm-dot": "ARM dot-product: exact int32 sums",
+    "other": "no INT8 dot-product or AVX2 kernel flags listed",
+}
+
+
+def int8_path(flags: list[str] | None = None) -> str:
+    """Which integer path a U8S8 model takes on a CPU with ``flags`` (default: this one's):
+    "vnni", "avx2-u8s8" (x86 without VNNI), "arm-dot" or "other"."""
+    flags = int8_flags() if flags is None else flags
+    if any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
+        return "vnni"
+    if "avx2" in flags:
+        return SATURATING
+    if any(f in flags for f in ("asimddp", "i8mm")):
+        return "arm-dot"
+    return "other"
+
+
+def int8_layout(quantization: dict) -> str:
+    """A short name for a quantized file's integer layout, from its saved quantization settings
+    (``midas_onnx.quantization``): "u8s8-w7" (7-bit weights), "u8s8-w8", "u8u8", ... Settings
+    saved before ``reduce_range`` existed had 8-bit weights."""
+    act = quantization.get("activation_type", "uint8")
+    weight = quantization.get("weight_type", "int8")
+    bits = 7 if quantization.get("reduce_range", False) else 8
+    return f"{act[0]}8{weight[0]}8-w{bits}".replace("i8", "s8")
+
+
+def layout_on_cpu(layout: str, flags: list[str] | None = None) -> str:
+    """What a file's INT8 layout means on a CPU with ``flags`` (default: this one's), in words."""
+    if layout.endswith("-w7") or layout.startswith("u8u8"):
+        return ("7-bit weights: no pair of products can saturate, so the same integers on every x86 CPU"
+                if layout.endswith("-w7") else "uint8 weights: no int16 pair sums on any x86 path (slower kernels)")
+    if int8_path(flags) == SATURATING:
+        return ("8-bit weights on a CPU without VNNI: sums of large products saturate, so this file is "
+                "less faithful here than on VNNI CPUs; quantize again with the default 7-bit weights")
+    return ("8-bit weights: exact on this CPU; on x86 CPUs without VNNI its sums can saturate "
+            "(quantize with the default 7-bit weights for a file that is faithful on every CPU)")

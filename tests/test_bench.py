@@ -47,6 +47,18 @@ def test_quick_benchmark_writes_results(tmp_path, fixed_model, dynamic_model, dy
     assert results["machine"]["isa"] and f"CPU flags that decide INT8 speed: {results['machine']['isa']}" in md
     assert raw["machine"]["isa"] == results["machine"]["isa"]
     assert "## Bars" in md and results["machine"]["cpu"] in md
+    # INT8 fidelity per integer path: this CPU's, and from a VNNI CPU the AVX2-only one too
+    # (emulated); the default 7-bit-weight file computes the same integers on both
+    paths = raw["int8_paths"]
+    assert paths["layout"] == "u8s8-w7" and paths["this_cpu"]["path"] == results["machine"]["int8_path"]
+    assert "## Static INT8 fidelity against fp32 per integer path" in md
+    assert results["machine"]["slug"].endswith({"vnni": "-vnni", "avx2-u8s8": "-avx2"}[results["machine"]["int8_path"]])
+    if results["machine"]["int8_path"] == "avx2-u8s8":
+        assert paths["avx2_emulated"].startswith("not needed")
+    else:
+        assert paths["avx2_emulated"]["features"]["AVX512VNNI"] is False
+        assert paths["avx2_emulated"]["max_diff_of_range_vs_this_cpu"] <= 1e-3
+        assert next(b for b in raw["bars"] if b["bar"].startswith("static INT8 AbsRel, AVX2-only"))["met"] is True
 
 
 def _torch_conv_gflop() -> float:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 from click.testing import CliRunner
 
@@ -13,7 +15,9 @@ from quantize import PRESETS, QuantConfig, builtin_photos, describe, quantize_mo
 from quantize.quantizer import speed_verdict
 from quantize.calibration import CalibrationError
 from runtime import DepthHeatmapper, ModelError, ModelInfo
+from runtime.cpu import cpu_name, int8_flags, int8_layout, int8_path, layout_on_cpu
 from runtime.files import sha256_file
+from runtime.metadata import set_metadata
 from runtime.session import create_session
 
 from .conftest import write_foreign_onnx
@@ -115,6 +119,54 @@ def test_metadata_is_carried_and_extended(static_result, fixed_model, calib_dir)
     assert QuantConfig.from_dict(json.loads(dst["midas_onnx.quantization"])) == PRESETS["static"]
     assert dst["midas_onnx.source_model_sha256"] == sha256_file(fixed_model)
     assert dst["midas_onnx.calibration"] == f"9 images: {calib_dir}"
+    # 7-bit weights by default, named in the file with the CPU that made and measured it
+    assert json.loads(dst["midas_onnx.quantization"])["reduce_range"] is True
+    assert dst["midas_onnx.int8_layout"] == "u8s8-w7"
+    assert dst["midas_onnx.quantized_on"] == f"{cpu_name()}; flags: {' '.join(int8_flags())}; integer path: {int8_path()}"
+    weights = [onnx.numpy_helper.to_array(t) for t in onnx.load(str(static_result.model_path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4]
+    # |w| <= 64: a pair of products stays within int16 (2 x 255 x 64 = 32,640)
+    assert len(weights) >= 90 and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == 64
+    report = static_result.report
+    assert report["cpu"]["int8_path"] == int8_path() and report["int8_layout"]["layout"] == "u8s8-w7"
+    assert "int8 layout   u8s8-w7: 7-bit weights: no pair of products can saturate" in describe(report)
+
+
+def test_a_file_written_before_7_bit_weights_reads_as_8_bit():
+    old = {"mode": "static", "calibration": "percentile", "percentile": 99.999, "per_channel": True,
+           "activation_type": "uint8", "weight_type": "int8", "keep_float": []}
+    assert QuantConfig.from_dict(old).reduce_range is False and int8_layout(old) == "u8s8-w8"
+    assert int8_layout(PRESETS["static"].to_dict()) == "u8s8-w7"
+
+
+@pytest.mark.parametrize(("layout", "flags", "want"), [
+    ("u8s8-w8", ["avx2", "fma"], "8-bit weights on a CPU without VNNI: sums of large products saturate"),
+    ("u8s8-w8", ["avx2", "avx512f", "avx512bw"], "8-bit weights on a CPU without VNNI"),  # AVX-512 without VNNI too
+    ("u8s8-w8", ["avx2", "avx512_vnni"], "8-bit weights: exact on this CPU; on x86 CPUs without VNNI"),
+    ("u8s8-w8", ["avx2", "avx_vnni"], "8-bit weights: exact on this CPU"),
+    ("u8s8-w7", ["avx2", "fma"], "7-bit weights: no pair of products can saturate"),
+    ("u8s8-w7", ["avx2", "avx512_vnni"], "7-bit weights: no pair of products can saturate"),
+])
+def test_what_an_int8_layout_means_on_a_cpu(layout, flags, want):
+    assert layout_on_cpu(layout, flags).startswith(want)
+    assert int8_path(flags) == ("vnni" if any("vnni" in f for f in flags) else "avx2-u8s8")
+
+
+def test_info_says_what_an_8_bit_weight_file_means_on_this_cpu(static_result, tmp_path):
+    """A file from before 7-bit weights (its saved settings have no reduce_range)."""
+    proto = onnx.load(str(static_result.model_path))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    old = json.loads(meta["midas_onnx.quantization"])
+    old.pop("reduce_range")
+    set_metadata(proto, {"midas_onnx.quantization": json.dumps(old)})
+    del proto.metadata_props[[p.key for p in proto.metadata_props].index("midas_onnx.int8_layout")]
+    onnx.save(proto, str(tmp_path / "old.int8.onnx"))
+    out = CliRunner().invoke(main, ["info", str(tmp_path / "old.int8.onnx"), "--json"])
+    assert out.exit_code == 0, out.output
+    here = json.loads(out.output)["int8_on_this_cpu"]
+    assert here["layout"] == "u8s8-w8" and here["meaning"] == layout_on_cpu("u8s8-w8")
+    text = CliRunner().invoke(main, ["info", str(static_result.model_path)]).output
+    assert f"int8 here: u8s8-w7 on {cpu_name()}" in text
 
 
 def test_held_out_split_without_eval(tmp_path, fixed_model, calib_dir):

@@ -10,6 +10,20 @@ import click
 from .common import friendly_errors
 
 
+def _int8_here(metadata: dict[str, str]) -> dict | None:
+    """For a quantized file: its integer layout and what it means on this CPU's integer path
+    (a file with 8-bit weights is less faithful on x86 CPUs without VNNI than where it was made)."""
+    from runtime.cpu import PATH_TEXT, cpu_name, int8_layout, int8_path, layout_on_cpu
+
+    if "quantization" not in metadata:
+        return None
+    try:
+        layout = metadata.get("int8_layout") or int8_layout(json.loads(metadata["quantization"]))
+    except (ValueError, AttributeError):
+        return None
+    return {"layout": layout, "cpu": f"{cpu_name()} ({PATH_TEXT[int8_path()]})", "meaning": layout_on_cpu(layout)}
+
+
 @click.command("info")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
@@ -33,6 +47,7 @@ def command(model: Path, as_json: bool) -> None:
             "metadata": {k.removeprefix(PREFIX): v for k, v in sorted(props.items())},
             "midas_onnx_model": any(k.startswith(PREFIX) for k in props),
         }
+        report["int8_on_this_cpu"] = _int8_here(report["metadata"])
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -46,3 +61,6 @@ def command(model: Path, as_json: bool) -> None:
         click.echo("metadata:  none from midas-onnx (not exported by this toolkit)")
     for key, value in report["metadata"].items():
         click.echo(f"  {key}: {value}")
+    if report["int8_on_this_cpu"]:
+        here = report["int8_on_this_cpu"]
+        click.echo(f"int8 here: {here['layout']} on {here['cpu']}: {here['meaning']}")
