@@ -3,7 +3,8 @@
 The driver prepares the job exactly as ``heatmap`` does (``runtime.engine.Job``: inputs,
 ``job.json`` check, plan against the manifest) before Ray starts, so every refusal costs
 no Ray start-up; Ray then only carries chunks of items to one worker per node, each running
-the engine's ``LocalRunner``. Rows come back per chunk and are journaled by the driver.
+the engine's ``LocalRunner``. Rows come back one by one, as each input finishes, and are
+journaled by the driver.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from runtime.engine import Job, OutputSpec, Summary
 
 from .ray_session import BulkError, with_ray
-from .scheduler import Scheduler, worker_factory
+from .scheduler import STALL_TIMEOUT_S, Scheduler
 
 __all__ = ["BulkError", "BulkSettings", "run"]
 
@@ -28,6 +29,9 @@ class BulkSettings:
     ``cpu_share``: the CPUs each worker reserves in Ray's accounting (``num_cpus``), not what
     it uses: its threads run on all of the node's cores regardless. A fraction, so that on
     small nodes whole-CPU reservations leave CPUs for Ray's own tasks and actors.
+
+    ``stall_timeout``: seconds a worker may run inputs without any progress (a finished input
+    or a video frame) before it counts as hung: it is killed and its inputs run again.
     """
 
     model: str
@@ -40,11 +44,14 @@ class BulkSettings:
     ship_bytes: bool = False
     verbose: bool = False
     cpu_share: float = 0.5
+    stall_timeout: float = STALL_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or (self.workers is not None and self.workers < 1) or (
                 self.threads_per_worker is not None and self.threads_per_worker < 1):
             raise ValueError("chunk_size, workers and threads_per_worker must be >= 1")
+        if self.stall_timeout <= 0:
+            raise ValueError("stall_timeout must be > 0")
 
 
 @dataclass
@@ -53,10 +60,11 @@ class BulkResult:
     job: Job
     nodes: dict[str, int]
     log: str | None  # Ray's output, kept when inputs failed
+    tracebacks: list[str] = field(default_factory=list)  # host:file of workers' logs that failed rows name
 
 
 def run(settings: BulkSettings, inputs: list[str], output: str) -> BulkResult:
-    """Process a collection; rows go to OUTPUT's manifest as chunks finish."""
+    """Process a collection; rows are journaled as each input finishes."""
     from runtime import DepthHeatmapper
 
     importer = threading.Thread(target=_import_ray, name="import-ray")  # ~1 s, beside the checks
@@ -64,31 +72,35 @@ def run(settings: BulkSettings, inputs: list[str], output: str) -> BulkResult:
     try:
         model = str(Path(settings.model).resolve())
         DepthHeatmapper(model, threads=1, colormap=settings.spec.colormap)  # checked before Ray starts
-        job = Job.prepare(inputs, output, model, settings.spec, force=settings.force)
+        job = Job.prepare(inputs, output, model, settings.spec, force=settings.force, command="midas-onnx bulk")
     finally:
         importer.join()
     nodes: dict[str, int] = {}
-    failed = []
+    logs: set[str] = set()
 
     def count(row: dict) -> None:
         if row.get("node"):
             nodes[row["node"]] = nodes.get(row["node"], 0) + 1
-        if row["status"] == "failed":
-            failed.append(row)
+        if row["status"] == "failed" and row.get("log"):
+            logs.add(f"{row.get('host', '')}:{row['log']}")
 
     def work() -> Summary:
-        make, node_count = worker_factory(model, settings.spec, job.store.spec, job.digest,
-                                          settings.threads_per_worker, settings.cpu_share)
-        scheduler = Scheduler(make, settings.workers or node_count, job.digest, settings.ship_bytes)
-        return job.run(lambda items, on_row: scheduler.run(items, settings.chunk_size, on_row), count)
+        from .ray_backend import RayBackend
 
-    if not job.todo:
-        return BulkResult(job.run(lambda items, on_row: None), job, nodes, None)
-    summary, log = with_ray(settings.address, settings.verbose, work)
-    if log and not failed:
+        backend = RayBackend(model, settings.spec, job.store.spec, job.digest, settings.threads_per_worker,
+                             settings.cpu_share)
+        scheduler = Scheduler(backend, settings.workers or len(backend.nodes), job.digest,
+                              ship_bytes=settings.ship_bytes, stall_timeout=settings.stall_timeout)
+        return job.run(lambda items, on_rows, stop: scheduler.run(items, settings.chunk_size, on_rows, stop), count)
+
+    with job:
+        if not len(job.todo):
+            return BulkResult(job.run(lambda items, on_rows, stop: None), job, nodes, None)
+        summary, log = with_ray(settings.address, settings.verbose, work)
+    if log and not summary.failed:
         Path(log).unlink(missing_ok=True)
         log = None
-    return BulkResult(summary, job, nodes, log)
+    return BulkResult(summary, job, nodes, log, sorted(logs))
 
 
 def _import_ray() -> None:

@@ -49,36 +49,12 @@ def with_ray(address: str | None, verbose: bool, work: Callable[[], T]) -> tuple
             raise BulkError(f"the bulk job stopped: {cause(exc)}{_see(log_path)}") from None
         finally:
             if started_here:
-                shutdown(local=address is None)
+                ray.shutdown()
     return result, log_path
 
 
 def _see(log_path: str | None) -> str:
     return f" (Ray's output: {log_path})" if log_path else ""
-
-
-def shutdown(local: bool) -> None:
-    """``ray.shutdown()``, without the second it loses on a local Ray.
-
-    Ray stops its GCS before the autoscaler monitor, whose SIGTERM handler then reports its
-    end to the dead GCS and blocks for Ray's one-second grace period (the same order was
-    fixed for ``ray stop`` in ray-project/ray#30672, not for ``ray.shutdown``). Only for a
-    local Ray this process started (``local``), never a cluster it joined, the monitor is
-    killed first. Private Ray API, guarded: if it moves, shutdown is merely a second slower.
-    """
-    import ray
-
-    if local:
-        try:
-            from ray._private import ray_constants
-            from ray._private.worker import _global_node
-
-            if _global_node is not None and _global_node.is_head():
-                _global_node._kill_process_type(ray_constants.PROCESS_TYPE_MONITOR, check_alive=False,
-                                                allow_graceful=False)
-        except Exception:  # noqa: BLE001 - only a speed-up; ray.shutdown below stops everything
-            pass
-    ray.shutdown()
 
 
 @contextlib.contextmanager

@@ -1,9 +1,13 @@
-"""``midas-onnx heatmap`` end to end: folders, globs, bad files, no overwrites, video."""
+"""``midas-onnx heatmap`` end to end: folders, globs, bad files, no overwrites, video. Run
+in-process (click's runner: the command's own entry point, exit status, stdout and stderr)
+where a separate process proves nothing more; Ctrl-C and kill -9 are in
+tests/test_engine_interrupt.py, on real processes."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -12,10 +16,17 @@ import pytest
 from runtime import DepthHeatmapper
 
 from .conftest import REPO
+from .test_engine import cli
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """The installed console script path, as a user runs it (a real subprocess)."""
+def run_cli(*args: str) -> SimpleNamespace:
+    """``midas-onnx ARGS`` in this process, with a subprocess's names for what it gives."""
+    r = cli(*args)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr, exception=r.exception)
+
+
+def run_process(*args: str) -> subprocess.CompletedProcess:
+    """A real process: what native libraries write to file descriptor 2 is seen too."""
     return subprocess.run([sys.executable, "-m", "midas_onnx", *args], cwd=REPO, capture_output=True, text=True)
 
 
@@ -82,7 +93,10 @@ def test_glob_missing_path_and_empty_folder_each_say_which(photo_dir, tmp_path, 
     assert f"error: {empty}: folder has no images or videos (" in r.stderr
     # the summary counts files: two photos done, and the three bad specs are not "failed images"
     assert "2 done, 0 skipped, 0 failed" in r.stdout
-    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["x/c.jpg.heatmap.png", "y/c.jpg.heatmap.png"]
+    # names below the folders given (the pattern's folder, the empty folder), not the files found:
+    # photos added to empty/ later are new inputs of the same job
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.png")) == ["in/x/c.jpg.heatmap.png",
+                                                                           "in/y/c.jpg.heatmap.png"]
 
 
 def test_nothing_to_do_is_an_error(tmp_path, fixed_model):
@@ -197,12 +211,13 @@ def test_a_video_that_fails_partway_leaves_nothing_and_counts_as_failed(tmp_path
     (tmp_path / "clips" / "junk.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"junk" * 100)
     out = tmp_path / "out"
     for _ in range(2):  # and a rerun does not skip it: there is nothing under the final name
-        r = run_cli("heatmap", str(tmp_path / "clips"), "-o", str(out), "--model", str(fixed_model), "--save-depth")
+        r = run_process("heatmap", str(tmp_path / "clips"), "-o", str(out), "--model", str(fixed_model), "--save-depth")
         assert r.returncode == 1
         assert "0 done, 0 skipped, 2 failed" in r.stdout
         assert f"error: {bad}: decoding stopped at frame" in r.stderr
         assert f"error: {tmp_path / 'clips' / 'junk.mp4'}: cannot be opened as a video" in r.stderr
-        assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["job.json", "manifest.jsonl"]
+        assert sorted(p.name for p in out.rglob("*") if p.is_file() and p.name[0] != ".") == ["job.json",
+                                                                                               "manifest.jsonl"]
         assert f"{bad}: decoding stopped at frame 18 of 30" in r.stderr
         # FFmpeg's own complaints ("[mjpeg @ 0x55d...] overread 8", "moov atom not found") do not leak
         assert " @ 0x" not in r.stderr and "moov atom" not in r.stderr, r.stderr

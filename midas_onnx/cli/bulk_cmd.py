@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .common import MODEL_HELP, default_model, require_extra
-from .job_options import output_options
+from .job_options import finish, job_files, output_options
 
 
 @click.command("bulk")
@@ -24,19 +24,24 @@ from .job_options import output_options
               help="Inputs per Ray call (Ray's own cost is per call); fewer when a job is small.")
 @output_options
 @click.option("--ship-bytes", is_flag=True,
-              help="Send local files' bytes through Ray (a cluster whose nodes cannot read INPUTS' paths).")
+              help="Send local images' bytes through Ray (a cluster whose nodes cannot read INPUTS' paths); "
+                   "videos are not sent: nodes read them from their paths.")
+@click.option("--stall-timeout", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="Seconds a worker may go without progress (an input done, a video frame) before it counts as "
+                   "hung: it is restarted and its inputs run again.")
 @click.option("--verbose", is_flag=True, help="Show Ray's own logs and tracebacks.")
 def command(inputs: tuple[str, ...], output: str, model: str | None, address: str | None, workers: int | None,
             threads_per_worker: int | None, chunk_size: int, spec, force: bool, ship_bytes: bool,
-            verbose: bool) -> None:
+            stall_timeout: float, verbose: bool) -> None:
     """Depth heatmaps for whole collections on Ray: the job `heatmap` runs, on every node.
 
     \b
     INPUTS: folders, files, globs, or URIs pyarrow reads (s3://bucket/photos, gs://...).
     OUTPUT: a folder or URI. Outputs, manifest.jsonl and job.json are those of `heatmap`
     (see `midas-onnx heatmap --help`): a rerun skips inputs done with the same settings and
-    refuses other settings (--force redoes all). Exit status 1 when any input failed, 2
-    when the job cannot run (model, OUTPUT's settings, workers that cannot start).
+    refuses other settings (--force redoes all); one job per OUTPUT at a time. Exit status 1
+    when any input failed, 2 when the job cannot run (model, OUTPUT's settings or lock,
+    workers that cannot start), 130 after Ctrl-C (the inputs running finish first).
     """
     require_extra("ray", "ray")
     from bulk import BulkSettings, run
@@ -48,24 +53,22 @@ def command(inputs: tuple[str, ...], output: str, model: str | None, address: st
         _stop(missing_model_message(model_path))
     settings = BulkSettings(model=str(model_path), spec=spec, address=address, workers=workers,
                             threads_per_worker=threads_per_worker, chunk_size=chunk_size, force=force,
-                            ship_bytes=ship_bytes, verbose=verbose)
+                            ship_bytes=ship_bytes, verbose=verbose, stall_timeout=stall_timeout)
     try:
         result = run(settings, list(inputs), output)
     except (MidasOnnxError, OSError) as exc:  # the job cannot run: one line, never a traceback
         _stop(str(exc) if isinstance(exc, MidasOnnxError) else f"{exc.filename or output}: {exc.strerror or exc}")
-    for message in result.job.inputs.problems:
+    summary = result.summary
+    for message in result.job.problems:
         click.echo(f"error: {message}", err=True)
-    for error in result.summary.failures:
+    for error in summary.failures:
         click.echo(f"failed: {error}", err=True)  # every error names its input
-    logs = sorted({f"{r.get('host', '')}:{r['log']}" for r in result.job.journal.rows.values()
-                   if r.get("status") == "failed" and r.get("log")})
+    if summary.failed > len(summary.failures):
+        click.echo(f"failed: {summary.failed - len(summary.failures)} more: see the manifest", err=True)
     log = f"; Ray's output: {result.log}" if result.log else ""
-    log += f"; tracebacks: {', '.join(logs)}" if logs else ""
-    click.echo(f"{result.summary.line()} on {len(result.nodes)} node(s); manifest: {result.job.manifest}{log}")
-    if result.summary.interrupted:
-        sys.exit(130)
-    if result.summary.failed or result.job.inputs.problems:
-        sys.exit(1)
+    log += f"; tracebacks: {', '.join(result.tracebacks)}" if result.tracebacks else ""
+    click.echo(f"{summary.line()} on {len(result.nodes)} node(s); {job_files(result.job)}{log}")
+    finish(summary, result.job)
 
 
 def _stop(message: str) -> None:

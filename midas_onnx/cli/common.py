@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,12 @@ def default_model(model: Path | None) -> Path:
     if model is not None:
         return model
     return DEFAULT_INT8 if DEFAULT_INT8.is_file() else DEFAULT_MODEL
+
+
+def cpu_count() -> int:
+    """CPUs this process may use: its affinity where the OS has one (Linux), else all."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return len(getaffinity(0)) if getaffinity is not None else os.cpu_count() or 1
 
 
 def require_extra(extra: str, *modules: str) -> None:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import click
 
-from .common import MODEL_HELP, default_model, friendly_errors
-from .job_options import output_options, progress, traceback_log
+from .common import MODEL_HELP, cpu_count, default_model, friendly_errors
+from .job_options import finish, job_files, output_options, progress, traceback_log
+
 
 @click.command("heatmap")
 @click.argument("inputs", nargs=-1, required=True)
@@ -38,12 +38,13 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spe
       photos/a.jpg -> OUTPUT/a.jpg.heatmap.png   (+ a.jpg.depth.png, a.jpg.overlay.png)
       photos/x/a.png -> OUTPUT/x/a.png.heatmap.png
       clip.mp4 -> OUTPUT/clip.mp4.heatmap.mp4    (frames streamed, never all in memory)
-    OUTPUT/manifest.jsonl gets a row per input (done / skipped / failed, outputs, error) and
+    OUTPUT/manifest.jsonl gets a row per input (done / kept / failed, outputs, error) and
     OUTPUT/job.json the settings: a rerun skips inputs done with the same settings and
     refuses other settings, other inputs' root or another model (--force redoes all). Files
-    that were in OUTPUT before are never overwritten without --force. A corrupt, empty or
-    oversized file is reported by name; the exit status is then 1. Files inside OUTPUT are
-    never inputs.
+    that were in OUTPUT before are kept, never overwritten without --force. One job per
+    OUTPUT at a time. A corrupt, empty or oversized file is reported by name; the exit
+    status is then 1. Files inside OUTPUT are never inputs. Ctrl-C stops taking inputs,
+    lets the ones running finish, and exits 130; a rerun resumes.
 
     \b
     Live inputs (one at a time): camera:N, a stream URL (rtsp://, http:// MJPEG, ...), or -
@@ -65,23 +66,21 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spe
         raise click.UsageError("missing option '-o' / '--output'")
     with friendly_errors():
         model = default_model(model)
-        workers = workers or len(os.sched_getaffinity(0))
+        workers = workers or cpu_count()
         if threads is None and workers > 1:
             threads = 1
         hm = DepthHeatmapper(model, threads=threads, colormap=spec.colormap, max_pixels=max_pixels or images.MAX_PIXELS)
-        job = Job.prepare(list(inputs), outdir, str(model), spec, force=force)
-    for message in job.inputs.problems:
-        click.echo(f"error: {message}", err=True)
-    click.echo(f"model: {model} ({hm.info.precision}, input {hm.info.input_size_text}); "
-               f"{workers} worker{'s' * (workers > 1)} x {threads or 'all'} thread{'s' * (threads != 1)}", err=True)
-    with traceback_log("heatmap") as log, progress(len(job.todo)) as on_row, friendly_errors():
-        summary = job.run(LocalRunner(hm, spec, job.store, job.digest, workers), on_row)
+        job = Job.prepare(list(inputs), outdir, str(model), spec, force=force, command="midas-onnx heatmap")
+    with job:
+        for message in job.problems:
+            click.echo(f"error: {message}", err=True)
+        click.echo(f"model: {model} ({hm.info.precision}, input {hm.info.input_size_text}); "
+                   f"{workers} worker{'s' * (workers > 1)} x {threads or 'all'} thread{'s' * (threads != 1)}", err=True)
+        with traceback_log("heatmap") as log, progress(len(job.todo)) as on_row, friendly_errors():
+            summary = job.run(LocalRunner(hm, spec, job.store, job.digest, workers), on_row)
     tracebacks = f"; tracebacks: {log()}" if log() else ""
-    click.echo(f"{summary.line()} -> {outdir}; manifest: {job.manifest}{tracebacks}")
-    if summary.interrupted:
-        sys.exit(130)
-    if summary.failed or job.inputs.problems:
-        sys.exit(1)
+    click.echo(f"{summary.line()} -> {outdir}; {job_files(job)}{tracebacks}")
+    finish(summary, job)
 
 
 def _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration) -> None:

@@ -77,6 +77,24 @@ def make_spec(*, colormap, image_format, save_depth, known_depths, save_ply, ply
         raise click.ClickException(str(exc)) from None
 
 
+def job_files(job) -> str:
+    """Where a job's record is: the manifest, and for object-store OUTPUTs this machine's
+    journal (the rows not yet in the manifest if the export failed)."""
+    journal = "" if job.store.local else f" (journal: {job.journal.path})"
+    return f"manifest: {job.manifest}{journal}"
+
+
+def finish(summary, job) -> None:
+    """The exit status of a finished job: 130 interrupted, 1 failures or a manifest that
+    could not be written (said in one line), else 0."""
+    if summary.manifest_error:
+        click.echo(f"error: {summary.manifest_error}", err=True)
+    if summary.interrupted:
+        sys.exit(130)
+    if summary.failed or job.problems or summary.manifest_error:
+        sys.exit(1)
+
+
 @contextlib.contextmanager
 def progress(total: int):
     """A progress bar for jobs of several inputs; each failure printed above it as it happens."""

@@ -1,11 +1,22 @@
-"""A job's record in its output folder: ``job.json`` (the settings) and ``manifest.jsonl``
-(one row per input), the truth a rerun resumes from.
+"""A job's record: ``job.json`` (the settings), the journal (one row per input, the truth a
+rerun resumes from) and ``manifest.jsonl`` (the journal's rows for people and tools).
 
-Why two files for the rows: the manifest is only ever replaced whole (written beside, then
-renamed), so a reader always sees one row per input; finished rows are first appended to a
-journal beside it (``.manifest.journal``, flushed at once, fsynced at most every second), so
-a killed driver loses nothing finished. The journal is folded into the manifest every few
-seconds and at the end, and whatever a killed run left in it is folded in at the next open.
+Why SQLite (WAL mode): appending a row is one small transaction, the same at row 1 and row
+1,000,000, and a committed row survives ``kill -9`` (it is in the WAL file before the commit
+returns; the OS writes it out). A row is committed before anything reports it finished, so
+a rerun redoes at most the inputs that were in flight. Commits never wait for the disk:
+checkpoints (the WAL copied into the database, with its fsyncs) run on a thread of their
+own every few seconds, so a slow disk never stalls the job's loop while workers go on
+writing outputs; a power cut may lose the last seconds of rows, never the file. The manifest is exported from the
+journal once, when a job ends or is interrupted, streamed in input order, written whole or
+not at all; a failed export loses nothing (the rows stay in the journal, and the next run
+exports them). A job that appended nothing does not export again.
+
+Where the journal lives: in OUTPUT (``.journal.sqlite``) for local folders. Object stores
+cannot hold a database, so there it is a local state file (named in the summary) and the
+manifest in OUTPUT is the record shared between machines: a state file whose rows were all
+exported is rebuilt from that manifest at the next start; one with rows not yet exported
+(a killed driver, a failed upload) is the newer truth and is kept.
 
 Each row carries the digest of the settings it was made with (``job``): a rerun skips an
 input only if its row is ``done`` under the current settings and its outputs exist, so a
@@ -15,20 +26,24 @@ as new.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import time
+import sqlite3
+import threading
 from pathlib import Path
+from typing import Iterable, Iterator
 
 from ..errors import MidasOnnxError
 from .store import Store, StoreError
 
 JOB_FILE = "job.json"
 MANIFEST = "manifest.jsonl"
-JOURNAL = ".manifest.journal"
-SYNC_EVERY_S = 1.0
-COMPACT_EVERY_S = 3.0
+JOURNAL_DB = ".journal.sqlite"
+OLD_JOURNAL = ".manifest.journal"  # what earlier versions left beside the manifest when killed
+STATE_ENV = "MIDAS_ONNX_STATE_DIR"
+CHECKPOINT_S = 2.0
 
 
 class JobError(MidasOnnxError):
@@ -74,83 +89,167 @@ def _short(value) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-class Journal:
-    """The rows of one OUTPUT, loaded at open and kept up to date as rows finish."""
+def state_folder(store: Store) -> Path:
+    """Where OUTPUT's journal and lock live: OUTPUT itself when local, else a folder of
+    this machine's state (``$MIDAS_ONNX_STATE_DIR``, default ``~/.cache/midas-onnx``)."""
+    if store.local:
+        return Path(store.fs_path(store.root))
+    base = os.environ.get(STATE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "midas-onnx")
+    folder = Path(base) / "jobs" / hashlib.sha256(store.root.encode()).hexdigest()[:16]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise JobError(f"{folder}: cannot keep the job's state here ({exc.strerror or exc}); set {STATE_ENV} "
+                       "to a writable folder") from None
+    return folder
 
-    def __init__(self, store: Store) -> None:
+
+class Journal:
+    """The rows of one OUTPUT in SQLite; ``append`` commits, ``export`` writes the manifest."""
+
+    def __init__(self, store: Store, folder: Path) -> None:
         self.store = store
         self.manifest = store.join(MANIFEST)
-        if store.local:
-            self.journal_path = Path(store.fs_path(store.join(JOURNAL)))
-        else:  # object stores cannot append: the journal lives beside the driver
-            key = hashlib.sha256(store.root.encode()).hexdigest()[:16]
-            self.journal_path = Path.home() / ".cache" / "midas-onnx" / f"journal-{key}.jsonl"
-        self.rows: dict[str, dict] = {}
-        for row in _parse(store.read(self.manifest)) + _parse(_read_local(self.journal_path)):
-            self.rows[row["input"]] = row
-        self._fh = None
-        self._synced = self._compacted = time.monotonic()
+        self.path = folder / (JOURNAL_DB if store.local else "journal.sqlite")
+        try:
+            if not store.local and self.path.exists() and _all_exported(self.path):
+                for suffix in ("", "-wal", "-shm"):  # the shared manifest is the truth: rebuilt from it
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            fresh = not self.path.exists()
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise JobError(f"{self.path}: the job's journal cannot be opened ({exc}); remove it to start the "
+                           "record afresh from manifest.jsonl") from None
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot be written ({exc.strerror or exc})") from None
+        self.appended = 0
+        if fresh:
+            self._import()
+        self._closing = threading.Event()
+        self._checkpoints = threading.Thread(target=self._checkpoint, name="journal-checkpoint", daemon=True)
+        self._checkpoints.start()
 
-    def append(self, row: dict) -> None:
-        """Record a finished row: appended to the journal at once, in the manifest soon."""
-        if self._fh is None:
-            self.journal_path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.journal_path, "a", encoding="utf-8")  # noqa: SIM115 - held for the job
-        self._fh.write(json.dumps(row, sort_keys=True) + "\n")
-        self._fh.flush()
-        self.rows[row["input"]] = row
-        now = time.monotonic()
-        if now - self._synced >= SYNC_EVERY_S:
-            os.fsync(self._fh.fileno())
-            self._synced = now
-        if now - self._compacted >= COMPACT_EVERY_S:
-            self.compact()
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database every few seconds, off the job's loop."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            while not self._closing.wait(CHECKPOINT_S):
+                db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            pass  # the journal's own connection checkpoints at close
+        finally:
+            db.close()
 
-    def compact(self) -> None:
-        """Replace the manifest with one row per input, then empty the journal."""
-        ordered = sorted(self.rows.values(), key=lambda r: (r.get("relative", ""), r["input"]))
-        self.store.write(self.manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered).encode())
-        if self._fh is not None:
-            self._fh.truncate(0)
-            self._fh.seek(0)
-        else:
-            self.journal_path.unlink(missing_ok=True)
-        self._compacted = time.monotonic()
+    def _import(self) -> None:
+        """Rows of an existing manifest (and of an earlier version's journal), streamed in."""
+        old = Path(self.store.fs_path(self.store.join(OLD_JOURNAL))) if self.store.local else None
+        sources: list[Iterable[bytes]] = [self.store.lines(self.manifest)]
+        if old is not None and old.is_file():
+            sources.append(_file_lines(old))
+        for lines in sources:
+            batch = []
+            for row in _parse(lines):
+                batch.append(row)
+                if len(batch) >= 4096:
+                    self._insert(batch)
+                    batch = []
+            self._insert(batch)
+        self._set_exported(True)
+        if old is not None:
+            old.unlink(missing_ok=True)
+
+    def append(self, rows: list[dict]) -> None:
+        """Commit finished rows (one transaction); only then may anything report them."""
+        if rows:
+            self._insert(rows, exported=False if self.appended == 0 else None)
+            self.appended += len(rows)
+
+    def _insert(self, rows: list[dict], exported: bool | None = None) -> None:
+        with self.db:
+            self.db.execute("BEGIN")
+            self.db.executemany("INSERT OR REPLACE INTO rows VALUES (?, ?, ?, ?, ?)",
+                                ((r["input"], r.get("relative", ""), r["status"], r.get("job"),
+                                  json.dumps(r, sort_keys=True)) for r in rows))
+            if exported is not None:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('exported', ?)", (int(exported),))
+
+    def _set_exported(self, exported: bool) -> None:
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('exported', ?)", (int(exported),))
+
+    def stale(self, manifest_present: bool) -> bool:
+        """True when the manifest misses rows of the journal (or is missing)."""
+        return not manifest_present or not _all_exported(self.path, self.db)
+
+    def export(self) -> None:
+        """``manifest.jsonl`` from every row, in input order, streamed; replaced whole."""
+        with self.store.writer(self.manifest) as fh:
+            for (data,) in self.db.execute("SELECT data FROM rows ORDER BY input"):
+                fh.write(data.encode() + b"\n")
+        self._set_exported(True)
+
+    def failed_logs(self) -> list[str]:
+        """``host:log`` of every failed row that names a traceback log (few: one per process)."""
+        query = ("SELECT DISTINCT json_extract(data, '$.host'), json_extract(data, '$.log') FROM rows "
+                 "WHERE status = 'failed' AND json_extract(data, '$.log') IS NOT NULL")
+        return sorted(f"{host or ''}:{log}" for host, log in self.db.execute(query))
+
+    def rows(self) -> Iterator[dict]:
+        """Every row, in input order (for tools and tests)."""
+        for (data,) in self.db.execute("SELECT data FROM rows ORDER BY input"):
+            yield json.loads(data)
 
     def close(self) -> None:
-        """Fold the journal into the manifest and remove it (also after a failed job)."""
-        try:
-            self.compact()
-        finally:
-            if self._fh is not None:
-                self._fh.close()
-                self._fh = None
-            self.journal_path.unlink(missing_ok=True)
+        self._closing.set()
+        self._checkpoints.join()
+        with contextlib.suppress(sqlite3.Error):
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.close()
 
 
-def _read_local(path: Path) -> bytes | None:
+SCHEMA = """
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+PRAGMA wal_autocheckpoint = 0;
+PRAGMA busy_timeout = 10000;
+CREATE TABLE IF NOT EXISTS rows (input TEXT PRIMARY KEY, relative TEXT NOT NULL, status TEXT NOT NULL,
+                                 job TEXT, data TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+def _all_exported(path: Path, db: sqlite3.Connection | None = None) -> bool:
+    own = db is None
+    db = db or sqlite3.connect(path)
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot be read ({exc.strerror})") from None
+        value = db.execute("SELECT value FROM meta WHERE key = 'exported'").fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        if own:
+            db.close()
+    return value is not None and value[0] == 1
 
 
-def _parse(data: bytes | None) -> list[dict]:
-    """Rows of a manifest or journal; a last line cut short by a killed writer is ignored."""
-    rows = []
-    for line in (data or b"").decode("utf-8", "replace").splitlines():
+def _file_lines(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        yield from fh
+
+
+def _parse(lines: Iterable[bytes]) -> Iterator[dict]:
+    """Rows of a manifest or journal; a line cut short by a killed writer is skipped."""
+    for line in lines:
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError):
             continue
-        if isinstance(row, dict) and isinstance(row.get("input"), str):
-            rows.append(row)
-    return rows
+        if isinstance(row, dict) and isinstance(row.get("input"), str) and isinstance(row.get("status"), str):
+            yield row
 
 
 def read_manifest(output: str) -> list[dict]:
     """Rows of OUTPUT's manifest (for tests and tools)."""
     store = Store(output)
-    return _parse(store.read(store.join(MANIFEST)))
+    return list(_parse(store.lines(store.join(MANIFEST))))

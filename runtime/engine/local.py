@@ -9,8 +9,9 @@ while the other stages wait.
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Callable, Iterable
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from typing import Callable, Iterable, Iterator
 
 import cv2
 
@@ -21,13 +22,13 @@ from .store import Store
 
 
 class LocalRunner:
-    """Runs items through ``process`` on one pool of ``workers`` threads.
+    """Runs items through ``process`` on one pool of ``workers`` threads, a bounded window of
+    them in flight (twice the workers), so memory is bounded however many inputs there are.
 
-    ``runner(items, on_row)`` streams a whole job: a bounded window of inputs in flight
-    (twice the workers, so memory is bounded however many inputs there are), rows to
-    ``on_row`` in the calling thread as each finishes. ``runner.map(chunk)`` runs one chunk
-    and returns its rows; several callers may map at once (a node worker takes its next
-    chunk while the last images of the previous one finish), sharing the same threads.
+    ``runner(items, on_rows, stop)`` runs a whole job (the engine's executor); ``batches``
+    streams the rows of any run as they land (``bulk``'s node workers; several may run at
+    once on the same threads). ``progress`` counts finished items and video frames: a
+    number that stops moving only when nothing moves.
     """
 
     def __init__(self, hm, spec: OutputSpec, store: Store, digest: str, workers: int = 1) -> None:
@@ -35,6 +36,7 @@ class LocalRunner:
             raise ValueError(f"workers must be >= 1, got {workers}")
         self.hm, self.spec, self.store, self.digest, self.workers = hm, spec, store, digest, workers
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="midas-job")
+        self.progress = 0
         # Whole-image workers already fill the cores: OpenCV's own threads (decode, resize)
         # would only contend with them (12 MP photos: 0.21 against 0.18 of 640x480's rate
         # with OpenCV at one thread, benchmarks/outputs_bench.py). Restored on close.
@@ -42,29 +44,38 @@ class LocalRunner:
         if workers > 1:
             cv2.setNumThreads(1)
 
-    def _submit(self, item: Item, data: bytes | None = None) -> Future:
-        return self.pool.submit(process, self.hm, item, self.spec, self.store, self.digest, data)
+    def _tick(self) -> None:
+        self.progress += 1  # a plain counter: a lost increment between threads costs nothing
 
-    def __call__(self, items: Iterable[Item], on_row: Callable[[dict], None]) -> None:
-        pending: set[Future] = set()
-        queue = iter(items)
+    def _run(self, item: Item, data: bytes | None, stop: threading.Event) -> dict | None:
+        row = process(self.hm, item, self.spec, self.store, self.digest, data, stop, self._tick)
+        self._tick()
+        return row
+
+    def __call__(self, items: Iterable[Item], on_rows: Callable[[list[dict]], None],
+                 stop: threading.Event | None = None) -> None:
         try:
-            while True:
-                while len(pending) < 2 * self.workers and (item := next(queue, None)) is not None:
-                    pending.add(self._submit(item))
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    on_row(future.result())
-        finally:  # Ctrl-C: inputs not started are dropped; the ones running finish
+            for rows in self.batches(items, stop=stop):
+                on_rows(rows)
+        finally:
             self.close()
 
-    def map(self, items: list[Item], blobs: dict[str, bytes] | None = None) -> list[dict]:
-        """Rows of one chunk, in its order; ``blobs``: inputs' bytes sent along (no shared storage)."""
-        futures = [self._submit(item, (blobs or {}).get(item.source)) for item in items]
-        return [f.result() for f in futures]
+    def batches(self, items: Iterable[Item], blobs: dict[str, bytes] | None = None,
+                stop: threading.Event | None = None, idle: float | None = None) -> Iterator[list[dict]]:
+        """Rows as they land, in batches (empty after ``idle`` seconds without one). Once
+        ``stop`` is set nothing new starts; the items running finish (a video stops at its
+        next frame, without a row) and their rows come out before the end."""
+        stop = stop or threading.Event()
+        queue, live = iter(items), set()
+        while True:
+            while not stop.is_set() and len(live) < 2 * self.workers and (item := next(queue, None)) is not None:
+                live.add(self.pool.submit(self._run, item, (blobs or {}).get(item.source), stop))
+            if not live:
+                return
+            done, live = wait(live, timeout=idle, return_when=FIRST_COMPLETED)
+            yield [row for row in (f.result() for f in done) if row is not None]
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
         cv2.setNumThreads(self._cv2_threads)
+

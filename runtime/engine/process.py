@@ -11,8 +11,10 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from .. import images
 from ..errors import ImageError, MidasOnnxError
@@ -31,17 +33,26 @@ def where() -> dict:
     return {"node": os.environ.get("MIDAS_ONNX_NODE", ""), "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str, data: bytes | None = None) -> dict:
-    """The item's manifest row: ``done`` with its outputs written, or ``failed`` with why.
-    ``data``: the input's bytes when they were sent along instead of read here."""
+class Interrupted(Exception):
+    """A video stopped at a frame boundary because the job is stopping: no row, redone by a rerun."""
+
+
+def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str, data: bytes | None = None,
+            stop: threading.Event | None = None, tick: Callable[[], None] | None = None) -> dict | None:
+    """The item's manifest row: ``done`` with its outputs written, or ``failed`` with why;
+    None when ``stop`` ended a video partway (nothing of it is left under its names).
+    ``data``: the input's bytes when they were sent along instead of read here; ``tick``:
+    called after every video frame (progress a watchdog can see)."""
     started = time.perf_counter()
+    frames = None
     try:
         if item.video:
-            frames = process_video(hm, item, spec, store)
-            return make_row(item, "done", digest, note=f"{frames} frames", seconds=time.perf_counter() - started,
-                            where=where())
-        process_image(hm, item, spec, store, data)
+            frames = process_video(hm, item, spec, store, stop, tick)
+        else:
+            process_image(hm, item, spec, store, data)
         status, error = "done", ""
+    except Interrupted:
+        return None
     except MidasOnnxError as exc:
         status, error = "failed", str(exc)
     except OSError as exc:
@@ -52,7 +63,8 @@ def process(hm, item: Item, spec: OutputSpec, store: Store, digest: str, data: b
                        seconds=time.perf_counter() - started, where=where())
         row["traceback_logged"] = True
         return row
-    return make_row(item, status, digest, error=error, seconds=time.perf_counter() - started, where=where())
+    return make_row(item, status, digest, error=error, seconds=time.perf_counter() - started,
+                    frames=frames if status == "done" else None, where=where())
 
 
 def process_image(hm, item: Item, spec: OutputSpec, store: Store, data: bytes | None = None) -> None:
@@ -61,7 +73,9 @@ def process_image(hm, item: Item, spec: OutputSpec, store: Store, data: bytes | 
         raise RuntimeError("fault injected for tests")
     if data is not None or is_uri(item.source):
         data = read_input(item.source) if data is None else data
-        result = hm.predict(images.load(images.decode(data, item.source, hm.max_pixels)))
+        # named here: errors about the decoded pixels name the input, not "image"
+        result = hm.predict(images.load(images.decode(data, item.source, hm.max_pixels), max_pixels=hm.max_pixels,
+                                        name=item.source))
     else:
         result = hm.predict(item.source)  # the runtime reads the file (EXIF orientation, 16-bit kept)
     payloads = spec.render(result, list(item.targets))  # all, before any is written
@@ -69,7 +83,8 @@ def process_image(hm, item: Item, spec: OutputSpec, store: Store, data: bytes | 
         store.write(target, payloads[kind])
 
 
-def process_video(hm, item: Item, spec: OutputSpec, store: Store) -> int:
+def process_video(hm, item: Item, spec: OutputSpec, store: Store, stop: threading.Event | None = None,
+                  tick: Callable[[], None] | None = None) -> int:
     """Frame by frame; memory holds one frame. Returns the frame count.
 
     Writes ``<name>.heatmap.mp4``, with ``overlay`` ``<name>.overlay.mp4``, with ``depth`` a
@@ -85,7 +100,7 @@ def process_video(hm, item: Item, spec: OutputSpec, store: Store) -> int:
     temps = {kind: t.with_name(f".{t.name}.partial{t.suffix}") for kind, t in targets.items()}
     remove(*temps.values())  # left by an interrupted earlier run
     try:
-        frames = _write_frames(hm, item.source, spec, temps)
+        frames = _write_frames(hm, item.source, spec, temps, stop, tick)
     except BaseException:
         remove(*temps.values())
         raise
@@ -96,18 +111,23 @@ def process_video(hm, item: Item, spec: OutputSpec, store: Store) -> int:
     return frames
 
 
-def _write_frames(hm, source: str, spec: OutputSpec, temps: dict[str, Path]) -> int:
+def _write_frames(hm, source: str, spec: OutputSpec, temps: dict[str, Path], stop: threading.Event | None,
+                  tick: Callable[[], None] | None) -> int:
     from .video import VideoFrames, VideoWriters
 
     with VideoFrames(source) as video:
         writers = VideoWriters(temps, spec, video.fps)
         try:
             for frame in video:
+                if stop is not None and stop.is_set():
+                    raise Interrupted
                 try:
                     result = hm.predict(frame)
                 except MidasOnnxError as exc:
                     raise ImageError(f"{source}: frame {writers.frames}: {exc}") from None
                 writers.add(result)
+                if tick is not None:
+                    tick()
         finally:
             writers.close()
         video.check_complete(writers.frames)

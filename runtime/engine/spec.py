@@ -49,7 +49,10 @@ class OutputSpec:
              intrinsics: str | Intrinsics | None = None, normalize: str = "video",
              image_format: str = "png") -> "OutputSpec":
         """A checked spec: every refusal here happens before any input is read."""
-        colormap_id(colormap)
+        try:
+            colormap_id(colormap)
+        except ValueError as exc:
+            raise OutputSpecError(str(exc)) from None
         depth = None if depth in (None, "none") else depth
         if depth is not None:
             check_format(depth)

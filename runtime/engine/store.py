@@ -12,11 +12,13 @@ URIs: the base install (onnxruntime, numpy, OpenCV) has no pyarrow, and needs no
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from ..errors import MidasOnnxError
-from ..files import write_atomic
+from ..files import temp_path_beside, write_atomic
 
 
 class StoreError(MidasOnnxError, OSError):
@@ -73,22 +75,62 @@ class Store:
         except OSError as exc:
             raise StoreError(f"{path}: cannot be read ({_reason(exc)})") from None
 
-    def sizes(self) -> dict[str, int]:
-        """Every file under the root with its size (folders as -1), from one listing: one
-        request for the whole tree, not one existence check per output."""
+    def walk(self) -> Iterator[tuple[str, int]]:
+        """Every file under the root as (name below the root, size), folders with size -1,
+        streamed: a folder at a time (one request per folder on object stores), so memory
+        holds one folder's listing however many files the tree has."""
         try:
             if self.fs is None:
-                return _local_sizes(self.root)
-            from pyarrow import fs as pafs
-
-            fs_root = self.fs_path(self.root)
-            if self.fs.get_file_info(fs_root).type == pafs.FileType.NotFound:
-                return {}
-            infos = self.fs.get_file_info(pafs.FileSelector(fs_root, recursive=True))
-            return {self.scheme + i.path: (i.size if i.type == pafs.FileType.File else -1)
-                    for i in infos if i.type in (pafs.FileType.File, pafs.FileType.Directory)}
+                yield from _local_walk(self.root)
+                return
+            yield from _arrow_walk(self.fs, self.fs_path(self.root))
         except OSError as exc:
             raise StoreError(f"{self.root}: cannot be listed ({_reason(exc)})") from None
+
+    @contextlib.contextmanager
+    def writer(self, path: str) -> Iterator[BinaryIO]:
+        """A file written piece by piece, published whole or not at all (see the module's
+        docstring): locally under a temporary name, renamed when the block ends without
+        an error; on object stores one upload, completed when the block ends."""
+        try:
+            if self.fs is None or self.local:
+                target = Path(self.fs_path(path))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = temp_path_beside(target)
+                try:
+                    with open(tmp, "xb") as fh:
+                        yield fh
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+                return
+            with self.fs.open_output_stream(self.fs_path(path)) as fh:
+                yield fh
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot be written ({_reason(exc)})") from None
+
+    def lines(self, path: str) -> Iterator[bytes]:
+        """The lines of a file, streamed (nothing when it does not exist)."""
+        try:
+            if self.fs is None or self.local:
+                local = self.fs_path(path)
+                if not os.path.isfile(local):
+                    return
+                with open(local, "rb") as fh:
+                    yield from fh
+                return
+            fs_path = self.fs_path(path)
+            if self.fs.get_file_info(fs_path).type.name != "File":
+                return
+            with self.fs.open_input_stream(fs_path) as fh:
+                rest = b""
+                while chunk := fh.read(1 << 20):
+                    *whole, rest = (rest + chunk).split(b"\n")
+                    yield from whole
+                if rest:
+                    yield rest
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot be read ({_reason(exc)})") from None
 
 
 def read_input(path: str) -> bytes:
@@ -103,17 +145,36 @@ def read_input(path: str) -> bytes:
         raise StoreError(f"{path}: cannot be read ({_reason(exc)})") from None
 
 
-def _local_sizes(root: str) -> dict[str, int]:
-    out: dict[str, int] = {}
+def _local_walk(root: str) -> Iterator[tuple[str, int]]:
+    start = len(root.rstrip("/")) + 1
     for folder, dirs, files in os.walk(root):
+        below = folder[start:] + "/" if folder != root else ""
         for name in dirs:
-            out[os.path.join(folder, name)] = -1
+            yield below + name, -1
         for name in files:
             try:
-                out[os.path.join(folder, name)] = os.stat(os.path.join(folder, name)).st_size
+                yield below + name, os.stat(os.path.join(folder, name)).st_size
             except OSError:
                 continue  # removed while listing
-    return out
+
+
+def _arrow_walk(fs, root: str) -> Iterator[tuple[str, int]]:
+    """Object stores listed a folder (a common prefix) at a time, depth first."""
+    from pyarrow import fs as pafs
+
+    if fs.get_file_info(root).type != pafs.FileType.Directory:
+        return
+    start = len(root.rstrip("/")) + 1
+    folders = [root]
+    while folders:
+        infos = fs.get_file_info(pafs.FileSelector(folders.pop(), recursive=False))
+        for info in infos:
+            if info.type == pafs.FileType.Directory:
+                folders.append(info.path)
+                yield info.path[start:], -1
+            elif info.type == pafs.FileType.File:
+                yield info.path[start:], info.size
+        del infos
 
 
 def _arrow_fs(uri: str):
