@@ -1,55 +1,86 @@
-"""Image size from the file header, before any decoding: the decompression-bomb guard.
+"""Image size from the file header, before any decoding: the decompression-bomb guard's cost
+estimate.
 
 A 600 KB PNG can declare 100 megapixels; decoding it first and checking after costs seconds
-of CPU and a gigabyte of memory. ``header_size`` reads only the width and height the file
-declares, for every format ``images.decode`` passes to OpenCV (its signature decides), so a
-bomb is refused in microseconds. A file whose signature is none of these is refused by
-``decode`` without ever reaching a decoder, so no format escapes the check.
+of CPU and a gigabyte of memory. ``header_size`` reads only what the file declares, for every
+format ``images.decode`` passes to OpenCV (its signature decides), so a bomb is refused in
+microseconds. A file whose signature is none of these is refused by ``decode`` without ever
+reaching a decoder, so no format escapes the check. The decoders' own limit
+(``OPENCV_IO_MAX_IMAGE_PIXELS``, set from the same pixel limit) is the guard behind it.
 
-Every reader bounds its own work: fixed offsets, or a walk over segments/boxes/IFD entries
-whose count is capped, never a scan that grows with a declared length.
+Read as the decoders read: a TIFF's first ImageWidth/ImageLength is libtiff's, so a second
+one (which a reader keeping the last would believe) is refused; a tiled TIFF's tile buffer is
+allocated whole, so a tile counts as pixels (``Header.pixels``); a JPEG 2000's codestream
+size (SIZ) must agree with its image header box.
+
+Bounded work: one budget of ``MAX_STEPS`` segments, boxes or IFD entries for a whole walk
+(nested boxes included), boxes looked for only in the first ``HEAD_BYTES``, fixed-size reads
+otherwise, so no header costs the caller more than a few hundred microseconds whatever its
+length; a file whose size is not found within them is refused.
 """
 
 from __future__ import annotations
 
 import re
 import struct
-from typing import Callable
+from typing import Callable, NamedTuple
 
-# Formats this module reads, by name, in the order ``header_size`` tries their signatures.
-FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "PNM/PAM/PFM", "Sun raster", "Radiance HDR",
-           "JPEG 2000", "AVIF")
-_MAX_STEPS = 4096  # segments, IFD entries or boxes a reader walks before giving up
+# Formats decode accepts, by name, in the order ``header_size`` tries their signatures.
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "PNM/PAM", "Sun raster", "JPEG 2000", "AVIF")
+# Formats whose header is read only to refuse them by name: their pixels are floating-point
+# radiance or data (not a photo's 8/16-bit values), which the model's input is not.
+FLOAT_FORMATS = ("Radiance HDR", "PFM", "float TIFF")
+MAX_STEPS = 512  # segments, IFD entries and boxes one walk may visit, all levels together
+HEAD_BYTES = 256 * 1024  # boxes holding the size are looked for only this near the start
 
 
 class HeaderError(ValueError):
-    """The signature is known but the header is cut short or inconsistent."""
+    """The signature is known but the header is cut short, inconsistent or too long to walk."""
 
 
-def header_size(data: bytes | bytearray | memoryview) -> tuple[str, int, int] | None:
-    """``(format, width, height)`` as the header declares them; None when no known signature
-    matches. Raises ``HeaderError`` for a known signature with a broken header."""
+class Header(NamedTuple):
+    format: str
+    width: int
+    height: int
+    pixels: int  # what decoding allocates for, in pixels: the image, or one tile when larger
+
+
+def header_size(data: bytes | bytearray | memoryview) -> Header | None:
+    """What the header declares; None when no known signature matches. Raises
+    ``HeaderError`` for a known signature with a broken, ambiguous or endless header."""
     head = bytes(data[:16])
     for test, reader in _READERS:
         if test(head):
             try:
-                return reader(data)
+                fmt, width, height, *tile = reader(data, _Steps())
             except (struct.error, IndexError, ValueError) as exc:
                 if isinstance(exc, HeaderError):
                     raise
                 raise HeaderError(f"{reader.__name__.removeprefix('_')}: header is cut short or malformed") from None
+            return Header(fmt, width, height, max(width * height, tile[0] * tile[1] if tile else 0))
     return None
+
+
+class _Steps:
+    """The walk's one budget: every segment, entry or box visited takes a step."""
+
+    def __init__(self) -> None:
+        self.left = MAX_STEPS
+
+    def take(self, what: str) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise HeaderError(f"{what}: more than {MAX_STEPS} segments or boxes before the image size; refused")
 
 
 def _u16(data, pos: int, fmt: str = ">H") -> int:
     return struct.unpack_from(fmt, data, pos)[0]
 
 
-def _jpeg(data) -> tuple[str, int, int]:
+def _jpeg(data, steps: _Steps) -> tuple[str, int, int]:
     pos, n = 2, len(data)
-    for _ in range(_MAX_STEPS):
-        if pos + 4 > n:
-            break
+    while pos + 4 <= n:
+        steps.take("jpeg")
         if data[pos] != 0xFF:
             raise HeaderError("jpeg: no marker where one was expected")
         marker = data[pos + 1]
@@ -68,14 +99,14 @@ def _jpeg(data) -> tuple[str, int, int]:
     raise HeaderError("jpeg: no frame header (SOF) before the image data")
 
 
-def _png(data) -> tuple[str, int, int]:
+def _png(data, steps: _Steps) -> tuple[str, int, int]:
     if bytes(data[12:16]) != b"IHDR":
         raise HeaderError("png: first chunk is not IHDR")
     width, height = struct.unpack_from(">II", data, 16)
     return "PNG", width, height
 
 
-def _gif(data) -> tuple[str, int, int]:
+def _gif(data, steps: _Steps) -> tuple[str, int, int]:
     width, height, flags = struct.unpack_from("<HHB", data, 6)
     after = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the global colour table
     if data[after] not in (0x21, 0x2C, 0x3B):
@@ -83,7 +114,7 @@ def _gif(data) -> tuple[str, int, int]:
     return "GIF", width, height
 
 
-def _bmp(data) -> tuple[str, int, int]:
+def _bmp(data, steps: _Steps) -> tuple[str, int, int]:
     dib = struct.unpack_from("<I", data, 14)[0]
     if dib == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
         width, height = struct.unpack_from("<HH", data, 18)
@@ -92,28 +123,43 @@ def _bmp(data) -> tuple[str, int, int]:
     return "BMP", abs(width), abs(height)
 
 
-def _tiff(data) -> tuple[str, int, int]:
+# TIFF tags read: ImageWidth, ImageLength, TileWidth, TileLength, SampleFormat
+_TIFF_TAGS = {256: "width", 257: "length", 322: "tile width", 323: "tile length", 339: "sample format"}
+
+
+def _tiff(data, steps: _Steps) -> tuple[str, int, int, int, int]:
+    """The first image's size and tile size, each tag at most once (libtiff reads the first
+    of a repeated tag, another reader the last: a file declaring both is refused)."""
     end = "<" if bytes(data[:2]) == b"II" else ">"
     big = _u16(data, 2, end + "H") == 43
     offset = struct.unpack_from(end + ("Q" if big else "I"), data, 8 if big else 4)[0]
     count = struct.unpack_from(end + ("Q" if big else "H"), data, offset)[0]
     entry_size, first = (20, offset + 8) if big else (12, offset + 2)
-    sizes: dict[int, int] = {}
-    for k in range(min(count, _MAX_STEPS)):
+    found: dict[int, int] = {}
+    for k in range(count):
+        steps.take("tiff")
         pos = first + k * entry_size
         tag, typ = struct.unpack_from(end + "HH", data, pos)
-        if tag in (256, 257):
-            value_at = pos + (12 if big else 8)
-            code = {3: "H", 4: "I", 16: "Q"}.get(typ)
-            if code is None:
-                raise HeaderError(f"tiff: image size tag of type {typ}")
-            sizes[tag] = struct.unpack_from(end + code, data, value_at)[0]
-    if 256 not in sizes or 257 not in sizes:
+        if tag not in _TIFF_TAGS:
+            continue
+        if tag in found:
+            raise HeaderError(f"tiff: the image {_TIFF_TAGS[tag]} is declared twice; refused (decoders disagree "
+                              "on which one counts)")
+        code = {3: "H", 4: "I", 16: "Q"}.get(typ)
+        if code is None:
+            raise HeaderError(f"tiff: image {_TIFF_TAGS[tag]} tag of type {typ}")
+        values = struct.unpack_from(end + ("Q" if big else "I"), data, pos + 4)[0]
+        value_at = pos + (12 if big else 8)
+        if values * struct.calcsize(code) > (8 if big else 4):  # not inline: the first value at the offset
+            value_at = struct.unpack_from(end + ("Q" if big else "I"), data, value_at)[0]
+        found[tag] = struct.unpack_from(end + code, data, value_at)[0]
+    if 256 not in found or 257 not in found:
         raise HeaderError("tiff: first image has no width or length tag")
-    return "TIFF", sizes[256], sizes[257]
+    fmt = "float TIFF" if found.get(339) == 3 else "TIFF"  # SampleFormat 3: IEEE floating point
+    return fmt, found[256], found[257], found.get(322, 0), found.get(323, 0)
 
 
-def _webp(data) -> tuple[str, int, int]:
+def _webp(data, steps: _Steps) -> tuple[str, int, int]:
     chunk = bytes(data[12:16])
     if chunk == b"VP8 ":
         if bytes(data[23:26]) != b"\x9d\x01\x2a":
@@ -133,7 +179,7 @@ def _webp(data) -> tuple[str, int, int]:
 _TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*([^\s#]+)")
 
 
-def _pnm(data) -> tuple[str, int, int]:
+def _pnm(data, steps: _Steps) -> tuple[str, int, int]:
     head = bytes(data[:4096])
     if head[:2] == b"P7":  # PAM: KEY VALUE lines up to ENDHDR
         fields = dict(re.findall(rb"^(WIDTH|HEIGHT)\s+(\d+)", head.split(b"ENDHDR")[0], re.M))
@@ -150,12 +196,12 @@ def _pnm(data) -> tuple[str, int, int]:
     return ("PFM" if head[1:2] in (b"F", b"f") else "PNM"), values[0], values[1]
 
 
-def _sun(data) -> tuple[str, int, int]:
+def _sun(data, steps: _Steps) -> tuple[str, int, int]:
     width, height = struct.unpack_from(">II", data, 4)
     return "Sun raster", width, height
 
 
-def _hdr(data) -> tuple[str, int, int]:
+def _hdr(data, steps: _Steps) -> tuple[str, int, int]:
     head = bytes(data[:8192])
     blank = head.find(b"\n\n")
     if blank < 0:
@@ -170,12 +216,12 @@ def _hdr(data) -> tuple[str, int, int]:
     return "Radiance HDR", first, second
 
 
-def _boxes(data, start: int, stop: int):
-    """(type, payload start, box end) of ISO base media boxes between start and stop."""
+def _boxes(data, start: int, stop: int, steps: _Steps, what: str):
+    """(type, payload start, box end) of ISO base media boxes between start and stop that
+    begin within the first HEAD_BYTES, each a step of the walk."""
     pos = start
-    for _ in range(_MAX_STEPS):
-        if pos + 8 > stop:
-            return
+    while pos + 8 <= min(stop, HEAD_BYTES):
+        steps.take(what)
         size, kind = struct.unpack_from(">I4s", data, pos)
         head = 8
         if size == 1:
@@ -183,32 +229,52 @@ def _boxes(data, start: int, stop: int):
         elif size == 0:
             size = stop - pos
         if size < head:
-            raise HeaderError("box with an impossible size")
+            raise HeaderError(f"{what}: box with an impossible size")
         yield kind, pos + head, min(pos + size, stop)
         pos += size
 
 
-def _jp2(data) -> tuple[str, int, int]:
-    if bytes(data[:4]) == b"\xff\x4f\xff\x51":  # raw codestream: SIZ marker segment
-        xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", data, 8)
-        return "JPEG 2000", xsiz - xo, ysiz - yo
-    for kind, at, end in _boxes(data, 0, len(data)):
+def _siz(data, at: int) -> tuple[int, int]:
+    """A JPEG 2000 codestream's image size from its SIZ marker segment at ``at``."""
+    if bytes(data[at:at + 4]) != b"\xff\x4f\xff\x51":
+        raise HeaderError("jpeg 2000: codestream does not start with SOC and SIZ")
+    xsiz, ysiz, xo, yo = struct.unpack_from(">IIII", data, at + 8)
+    if xo >= xsiz or yo >= ysiz:
+        raise HeaderError("jpeg 2000: image offset beyond its size")
+    return xsiz - xo, ysiz - yo
+
+
+def _jp2(data, steps: _Steps) -> tuple[str, int, int]:
+    """The codestream's size (SIZ: what the decoder allocates); in a JP2 file, its image
+    header box (ihdr) must say the same."""
+    if bytes(data[:4]) == b"\xff\x4f\xff\x51":  # raw codestream
+        return ("JPEG 2000", *_siz(data, 0))
+    declared = None
+    for kind, at, end in _boxes(data, 0, len(data), steps, "jpeg 2000"):
         if kind == b"jp2h":
-            for sub, sat, _ in _boxes(data, at, end):
+            for sub, sat, _ in _boxes(data, at, end, steps, "jpeg 2000"):
                 if sub == b"ihdr":
                     height, width = struct.unpack_from(">II", data, sat)
-                    return "JPEG 2000", width, height
-    raise HeaderError("jpeg 2000: no image header box (ihdr)")
+                    declared = (width, height)
+        elif kind == b"jp2c":
+            if declared is None:
+                raise HeaderError("jpeg 2000: codestream before the image header box (ihdr)")
+            size = _siz(data, at)
+            if size != declared:
+                raise HeaderError(f"jpeg 2000: image header box says {declared[0]}x{declared[1]}, codestream "
+                                  f"{size[0]}x{size[1]}")
+            return ("JPEG 2000", *size)
+    raise HeaderError("jpeg 2000: no image header box (ihdr) and codestream near the start")
 
 
-def _avif(data) -> tuple[str, int, int]:
+def _avif(data, steps: _Steps) -> tuple[str, int, int]:
     """The largest image spatial extent ('ispe') in the meta box: the primary image, a grid's
     full size, or an auxiliary image, whichever is largest."""
     best: tuple[int, int] | None = None
 
     def walk(start: int, stop: int, depth: int) -> None:
         nonlocal best
-        for kind, at, end in _boxes(data, start, stop):
+        for kind, at, end in _boxes(data, start, stop, steps, "avif"):
             if kind == b"ispe":
                 width, height = struct.unpack_from(">II", data, at + 4)
                 if best is None or width * height > best[0] * best[1]:
@@ -218,7 +284,7 @@ def _avif(data) -> tuple[str, int, int]:
 
     walk(0, len(data), 0)
     if best is None:
-        raise HeaderError("avif: no image size property (ispe)")
+        raise HeaderError("avif: no image size property (ispe) near the start")
     return "AVIF", best[0], best[1]
 
 

@@ -1,8 +1,9 @@
 """Decoding and normalising input images: every accepted form becomes float32 RGB in [0, 1].
 
-Accepted: file paths, encoded bytes (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM/PAM/PFM, Sun raster,
-Radiance HDR, JPEG 2000, AVIF: the formats whose header ``image_header`` reads, so the pixel
-limit holds before any decode),
+Accepted: file paths, encoded bytes (JPEG, PNG, GIF, BMP, TIFF, WebP, PNM/PAM, Sun raster,
+JPEG 2000, AVIF: the formats whose header ``image_header`` reads, so the pixel limit holds
+before any decode; floating-point files, Radiance HDR, PFM and float TIFF, are refused by
+name from their header: their values are radiance or data, not a photo's),
 and numpy arrays that are grayscale (HxW or HxWx1), 3-channel (BGR or RGB, as the caller
 says) or 4-channel (alpha dropped), of dtype uint8, uint16, or float in [0, 1]. Files are
 decoded as an image viewer shows them: EXIF orientation applied, 16-bit kept at 16 bits.
@@ -18,14 +19,30 @@ from typing import NamedTuple, Union
 import numpy as np
 
 from .errors import ImageError, ImageTooLarge
+from .image_header import FLOAT_FORMATS, HeaderError, header_size
 from .image_header import FORMATS as HEADER_FORMATS
-from .image_header import HeaderError, header_size
+
+
+
+def _max_pixels_from_env() -> int:
+    """``MIDAS_ONNX_MAX_PIXELS``, else 100 MP. A value that is not a whole number above 0 ends
+    the process with one line, whoever imports this: the limit guards against bombs, so no
+    looser default may stand in for what the user meant."""
+    text = os.environ.get("MIDAS_ONNX_MAX_PIXELS", "").strip()
+    if not text:
+        return 100_000_000
+    if not (text.isdigit() and int(text) > 0):
+        raise SystemExit(f"error: MIDAS_ONNX_MAX_PIXELS={text!r}: must be a whole number of pixels above 0 "
+                         "(e.g. 100000000)")
+    return int(text)
+
 
 # Decompression-bomb guard: refuse images above this many pixels (100 MP: a 12,000 x 8,000
 # photo still passes). ``check_header`` applies the caller's limit (DepthHeatmapper's
 # max_pixels, serve's --max-pixels) from the file header before decoding; OpenCV's own
-# process-wide limit is set to the default too, as a second line behind it.
-MAX_PIXELS = int(os.environ.get("MIDAS_ONNX_MAX_PIXELS", 100_000_000))
+# process-wide limit is set to the default too (unless set already: serve sets it to its own
+# --max-pixels), as the guard behind it: each decoder refuses from its own header.
+MAX_PIXELS = _max_pixels_from_env()
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 # FFmpeg (behind cv2.VideoCapture) prints its decoder complaints straight to stderr, before
 # and around our own one-line error; quiet it (AV_LOG_QUIET) unless the user set a level.
@@ -112,23 +129,32 @@ def read(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 def check_header(data: bytes | bytearray | memoryview, name: str, max_pixels: int) -> int:
-    """The pixels the header declares; refuses, from the header alone, a file above
-    ``max_pixels`` or of a format whose header is not read (so no format reaches the decoder
-    unchecked). Costs microseconds, no pixels."""
+    """The pixels decoding the file allocates for, as its header declares them; refuses,
+    from the header alone, a file above ``max_pixels`` (its image, or one tile of it), of a
+    floating-point format, or of a format whose header is not read (so no format reaches the
+    decoder unchecked). Costs at most a few hundred microseconds (runtime.image_header), no
+    pixels."""
     try:
         found = header_size(data)
     except HeaderError as exc:
         raise ImageError(f"{name}: not a decodable image ({exc})") from None
     if found is None:
         raise ImageError(f"{name}: not a decodable image (unknown format; accepted: {', '.join(HEADER_FORMATS)})")
-    fmt, width, height = found
+    fmt, width, height, pixels = found
+    if fmt in FLOAT_FORMATS:
+        raise ImageError(f"{name}: {fmt} files hold floating-point values (radiance or data), not a photo's "
+                         "pixels; they are not accepted: convert to an 8- or 16-bit PNG, TIFF or JPEG first")
     if width <= 0 or height <= 0:
         raise ImageError(f"{name}: {fmt} header declares an empty image ({width}x{height})")
     if width * height > max_pixels:
         raise ImageTooLarge(
             f"{name}: {fmt} header declares {width}x{height} ({width * height:,} pixels): exceeds the pixel "
             f"limit ({max_pixels:,} pixels); refused before decoding (decompression-bomb guard)")
-    return width * height
+    if pixels > max_pixels:
+        raise ImageTooLarge(
+            f"{name}: {fmt} header declares tiles of {pixels:,} pixels for a {width}x{height} image: exceeds the "
+            f"pixel limit ({max_pixels:,} pixels); refused before decoding (decompression-bomb guard)")
+    return pixels
 
 
 def check_pixels(image: np.ndarray, name: str, max_pixels: int) -> None:

@@ -1,19 +1,22 @@
 """Micro-batching between the event loop and the inference workers.
 
 Requests are admitted first and decoded after: a request the queue cannot take costs no
-decode (``QueueFull`` -> 503 at once), so overload does not make itself worse. Admitted
-requests wait in one queue; ``workers`` inference workers (one thread each) each take up to
-``max_batch`` waiting images (waiting at most ``max_wait_s`` for more after the first) and
-run one ``predict_batch`` call. Several workers with one inference thread each keep both
-cores busy on small images, where one two-thread call leaves a core idle in its serial
-parts (the ``heatmap`` CLI runs the same way). So ``max_batch`` is 1 by default: a
-one-thread worker runs a batch of four no faster than four single calls, and waiting for
-the batch to fill cost light load up to ``max_wait_s`` a request and synchronised the
-clients into waves that left a core idle (4 clients, 640x480 JPEGs: 58 against 45
-requests/s, p95 82 against 130 ms). A multi-thread worker may still gain from batches.
+decode (``QueueFull`` -> 503 at once), so overload does not make itself worse. An admitted
+image holds one of ``queue_size`` places (a ``serve.budget.Budget``) from admission until a
+worker takes it; it is decoded on the batcher's own decode executor (as many threads as
+workers), so decodes never take the threads other work needs. ``workers`` inference workers
+(one thread each) each take up to ``max_batch`` waiting images (waiting at most
+``max_wait_s`` for more after the first) and run one ``predict_batch`` call. Several workers
+with one inference thread each keep both cores busy on small images, where one two-thread
+call leaves a core idle in its serial parts (the ``heatmap`` CLI runs the same way). So
+``max_batch`` is 1 by default: a one-thread worker runs a batch of four no faster than four
+single calls, and waiting for the batch to fill delays light load and synchronises clients
+into waves that leave a core idle. A multi-thread worker may still gain from batches.
 
-A caller that goes away (timeout, disconnect, cancelled handler) gives its place back and
-takes its queued image (the decoded pixels) out of the queue at once. A worker that dies
+A caller that goes away (timeout, disconnect, cancelled handler) takes its queued image (the
+decoded pixels) out of the queue at once; its place and its work charge come back when no
+thread works for it any more: at once if it was waiting, when its decode ends if it was
+being decoded, when its batch's inference ends if a worker had taken it. A worker that dies
 (a bug, not an inference error: those fail their batch only) fails every waiting request
 and makes ``alive()`` false, so /healthz fails and a supervisor restarts the process.
 """
@@ -28,6 +31,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
+
+from .budget import Budget, Charge, in_thread
 
 log = logging.getLogger("midas_onnx.serve")
 Observe = Callable[[str, float], None]  # (metric name, value): batch_size, queue/decode/inference seconds
@@ -45,20 +50,21 @@ class WorkerDied(Exception):
 class _Item:
     image: object
     future: asyncio.Future
+    place: Charge
+    work: Charge | None
     enqueued: float = field(default_factory=time.perf_counter)
-    taken: bool = False  # by a worker, which gave its queue place back
 
 
 class Batcher:
     def __init__(self, predict_batch: Callable[[list], list], max_batch: int, max_wait_s: float,
                  queue_size: int, workers: int = 1, observe: Observe | None = None) -> None:
         self._predict_batch = predict_batch
-        self.max_batch, self.max_wait_s, self.capacity, self.workers = max_batch, max_wait_s, queue_size, workers
+        self.max_batch, self.max_wait_s, self.workers = max_batch, max_wait_s, workers
+        self.places = Budget(queue_size)  # admitted, not yet taken by a worker (decoding or queued)
         self._waiting: deque[_Item] = deque()
-        self._held = 0  # admitted and not yet taken by a worker (decoding or queued)
-        self._room: asyncio.Condition | None = None
         self._arrived: asyncio.Event | None = None
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="inference")
+        self._decoders = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._tasks: list[asyncio.Task] = []
         self._running: set[_Item] = set()  # taken by a worker, result not yet delivered
         self._observe = observe or (lambda name, value: None)
@@ -66,7 +72,7 @@ class Batcher:
         self._stopping = False
 
     def start(self) -> None:
-        self._room, self._arrived = asyncio.Condition(), asyncio.Event()
+        self._arrived = asyncio.Event()
         loop = asyncio.get_running_loop()
         for k in range(self.workers):
             task = loop.create_task(self._work(), name=f"inference-worker-{k}")
@@ -78,52 +84,48 @@ class Batcher:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._executor, self._decoders):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def alive(self) -> bool:
         return self.dead is None
 
     def depth(self) -> int:
         """Admitted requests not yet in an inference call (decoding or waiting)."""
-        return self._held
+        return self.places.held
 
-    async def run(self, prepare: Callable[[], object], wait: bool = False, timeout_s: float | None = None):
-        """Admit, then ``prepare()`` the image (decode, in a worker thread), queue it, and
+    async def run(self, prepare: Callable[[], object], work: Charge | None = None, wait: bool = False):
+        """Admit, then ``prepare()`` the image (decode, on the decode executor), queue it, and
         resolve to its ``DepthResult``. ``wait=False``: ``QueueFull`` at once when full;
-        ``wait=True``: wait for room (accepted job work), the timeout counting from admission."""
-        assert self._room is not None, "start() first"
+        ``wait=True``: wait for a place (accepted job work). ``work``: the caller's charge,
+        kept while a thread still holds this image's pixels."""
+        assert self._arrived is not None, "start() first"
         if self.dead:
             raise WorkerDied(self.dead)
-        async with self._room:
-            if self._held >= self.capacity:
-                if not wait:
-                    raise QueueFull()
-                await self._room.wait_for(lambda: self._held < self.capacity)
-            self._held += 1
+        if wait:
+            await self.places.take()
+        elif not self.places.try_take():
+            raise QueueFull()
+        place = Charge(self.places, 1)
+        charges = (place,) if work is None else (place, work)
         item: _Item | None = None
         try:
-            async with asyncio.timeout(timeout_s):
-                t = time.perf_counter()
-                try:
-                    image = await asyncio.to_thread(prepare)
-                finally:  # refused images too: a deployment sees what bad input costs
-                    self._observe("decode_seconds", time.perf_counter() - t)
-                item = _Item(image, asyncio.get_running_loop().create_future())
-                self._waiting.append(item)
-                self._arrived.set()  # type: ignore[union-attr]
-                return await item.future
+            t = time.perf_counter()
+            try:
+                image = await in_thread(self._decoders, prepare, charges=charges)
+            finally:  # refused images too: a deployment sees what bad input costs
+                self._observe("decode_seconds", time.perf_counter() - t)
+            item = _Item(image, asyncio.get_running_loop().create_future(), place, work)
+            del image
+            self._waiting.append(item)
+            self._arrived.set()
+            return await item.future
         finally:
-            if item is None or not item.taken:  # not taken by a worker: give it all back
-                if item is not None:
-                    with contextlib.suppress(ValueError):
-                        self._waiting.remove(item)
-                    item.image = None
-                await self._release()
-
-    async def _release(self) -> None:
-        async with self._room:  # type: ignore[union-attr]
-            self._held -= 1
-            self._room.notify()  # type: ignore[union-attr]
+            if item is not None and item in self._waiting:  # never taken: out of the queue now
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(item)
+                item.image = None
+            place.release()  # a worker that took it released it already
 
     async def _take(self) -> list[_Item]:
         """Up to max_batch waiting items: the first as soon as there is one, more for at
@@ -147,12 +149,10 @@ class Batcher:
             except TimeoutError:
                 break
         for it in batch:
-            it.taken = True
-            await self._release()
+            it.place.release()
         return batch
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._take()
             self._running.update(batch)
@@ -163,8 +163,9 @@ class Batcher:
             images = [it.image for it in batch]
             for it in batch:
                 it.image = None  # the worker holds the pixels now, the item never again
-            try:
-                results = await loop.run_in_executor(self._executor, self._predict_batch, images)
+            works = tuple(it.work for it in batch if it.work is not None)
+            try:  # the callers' charges stay until this call ends, whether or not they still wait
+                results = await in_thread(self._executor, self._predict_batch, images, charges=works)
                 if len(results) != len(batch):
                     raise RuntimeError(f"inference returned {len(results)} results for {len(batch)} images")
             except Exception as exc:  # a failing batch fails its requests, never the worker

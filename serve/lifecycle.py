@@ -27,10 +27,15 @@ _QUERY_KEY = re.compile(r"([?&]key=)[^&\s\"']*")
 
 class RedactKeys(logging.Filter):
     """Leaves ``?key=`` values out of a record's message: uvicorn logs every WebSocket
-    handshake at INFO with its query string, and a key must never reach a log."""
+    handshake at INFO with its query string, and a key must never reach a log. Also drops
+    uvicorn's error line for a response the app stopped sending: the service does that only
+    to a client that did not read its answer in time (serve.flow.Answer), and logs it
+    itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
+        if message == "ASGI callable returned without completing response.":
+            return False
         if "key=" in message:
             record.msg, record.args = _QUERY_KEY.sub(r"\1<redacted>", message), None
         return True

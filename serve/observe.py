@@ -16,6 +16,8 @@ import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from .flow import SendTimeout
+
 log = logging.getLogger("midas_onnx.serve")
 access_log = logging.getLogger("midas_onnx.access")
 _STAGE_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -81,6 +83,8 @@ class Observe:
         self.metrics.in_flight.inc()
         try:
             await self.app(scope, receive, observed_send)
+        except SendTimeout as exc:  # the answer was cut: the connection closes (uvicorn's own line is left out)
+            log.info("%s %s %s: %s; connection closed", _client(scope), scope.get("method"), printable_path(scope), exc)
         except Exception:  # noqa: BLE001 - the one place an unexpected error is reported
             incident = uuid.uuid4().hex[:12]
             log.exception("unexpected error %s in %s %s", incident, scope.get("method"), printable_path(scope))
@@ -99,9 +103,13 @@ class Observe:
         self.metrics.requests.labels(route, str(status), key).inc()
         self.metrics.latency.labels(route).observe(seconds)
         if self.access_log_on:  # client, method, path, status, ms, bytes[, key id]
-            client = printable(str((scope.get("client") or ("-",))[0]).encode(), 64)  # from X-Forwarded-For: anything
-            access_log.info("%s %s %s %d %.1fms %dB%s", client, scope.get("method"), printable_path(scope), status,
+            access_log.info("%s %s %s %d %.1fms %dB%s", _client(scope), scope.get("method"), printable_path(scope), status,
                             seconds * 1000, state["bytes"], f" key={key}" if key != "-" else "")
+
+
+def _client(scope: dict) -> str:
+    """The client's address as the log shows it (from X-Forwarded-For it may be anything)."""
+    return printable(str((scope.get("client") or ("-",))[0]).encode(), 64)
 
 
 async def _internal_error(send, incident: str) -> None:

@@ -12,7 +12,6 @@ import json
 import re
 
 import numpy as np
-from fastapi.responses import JSONResponse, Response
 
 from runtime import MidasOnnxError
 from runtime.outputs import PNG_PARAMS, encode_heatmap, encode_png
@@ -112,7 +111,9 @@ def summary(result, cmap: int, precision: str) -> dict:
             "heatmap_png_base64": base64.b64encode(encode_heatmap(d, cmap)).decode()}
 
 
-def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precision: str, points=None) -> Response:
+def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precision: str,
+           points=None) -> tuple[bytes, str]:
+    """The answer's body and content type (run in a render thread: serve.flow)."""
     from runtime.depth_files import encode_depth
     from runtime.metric import align, metric_depth, metric_summary
 
@@ -125,7 +126,7 @@ def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precis
     if fmt in DEPTH_FORMATS:
         depth = result.depth if fit is None else metric_depth(result.depth, fit)
         try:
-            return Response(encode_depth(depth, DEPTH_FORMATS[fmt]), media_type=FORMATS[fmt])
+            return encode_depth(depth, DEPTH_FORMATS[fmt]), FORMATS[fmt]
         except MidasOnnxError as exc:
             raise ApiError(422, "format_unavailable", str(exc)) from None
     if fmt == "json":
@@ -135,7 +136,7 @@ def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precis
         if fit is not None:
             body["alignment"] = fit.to_dict()
             body["metric_depth_m"] = metric_summary(result.depth, fit)
-        return JSONResponse(body)
+        return json.dumps(body).encode(), FORMATS["json"]
     if not with_overlay:  # the shared indexed-PNG encoder: no full-size BGR heatmap is made
-        return Response(encode_heatmap(result.depth, cmap), media_type="image/png")
-    return Response(encode_png(_heatmap(result, cmap, True, alpha), PNG_PARAMS["overlay"]), media_type="image/png")
+        return encode_heatmap(result.depth, cmap), FORMATS["png"]
+    return encode_png(_heatmap(result, cmap, True, alpha), PNG_PARAMS["overlay"]), FORMATS["png"]

@@ -1,14 +1,13 @@
 """The HTTP routes, as routers over one ``Service``.
 
 Query parameters are declared with their ranges and choices, so the OpenAPI schema shows
-them and FastAPI refuses bad values (in the service's error envelope, serve.errors).
+them and FastAPI refuses bad values (in the service's error envelope, serve.errors). Work
+goes through the one request flow (serve.flow); answers that carry an image's bytes are
+``Answer``s, charged until their last byte is sent.
 """
 
-
-import asyncio
 import contextlib
-import logging
-import time
+from functools import partial
 from importlib.resources import files
 from typing import Annotated, Literal
 
@@ -19,12 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runtime.postprocess import COLORMAPS, colormap_id
 
 from .errors import ApiError, envelope
+from .flow import Answer
 from .jobs import TooManyJobs
-from .render import choose_format, parse_points, render, summary
+from .render import choose_format, parse_points, render
 from .service import Service
 from .uploads import read_images
 
-log = logging.getLogger("midas_onnx.serve")
 Format = Literal["png", "json", "depth16", "npy", "pfm", "exr"]
 Colormap = Literal[tuple(sorted(COLORMAPS))]  # type: ignore[valid-type]
 
@@ -54,19 +53,21 @@ def health_router(svc: Service, auth_on=lambda: False) -> APIRouter:
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
         """Ready for work: the model is loaded, the workers run, and the server is not draining."""
-        if svc.ready():
-            info = svc.hm.info  # type: ignore[union-attr]
-            return JSONResponse({"ready": True, "model": svc.settings.model.name, "input_size": info.input_size_text,
-                                 "precision": info.precision, "auth": auth_on()})
         try:
             svc.require_ready()
         except ApiError as exc:
             return envelope(503, exc.code, exc.message, {"Retry-After": str(svc.settings.retry_after)})
-        return envelope(503, "not_ready", "not ready")  # pragma: no cover - require_ready raised above
+        info = svc.hm.info  # type: ignore[union-attr]
+        return JSONResponse({"ready": True, "model": svc.settings.model.name, "input_size": info.input_size_text,
+                             "precision": info.precision, "auth": auth_on()})
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        for state, count in svc.jobs.by_state().items():
+        try:
+            stats = await svc.jobs.refresh()
+        except Exception:  # noqa: BLE001 - the job store away: its gauges as last read
+            stats = svc.jobs.stats
+        for state, count in stats["by_state"].items():
             svc.metrics.jobs.labels(state).set(count)
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -106,19 +107,10 @@ def depth_router(svc: Service) -> APIRouter:
         points = parse_points(known_depths, fmt, settings.max_known_points)
         with _working(svc):
             (name, data), = await read_images(request, settings, svc.uploads, max_count=1)
-            async with svc.holding(data, name):
-                deadline = time.monotonic() + settings.timeout
-                result = await svc.infer(data, name, request)
-                del data
-                started = time.perf_counter()
-                try:
-                    response = await asyncio.wait_for(
-                        asyncio.to_thread(render, result, fmt, cmap, overlay, alpha, svc.hm.info.precision, points),
-                        max(0.001, deadline - time.monotonic()))
-                except TimeoutError:
-                    raise ApiError(504, "timeout", f"no result within {settings.timeout:g} s") from None
-                svc.metrics.stage.labels("render").observe(time.perf_counter() - started)
-                return response
+            answer = partial(render, fmt=fmt, cmap=cmap, with_overlay=overlay, alpha=alpha,
+                             precision=svc.hm.info.precision, points=points)  # type: ignore[union-attr]
+            (body, media_type), charge = await svc.flow.run(data, name, answer, request=request)
+            return Answer(body, media_type, settings.send_timeout, charge)
 
     return router
 
@@ -127,61 +119,34 @@ def jobs_router(svc: Service) -> APIRouter:
     router = APIRouter()
     settings = svc.settings
 
-    def too_many() -> ApiError:
-        return ApiError(503, "too_many_jobs", f"the job store is full ({settings.max_jobs} jobs or "
-                        f"{settings.max_job_bytes:,} bytes held); retry later", retry_after=settings.retry_after)
+    def refused(exc: TooManyJobs) -> ApiError:
+        if exc.per_key:
+            return ApiError(429, "too_many_jobs", str(exc), retry_after=settings.retry_after)
+        return ApiError(503, "too_many_jobs", str(exc), retry_after=settings.retry_after)
 
     @router.post("/v1/jobs", status_code=202)
     async def create_job(request: Request, colormap: Annotated[Colormap | None, Query()] = None) -> JSONResponse:
         """Queue one or more images (multipart ``file`` fields, or the raw body); returns at once."""
         svc.require_ready()
         cmap = colormap_id(colormap or settings.colormap)
-        if not svc.jobs.has_room():
-            raise too_many()  # before a byte of the body is read
+        key = request.scope.get("midas.key_id") or "-"
+        if refusal := await svc.jobs.call("refusal", key):
+            raise refused(TooManyJobs(*refusal))  # before a byte of the body is read
         with _working(svc):
             uploads = await read_images(request, settings, svc.uploads, max_count=settings.max_images_per_job)
         try:
-            job = svc.jobs.create(len(uploads), sum(len(d) for _, d in uploads))
-        except TooManyJobs:
-            raise too_many() from None
-        svc.spawn(_run_job(svc, job, uploads, cmap))
-        return JSONResponse({"id": job.id, "status": job.status, "url": f"/v1/jobs/{job.id}"}, status_code=202,
-                            headers={"Location": f"/v1/jobs/{job.id}"})
+            jid = await svc.jobs.create(len(uploads), sum(len(d) for _, d in uploads), key)
+        except TooManyJobs as exc:
+            raise refused(exc) from None
+        svc.spawn(svc.run_job(jid, uploads, cmap))
+        return JSONResponse({"id": jid, "status": "queued", "url": f"/v1/jobs/{jid}"}, status_code=202,
+                            headers={"Location": f"/v1/jobs/{jid}"})
 
     @router.get("/v1/jobs/{job_id}")
-    async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> dict:
-        job = svc.jobs.get(job_id)
-        if job is None:
+    async def get_job(job_id: Annotated[str, Path(max_length=64)]) -> Response:
+        view = await svc.jobs.call("view", job_id)
+        if view is None:
             raise ApiError(404, "no_such_job", f"job {job_id[:64]} does not exist or has expired")
-        return job.view(settings.job_ttl)
+        return Answer(view.parts(), "application/json", settings.send_timeout)
 
     return router
-
-
-async def _run_job(svc: Service, job, uploads: list[tuple[str, bytes]], cmap: int) -> None:
-    """The job's images through the same batcher, as many at a time as the workers take at
-    once (workers x max_batch); each waits for room (accepted work is never refused for load) and is
-    decoded once. A bad image is an error entry, not a failed job."""
-    job.status = "running"
-    gate = asyncio.Semaphore(svc.settings.max_batch * svc.settings.inference_workers)
-
-    async def one(index: int, name: str, data: bytes) -> None:
-        async with gate:
-            try:
-                async with svc.holding(data, name, job=True):
-                    result = await svc.infer(data, name, job=True)
-                    entry = {"name": name, **await asyncio.to_thread(summary, result, cmap, svc.hm.info.precision)}
-                    del result
-            except ApiError as exc:
-                entry = {"name": name, "error": exc.entry()}
-            svc.jobs.add(job, index, entry, len(entry.get("heatmap_png_base64", "")), len(data))
-
-    try:
-        await asyncio.gather(*(one(i, name, data) for i, (name, data) in enumerate(uploads)))
-        svc.jobs.finish(job)
-    except asyncio.CancelledError:
-        svc.jobs.finish(job, error="the server stopped before the job finished")
-        raise
-    except Exception as exc:  # noqa: BLE001 - a job never dies silently
-        log.exception("job %s failed", job.id)
-        svc.jobs.finish(job, error=f"{type(exc).__name__}: {exc}")

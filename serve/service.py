@@ -1,77 +1,88 @@
-"""The service object the routes share: model, batcher, jobs, uploads, metrics, drain state.
+"""The service object the routes share: model, request flow, jobs, uploads, metrics, drain state.
 
 ``start()`` loads the model in a background thread (``/readyz`` says when it is ready, or
 why it failed) and starts the inference workers; ``stop()`` ends them. ``drain()`` is what
 SIGTERM runs: ready turns false at once, new work is refused with 503 + Retry-After, and
-accepted work (requests and jobs) finishes, for at most ``drain_timeout``.
+accepted work (requests, every image of accepted jobs, stream frames in flight) finishes,
+for at most ``drain_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
+import uuid
+from functools import partial
 
 import numpy as np
-from starlette.requests import Request
 
-from runtime import DepthHeatmapper, ImageError, ImageTooLarge
-from runtime.images import check_header, decode
+from runtime import DepthHeatmapper
 
-from .batcher import Batcher, QueueFull, WorkerDied
-from .budget import BYTES_PER_PIXEL, WorkBudget
+from .batcher import Batcher
+from .budget import Budget
 from .errors import ApiError
-from .jobs import JobStore
+from .flow import Flow
+from .jobs import Jobs, JobStore
 from .observe import Metrics
+from .render import summary
 from .settings import ServeSettings
-from .uploads import UploadGate
 
 log = logging.getLogger("midas_onnx.serve")
 
 
 class Service:
-    def __init__(self, settings: ServeSettings, jobs=None) -> None:
+    def __init__(self, settings: ServeSettings, jobs: Jobs | None = None) -> None:
         self.settings = settings
         self.hm: DepthHeatmapper | None = None
         self.load_error: str | None = None
         self.loaded = threading.Event()
-        self.batcher: Batcher | None = None
-        self.jobs = jobs if jobs is not None else _job_store(settings)
         self.metrics = Metrics()
-        self.uploads = UploadGate(settings.max_uploads, settings.retry_after)
-        self.work = WorkBudget(settings.max_work_bytes)
+        self.flow = Flow(settings, self.metrics.observe)
+        self.jobs = jobs if jobs is not None else _job_store(settings)
+        self.uploads = Budget(settings.max_uploads)  # request bodies being received
         self.draining = False
         self.active = 0  # work requests in progress (uploads, inference, rendering)
         self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def batcher(self) -> Batcher | None:
+        return self.flow.batcher
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.spawn(self._load_then_start())
         self.spawn(self._expire_jobs())
+        self.spawn(self.jobs.keep_leases())
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth() if self.batcher else 0)
-        self.metrics.jobs_bytes.set_function(lambda: self.jobs.held)
-        self.metrics.work_bytes.set_function(lambda: self.work.held)
+        self.metrics.jobs_bytes.set_function(lambda: self.jobs.stats["held"])
+        self.metrics.work_bytes.set_function(lambda: self.flow.budget.held)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.batcher:
             await self.batcher.stop()
+        self.flow.close()
 
     async def _load_then_start(self) -> None:
         await asyncio.to_thread(self.load)
         if self.hm is not None:
             s = self.settings
-            self.batcher = Batcher(self.hm.predict_batch, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
-                                   workers=s.inference_workers, observe=self.metrics.observe)
-            self.batcher.start()
+            batcher = Batcher(self.hm.predict_batch, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
+                              workers=s.inference_workers, observe=self.metrics.observe)
+            batcher.start()
+            self.flow.batcher = batcher
 
     async def _expire_jobs(self) -> None:
         while True:
             await asyncio.sleep(min(5.0, max(0.05, self.settings.job_ttl / 4)))
-            self.jobs.expire()
+            try:
+                await self.jobs.refresh()
+            except Exception:  # noqa: BLE001 - a store briefly away must not end the loop
+                log.warning("job store did not answer; retrying")
 
     def load(self) -> None:
         """Open the model and run it once; only then is it served. Any failure ends as
@@ -114,7 +125,8 @@ class Service:
     def ready(self) -> bool:
         return self.hm is not None and self.batcher is not None and self.batcher.alive() and not self.draining
 
-    def require_ready(self) -> Batcher:
+    def require_ready(self) -> None:
+        """Where work is accepted: a service that cannot take it says why (503)."""
         retry = self.settings.retry_after
         if self.draining:
             raise ApiError(503, "draining", "the server is shutting down; retry on another instance", retry_after=retry)
@@ -124,73 +136,61 @@ class Service:
             if self.load_error:
                 raise ApiError(503, "model_failed", f"model failed to load: {self.load_error}")
             raise ApiError(503, "loading", "the model is still loading", retry_after=retry)
-        return self.batcher  # type: ignore[return-value]
 
-    # -- work ----------------------------------------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def holding(self, data: bytes, name: str, job: bool = False):
-        """The block (inference and rendering of ``data``) charged to the work budget: the
-        body plus ``BYTES_PER_PIXEL`` per pixel its header declares (a header that cannot be
-        read is the image's error, before anything is held). Refused with 503 when it does
-        not fit; a job image (``job``) waits for room."""
+    # -- jobs ----------------------------------------------------------------------------------
+    async def run_job(self, jid: str, uploads: list, cmap: int) -> None:
+        """The job's images through the request flow, as many at a time as the workers take
+        at once (workers x max_batch). Each waits for room (accepted work is never refused
+        for load), has ``--job-timeout``, and ends as its own entry, a result or an error:
+        one image's failure, even an unexpected one, never hides the others'. An image's
+        upload is dropped as its entry is added, when the store gives its bytes back."""
+        gate = asyncio.Semaphore(self.settings.max_batch * self.settings.inference_workers)
+        render = partial(summary, cmap=cmap, precision=self.hm.info.precision if self.hm else "")
+
+        async def one(index: int) -> None:
+            async with gate:
+                name, data = uploads[index]
+                uploads[index] = None
+                try:
+                    entry, charge = await self.flow.run(data, name, render, job=True)
+                    charge.release()
+                    entry = {"name": name, **entry}
+                except ApiError as exc:
+                    entry = {"name": name, "error": exc.entry()}
+                except Exception:  # noqa: BLE001 - one image's bug is its own entry, logged
+                    incident = uuid.uuid4().hex[:12]
+                    log.exception("unexpected error %s in job %s, image %d", incident, jid, index)
+                    entry = {"name": name, "error": {"status": 500, "code": "internal_error",
+                                                     "message": f"unexpected server error (incident {incident}, logged)"}}
+                size = len(data)
+                del data
+                try:
+                    await self.jobs.call("add", jid, index, entry, len(entry.get("heatmap_png_base64", "")), size)
+                except Exception:  # noqa: BLE001 - the store away: this entry is lost, the others go on
+                    log.exception("job %s: image %d's entry could not be stored", jid, index)
+
+        error = None
         try:
-            pixels = check_header(data, name, self.settings.max_pixels)
-        except ImageError as exc:
-            raise _image_error(exc) from None
-        async with self.work.hold(len(data) + pixels * BYTES_PER_PIXEL, wait=job) as granted:
-            if not granted:
-                raise ApiError(503, "busy", f"the images in process hold {self.work.held / 2**20:,.0f} MB of "
-                               f"{self.work.limit / 2**20:,.0f} MB; retry shortly", retry_after=self.settings.retry_after)
-            yield
-
-    async def infer(self, data: bytes, name: str, request: Request | None = None, job: bool = False):
-        """Bytes -> DepthResult: admitted, then decoded once, then batched. A request waits
-        at most ``timeout`` in all and gives its place back when its client goes;
-        a job image (``job``) waits for room and for its turn however long the queue is
-        (accepted work is never refused for load)."""
-        batcher = self.require_ready()
-        prepare = lambda: decode(data, name, self.settings.max_pixels)  # noqa: E731
-        timeout = None if job else self.settings.timeout  # a job has no client waiting on it
-        work = asyncio.ensure_future(batcher.run(prepare, wait=job, timeout_s=timeout))
-        watch = asyncio.ensure_future(_disconnected(request)) if request is not None else None
-        try:
-            done, _ = await asyncio.wait({work, watch} - {None}, return_when=asyncio.FIRST_COMPLETED)
-            if work not in done:
-                raise ApiError(499, "client_gone", "the client disconnected")
-            return work.result()
-        except ImageError as exc:
-            raise _image_error(exc) from None
-        except QueueFull:
-            raise ApiError(503, "busy", "the inference queue is full; retry shortly",
-                           retry_after=self.settings.retry_after) from None
-        except TimeoutError:
-            raise ApiError(504, "timeout", f"no result within {self.settings.timeout:g} s") from None
-        except WorkerDied as exc:
-            raise ApiError(503, "worker_died", f"inference stopped: {exc}") from None
-        finally:  # whatever ended the wait (even this handler's own cancellation), nothing is left behind
-            for task in (work, watch):
-                if task is not None and not task.done():
-                    task.cancel()
+            try:
+                await self.jobs.call("start", jid)
+            except Exception:  # noqa: BLE001 - its entries still reach the store; its lease still runs
+                log.warning("job %s could not be marked running", jid)
+            await asyncio.gather(*(one(i) for i in range(len(uploads))))
+        except asyncio.CancelledError:
+            error = "the server stopped before the job finished"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a job never dies silently
+            log.exception("job %s failed", jid)
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await asyncio.shield(self.jobs.finish(jid, error))
 
 
-def _image_error(exc: ImageError) -> ApiError:
-    """An image refused from its header or by its decoder, in the service's terms."""
-    if isinstance(exc, ImageTooLarge):
-        return ApiError(413, "too_many_pixels", str(exc))
-    return ApiError(422, "bad_image", str(exc))
-
-
-def _job_store(settings: ServeSettings):
+def _job_store(settings: ServeSettings) -> Jobs:
     """The in-process store, or with ``job_store="ray"`` the named Ray actor's (any replica answers)."""
     if settings.job_store == "ray":
-        from .ray_jobs import RayJobStore
+        from .ray_jobs import ray_jobs
 
-        return RayJobStore(settings)
-    return JobStore(settings.job_ttl, settings.max_jobs, settings.max_job_bytes)
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns when the client has gone (the body is read by then, so the next ASGI message
-    can only be the disconnect)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+        return ray_jobs(settings)
+    return Jobs.local(JobStore(settings.job_ttl, settings.max_jobs, settings.max_job_bytes,
+                               settings.max_jobs_per_key))

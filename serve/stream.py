@@ -221,10 +221,9 @@ class _Stream:
             self.svc.active += 1  # accepted work: a drain waits for it
             try:
                 try:
-                    async with self.svc.holding(data, f"frame {index}"):
-                        result = await self.svc.infer(data, f"frame {index}")
-                        del data
-                        heat, cut = await asyncio.to_thread(self._render, result)
+                    (heat, cut, (h, w)), charge = await self.svc.flow.run(data, f"frame {index}", self._render)
+                    del data
+                    charge.release()
                 except ApiError as exc:
                     if exc.code == "busy":  # no room (queue or work budget): this frame is dropped, not queued
                         self._drop("busy")
@@ -238,16 +237,15 @@ class _Stream:
             finally:
                 self.svc.active -= 1
             latency = (time.perf_counter() - arrival) * 1000
-            h, w = result.depth.shape
             await self._send_json({"frame": index, "latency_ms": round(latency, 1), "dropped": self.dropped,
                                    "width": w, "height": h, "cut": cut})
             await self.ws.send_bytes(heat)
             self.metrics["frames"].labels("sent").inc()
             self.metrics["latency"].observe(latency / 1000)
 
-    def _render(self, result) -> tuple[bytes, bool]:
+    def _render(self, result) -> tuple[bytes, bool, tuple[int, int]]:
         steady = self.steady.update(result.depth, result.image)
-        return encode_image(steady.colorize(result.depth, self.cmap), "jpg"), steady.cut
+        return encode_image(steady.colorize(result.depth, self.cmap), "jpg"), steady.cut, result.depth.shape
 
     async def _watch_drain(self) -> None:
         while not self.svc.draining:

@@ -15,29 +15,13 @@ import asyncio
 
 from starlette.requests import ClientDisconnect, Request
 
+from .budget import Budget
 from .errors import ApiError
 from .settings import ServeSettings
 
 
 class _BodyTooLarge(Exception):
     pass
-
-
-class UploadGate:
-    """Counts bodies being received; refuses beyond the cap without waiting."""
-
-    def __init__(self, limit: int, retry_after: int) -> None:
-        self.limit, self.retry_after, self.active = limit, retry_after, 0
-
-    def __enter__(self) -> "UploadGate":
-        if self.active >= self.limit:
-            raise ApiError(503, "too_many_uploads", f"{self.limit} uploads are in progress; retry shortly",
-                           retry_after=self.retry_after)
-        self.active += 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.active -= 1
 
 
 def _capped(request: Request, limit: int) -> Request:
@@ -57,9 +41,10 @@ def _capped(request: Request, limit: int) -> Request:
     return Request(request.scope, capped_receive)
 
 
-async def read_images(request: Request, settings: ServeSettings, gate: UploadGate,
+async def read_images(request: Request, settings: ServeSettings, slots: Budget,
                       max_count: int) -> list[tuple[str, bytes]]:
-    """Uploaded images as (name, bytes): multipart ``file`` fields or the raw body."""
+    """Uploaded images as (name, bytes): multipart ``file`` fields or the raw body, each
+    body holding one of ``slots`` while it arrives (none free: 503 before a byte is read)."""
     limit = settings.max_body_bytes
     too_large = ApiError(413, "body_too_large", f"request body exceeds the limit of {limit:,} bytes")
     declared = request.headers.get("content-length")
@@ -69,7 +54,10 @@ async def read_images(request: Request, settings: ServeSettings, gate: UploadGat
     if ctype and not ctype.startswith(("multipart/form-data", "image/", "application/octet-stream")):
         raise ApiError(415, "unsupported_media_type",
                        f"send an image as multipart/form-data (field 'file') or as image/*, not {ctype[:100]}")
-    with gate:
+    if not slots.try_take():
+        raise ApiError(503, "too_many_uploads", f"{slots.limit} uploads are in progress; retry shortly",
+                       retry_after=settings.retry_after)
+    try:
         try:
             async with asyncio.timeout(settings.body_timeout):
                 if ctype.startswith("multipart/form-data"):
@@ -82,6 +70,8 @@ async def read_images(request: Request, settings: ServeSettings, gate: UploadGat
                            f"the request body did not arrive within {settings.body_timeout:g} s") from None
         except ClientDisconnect:
             raise ApiError(499, "client_gone", "the client disconnected while sending the body") from None
+    finally:
+        slots.give()
 
 
 async def _raw(request: Request) -> list[tuple[str, bytes]]:

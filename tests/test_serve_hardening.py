@@ -71,16 +71,16 @@ class HeldInference:
 @pytest.fixture()
 def decodes(monkeypatch):
     """Counts decodes by image name."""
-    import serve.service
+    import serve.flow
 
     counts: dict[str, int] = {}
-    real = serve.service.decode
+    real = serve.flow.decode
 
     def counting(data, name="image", max_pixels=None):
         counts[name] = counts.get(name, 0) + 1
         return real(data, name, max_pixels)
 
-    monkeypatch.setattr(serve.service, "decode", counting)
+    monkeypatch.setattr(serve.flow, "decode", counting)
     return counts
 
 

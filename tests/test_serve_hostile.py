@@ -402,17 +402,17 @@ def test_wrong_result_count_fails_the_batch_not_the_worker(fixed_model, photo_se
 def test_a_gone_client_frees_its_queued_pixels(fixed_model, photo_set, monkeypatch):
     """Before: the disconnected request's decoded image stayed in the queue until a worker
     popped it."""
-    import serve.service
+    import serve.flow
 
     decoded: dict[str, weakref.ref] = {}
-    real = serve.service.decode
+    real = serve.flow.decode
 
     def tracking(data, name="image", max_pixels=None):
         image = real(data, name, max_pixels)
         decoded[name] = weakref.ref(image)
         return image
 
-    monkeypatch.setattr(serve.service, "decode", tracking)
+    monkeypatch.setattr(serve.flow, "decode", tracking)
     with one_held_in_inference(fixed_model, photo_set["coffee"], "first.jpg") as (base, svc, held, first):
         body = jpeg(photo_set["rocket"])
         sock = raw_socket(base, f"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
@@ -445,17 +445,26 @@ def test_job_images_wait_out_a_long_queue(fixed_model, photo_set):
         assert [("error" in r) for r in results] == [False] * 3, results
 
 
-def test_jobs_are_bounded_in_bytes_before_the_body_is_read(fixed_model, photo_set):
+def test_jobs_are_bounded_in_bytes_and_number_before_the_body_is_read(fixed_model, photo_set):
+    """A job whose upload would take the store past --max-job-mb is refused once its body is
+    read; a store full in number refuses before reading a byte; and a result that would take
+    the store past its bound is kept as an error entry, not held (the in-process store held
+    results unbounded: only the Ray store bounded them)."""
     data = jpeg(photo_set["astronaut"])
-    settings = ServeSettings(model=fixed_model, threads=1, max_job_mb=(len(data) + 1000) / 2**20, job_ttl=60,
-                             quiet=True)
+    settings = ServeSettings(model=fixed_model, threads=1, max_job_mb=(len(data) + 1000) / 2**20, max_jobs=2,
+                             job_ttl=60, quiet=True)
     with live_app(settings) as (base, svc):
         job = httpx.post(base + "/v1/jobs", files={"file": ("a.jpg", data, "image/jpeg")}, timeout=30)
         assert job.status_code == 202
         wait_until(lambda: httpx.get(base + job.json()["url"]).json()["status"] == "done", "job done")
-        assert svc.jobs.held > 10_000  # its result (a base64 PNG) is held for the TTL
-        second = httpx.post(base + "/v1/jobs", files={"file": ("b.jpg", data, "image/jpeg")}, timeout=30)
+        result = httpx.get(base + job.json()["url"]).json()["results"][0]
+        assert result["error"]["code"] == "job_store_full"  # its heatmap alone is larger than the store
+        assert sample(httpx.get(base + "/metrics").text)[("midas_jobs_bytes",)] <= settings.max_job_bytes
+        second = httpx.post(base + "/v1/jobs", files={"file": ("b.jpg", data + data[:2000], "image/jpeg")},
+                            timeout=30)
         assert second.status_code == 503 and second.json()["error"]["code"] == "too_many_jobs"
+        third = httpx.post(base + "/v1/jobs", files={"file": ("c.jpg", data[:500], "image/jpeg")}, timeout=30)
+        assert third.status_code == 202  # room for it; now the store is full in number
         # full: refused at once, without waiting for a body that never comes
         sock = raw_socket(base, b"POST /v1/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                                 b"Content-Length: 1000000\r\n\r\n")
@@ -464,6 +473,109 @@ def test_jobs_are_bounded_in_bytes_before_the_body_is_read(fixed_model, photo_se
         sock.close()
         assert b" 503 " in answer.split(b"\r\n")[0] and b"too_many_jobs" in answer
         assert time.perf_counter() - t < 2
+
+
+def test_one_key_cannot_take_every_job_slot(fixed_model, photo_set):
+    """Jobs per key are bounded (--max-jobs-per-key): one key's jobs filled every slot."""
+    keys = ("per-key-test-A-Vb8Kq2Zt5Wn9Xc3Lm7Pd", "per-key-test-B-Vb8Kq2Zt5Wn9Xc3Lm7Pd")
+    settings = ServeSettings(model=fixed_model, threads=1, max_jobs=4, max_jobs_per_key=2, job_ttl=60, quiet=True,
+                             api_keys=keys, refusal_rate=0)
+    data = jpeg(photo_set["chelsea"][:64, :64])
+    with live_app(settings) as (base, svc):
+        post = lambda key: httpx.post(base + "/v1/jobs", content=data, timeout=30,  # noqa: E731
+                                      headers={"authorization": f"Bearer {key}", **JPEG})
+        assert [post(keys[0]).status_code for _ in range(2)] == [202, 202]
+        over = post(keys[0])
+        assert over.status_code == 429 and over.json()["error"]["code"] == "too_many_jobs", over.text
+        assert "holds 2 jobs" in over.json()["error"]["message"] and over.headers["retry-after"] == "1"
+        assert post(keys[1]).status_code == 202  # another key still has room
+
+
+def test_one_image_failing_unexpectedly_leaves_the_others_results(fixed_model, photo_set, monkeypatch):
+    """An unexpected exception in one image failed the whole job and hid every result."""
+    import serve.service
+
+    real = serve.service.summary
+
+    def breaks_on_the_tall_one(result, cmap, precision):
+        if result.depth.shape == (120, 60):
+            raise RuntimeError("summary exploded")
+        return real(result, cmap, precision)
+
+    monkeypatch.setattr(serve.service, "summary", breaks_on_the_tall_one)
+    files = [("file", (f"{k}.jpg", jpeg(photo_set["coffee"][:h, :w]), "image/jpeg"))
+             for k, (h, w) in enumerate([(60, 80), (120, 60), (64, 64)])]
+    with live_app(ServeSettings(model=fixed_model, threads=1, quiet=True)) as (base, svc):
+        job = httpx.post(base + "/v1/jobs", files=files, timeout=30).json()
+        wait_until(lambda: httpx.get(base + job["url"]).json()["status"] in ("done", "failed"), "job finished")
+        view = httpx.get(base + job["url"]).json()
+    assert view["status"] == "done" and view["completed"] == 3, view
+    assert "heatmap_png_base64" in view["results"][0] and "heatmap_png_base64" in view["results"][2]
+    assert view["results"][1]["error"]["code"] == "internal_error" and "incident" in view["results"][1]["error"]["message"]
+    assert "summary exploded" not in json.dumps(view)
+
+
+def test_a_job_image_has_a_deadline(fixed_model, photo_set):
+    """Job images had no deadline: one stuck in inference kept its job running for ever."""
+    settings = ServeSettings(model=fixed_model, threads=1, workers=1, job_timeout=1.0, quiet=True)
+    with live_app(settings) as (base, svc):
+        held = HeldInference(svc)
+        job = httpx.post(base + "/v1/jobs", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=30).json()
+        assert held.entered.acquire(timeout=30)
+        wait_until(lambda: httpx.get(base + job["url"]).json()["status"] == "done", "job done while held", 10)
+        entry = httpx.get(base + job["url"]).json()["results"][0]
+        assert entry["error"]["code"] == "timeout" and "1 s" in entry["error"]["message"]
+        assert sample(httpx.get(base + "/metrics").text)[("midas_work_bytes",)] > 0  # the thread still holds it
+        held.release.set()
+        wait_until(lambda: sample(httpx.get(base + "/metrics").text)[("midas_work_bytes",)] == 0, "charge back", 30)
+
+
+def test_a_job_image_upload_is_freed_when_its_entry_is_added(fixed_model, photo_set, monkeypatch):
+    """The store gave an image's upload bytes back as its entry was added, while the job
+    still held every upload until its last image was done."""
+    import serve.routes
+
+    freed: list[str] = []
+
+    class Upload(bytes):
+        def __del__(self):
+            freed.append(self.name)
+
+    real = serve.routes.read_images
+
+    async def tracked(*args, **kwargs):
+        uploads = []
+        for name, data in await real(*args, **kwargs):
+            upload = Upload(data)
+            upload.name = name
+            uploads.append((name, upload))
+        return uploads
+
+    monkeypatch.setattr(serve.routes, "read_images", tracked)
+    settings = ServeSettings(model=fixed_model, threads=1, workers=1, max_batch=1, quiet=True)
+    with live_app(settings) as (base, svc):
+        entered, go = threading.Semaphore(0), threading.Semaphore(0)
+        real_predict = svc.batcher._predict_batch
+
+        def one_at_a_time(images):
+            entered.release()
+            assert go.acquire(timeout=60)
+            return real_predict(images)
+
+        svc.batcher._predict_batch = one_at_a_time
+        files = [("file", (f"{k}.jpg", jpeg(photo_set["coffee"]), "image/jpeg")) for k in range(3)]
+        job = httpx.post(base + "/v1/jobs", files=files, timeout=30).json()
+        assert entered.acquire(timeout=30)  # image 0 in inference, 1 and 2 waiting
+        go.release()
+        wait_until(lambda: httpx.get(base + job["url"]).json()["completed"] == 1, "image 0 done")
+        gc.collect()
+        early = list(freed)
+        go.release()
+        go.release()
+        wait_until(lambda: httpx.get(base + job["url"]).json()["status"] == "done", "job done")
+        wait_until(lambda: len(freed) == 3, "all freed")
+    assert early == ["0.jpg"], early  # before: none until the job's last image was done
+    assert sorted(freed) == ["0.jpg", "1.jpg", "2.jpg"]
 
 
 def test_job_expiry_ignores_wall_clock_jumps(fixed_model, photo_set, monkeypatch):
@@ -487,7 +599,7 @@ def test_slow_uploads_are_capped_in_number_and_time(fixed_model, photo_set):
         head = (b"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                 b"Content-Length: 500000\r\n\r\n" + b"\xff\xd8\xff" + b"\x00" * 1000)
         slow = [raw_socket(base, head) for _ in range(2)]
-        wait_until(lambda: svc.uploads.active == 2, "two uploads in progress", timeout=5)
+        wait_until(lambda: svc.uploads.held == 2, "two uploads in progress", timeout=5)
         third = httpx.post(base + "/v1/depth", content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=30)
         assert third.status_code == 503 and third.json()["error"]["code"] == "too_many_uploads"
         assert third.headers["retry-after"] == "1"

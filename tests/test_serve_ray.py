@@ -21,8 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serve.jobs import TooManyJobs  # noqa: F401 - the store's error, shared with the in-process one
-from serve.ray_jobs import JobStoreState
+from serve.jobs import JobStore, TooManyJobs
 
 from .conftest import REPO
 from .test_serve import free_port
@@ -38,31 +37,37 @@ def jpeg(h: int = 240, w: int = 320, seed: int = 0) -> bytes:
 
 # -- the store's state, without Ray -------------------------------------------------------------
 def test_store_bounds_ttl_and_lost_lease(monkeypatch):
+    """The actor's class is the in-process store's: bounds, TTL, and a lost lease's images
+    reported failed."""
+    import json
+
     clock = [100.0]
-    monkeypatch.setattr("serve.ray_jobs.time.monotonic", lambda: clock[0])
-    s = JobStoreState(ttl_s=10, max_jobs=2, max_bytes=1000, lease_s=5)
-    a = s.create(2, 300, "r1")
-    b = s.create(1, 600, "r2")
+    monkeypatch.setattr("serve.jobs.time.monotonic", lambda: clock[0])
+    s = JobStore(ttl_s=10, max_jobs=2, max_bytes=1000, max_per_key=2, lease_s=5)
+    a = s.create(2, 300, "-", "r1")
+    b = s.create(1, 600, "-", "r2")
     assert a and b and s.held == 900
-    assert s.create(1, 0, "r1") is None  # count bound
+    with pytest.raises(TooManyJobs):  # count bound
+        s.create(1, 0, "-", "r1")
     assert s.add(a, 0, {"name": "x", "heatmap_png_base64": "z" * 500}, 500, 150)  # 900 + 350 > 1000: dropped
-    assert s.get(a)["completed"] == 1 and s.held == 750
+    assert s.view(a).head["completed"] == 1 and s.held == 750
     s.heartbeat([a])
     clock[0] += 4
     s.expire()
-    assert s.get(a)["status"] == "queued"  # lease renewed 4 s ago, not lost
+    assert s.view(a).head["status"] == "queued"  # lease renewed 4 s ago, not lost
     s.add(b, 0, {"name": "y"}, 100, 600)
     s.finish(b)
     clock[0] += 6  # a's lease (last renewed at 100) is lost: its image not done fails
-    view = s.get(a)
-    assert view["status"] == "done" and view["completed"] == 2
-    assert view["results"][0]["error"]["code"] == "job_store_full"
-    assert view["results"][1]["error"]["code"] == "replica_lost"
-    assert s.get(b)["status"] == "done"
+    view = s.view(a)
+    results = json.loads(view.results)
+    assert view.head["status"] == "failed" and view.head["completed"] == 2
+    assert results[0]["error"]["code"] == "job_store_full"
+    assert results[1]["error"]["code"] == "replica_lost"
+    assert s.view(b).head["status"] == "done"
     clock[0] += 7
-    assert s.get(b) is None and s.get(a) is not None  # b finished at 104 -> gone after 114; a at 110
+    assert s.view(b) is None and s.view(a) is not None  # b finished at 104 -> gone after 114; a at 110
     clock[0] += 5
-    assert s.get(a) is None and s.held == 0 and s.jobs == {}
+    assert s.view(a) is None and s.held == 0 and len(s) == 0
 
 
 # -- a real local Ray ----------------------------------------------------------------------------
