@@ -624,8 +624,8 @@ def test_multipart_text_fields_are_capped(hostile, photo_set, fields):
 # -- shutdown, factory, schema -------------------------------------------------------------------------
 def test_sigterm_drains_accepted_work_then_exits_0(fixed_model, photo_set):
     """A real SIGTERM with a job and six requests accepted: readyz 503 at once, new work 503 +
-    Retry-After, the job and the requests finish (the job's results stay readable meanwhile),
-    then exit status 0."""
+    Retry-After, the job (every one of its images) and the requests finish (the job's results
+    stay readable meanwhile), then exit status 0."""
     big = jpeg(np.tile(photo_set["astronaut"], (2, 2, 1)))  # 1024x1024
     huge = jpeg(np.tile(photo_set["astronaut"], (4, 4, 1)))  # 2048x2048: the job takes seconds
     with running_server(fixed_model, "--drain-timeout", "60", "--workers", "1", "--max-batch", "1",
@@ -640,17 +640,28 @@ def test_sigterm_drains_accepted_work_then_exits_0(fixed_model, photo_set):
             wait_until(lambda: sample(httpx.get(base + "/metrics").text)[("midas_requests_in_flight",)] >= 7,
                        "all six accepted")  # six, and this scrape
             at_signal = httpx.get(url).json()["status"]
+            # an upload still arriving is accepted work too: it keeps the server up until the
+            # job has been read (the server exits as soon as everything accepted is done)
+            slow = raw_socket(base, b"POST /v1/depth HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                                    b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
+            wait_until(lambda: sample(httpx.get(base + "/metrics").text)[("midas_requests_in_flight",)] >= 8,
+                       "the slow upload accepted")
             base.proc.send_signal(signal.SIGTERM)
             time.sleep(0.2)
             ready = httpx.get(base + "/readyz")
             refused = httpx.post(base + "/v1/depth", content=big, headers=JPEG, timeout=30)
             wait_until(lambda: httpx.get(url).json()["status"] == "done", "job finished while draining")
+            view = httpx.get(url).json()
             answers = [f.result() for f in requests]
+            slow.close()
         assert at_signal in ("queued", "running")
         assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
         assert refused.headers["retry-after"] == "1"
         assert [a.status_code for a in answers] == [200] * 6
+        # every image of the job, not only its status: images not started at SIGTERM got a
+        # ``draining`` error entry before (readiness was checked for each image)
+        assert [("heatmap_png_base64" in r) for r in view["results"]] == [True] * 16, view["results"]
         assert base.proc.wait(timeout=60) == 0
     out = base.output()
     assert "drained" in out and "Traceback" not in out
