@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
@@ -125,6 +126,18 @@ class RawSource(FrameSource):
                 f"({self.frame_bytes} bytes): is --size right?")
 
 
+def redact(spec: str) -> str:
+    """A source as it may be shown and logged: a URL's user and password and its query (where
+    tokens travel) left out: ``rtsp://user:pass@cam/s?token=x`` -> ``rtsp://cam/s?...``."""
+    if "://" not in spec:
+        return spec
+    parts = urlsplit(spec)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+
+
 def parse_frame_size(text: str) -> tuple[int, int]:
     """``"640x480"`` (width x height, as ffmpeg's ``-s``) -> (640, 480)."""
     parts = text.lower().strip().split("x")
@@ -159,8 +172,8 @@ def open_source(spec: str, size: str | None = None, *, stdin: BinaryIO | None = 
                   cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout * 1000)]
         capture = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
         if not capture.isOpened():
-            raise LiveError(f"{spec}: the stream could not be opened (unreachable, or not a video stream)")
-        return CaptureSource(capture, spec, live=True)
+            raise LiveError(f"{redact(spec)}: the stream could not be opened (unreachable, or not a video stream)")
+        return CaptureSource(capture, redact(spec), live=True)
     if not Path(spec).is_file():
         raise LiveError(f"{spec}: no such file (live inputs are camera:N, a stream URL or - for stdin)")
     capture = cv2.VideoCapture(spec)

@@ -250,6 +250,14 @@ def test_an_unknown_colormap_is_a_usage_error_without_a_traceback(command, photo
     assert "Traceback" not in r.output and not (tmp_path / "out").exists()
 
 
+def test_a_known_points_csv_that_is_not_utf8_is_one_line(photos, tmp_path, tiny_model):
+    csv = tmp_path / "points.csv"
+    csv.write_bytes("x,y,depth_m\n10,10,3.0\n20,20,3.0\n30,5,3.0\n# mesuré\n".encode("latin-1"))
+    r = cli("heatmap", photos, "-o", tmp_path / "out", "--model", tiny_model, "--known-depths", csv)
+    assert r.exit_code == 1 and r.exception.__class__ is SystemExit, r.exception
+    assert r.stderr == f"error: {csv}: not UTF-8 text (invalid continuation byte); save the CSV as UTF-8\n"
+
+
 def test_heatmap_writes_a_manifest_and_refuses_other_settings(photos, tmp_path, tiny_model):
     out = tmp_path / "out"
     assert cli("heatmap", photos, "-o", out, "--model", tiny_model).exit_code == 0

@@ -144,6 +144,30 @@ def test_mjpeg_stream_over_http():
     assert got == sorted(got)
 
 
+def test_stream_credentials_never_reach_a_file_name_an_error_or_the_summary():
+    from runtime.engine.live import live_name
+    from runtime.live import redact
+
+    url = "rtsp://admin:s3cret@cam.local:554/live/main?token=abc123"
+    assert redact(url) == "rtsp://cam.local:554/live/main?..."
+    assert live_name(url) == "rtsp_cam.local_554_live_main"
+    with socketserver.TCPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as s:
+        port = s.server_address[1]  # a port nobody listens on once closed
+    with pytest.raises(LiveError) as refused:
+        open_source(f"http://admin:s3cret@127.0.0.1:{port}/x.mjpg?token=abc123", open_timeout=2)
+    assert "s3cret" not in str(refused.value) and "abc123" not in str(refused.value)
+    assert str(refused.value).startswith(f"http://127.0.0.1:{port}/x.mjpg?...: the stream could not be opened")
+    server = _mjpeg_server([np.full((120, 160, 3), 90, np.uint8)] * 3, fps=50)
+    try:
+        source = open_source(f"http://admin:s3cret@127.0.0.1:{server.server_address[1]}/s.mjpg?token=abc123")
+        summary = run_live(source, lambda f: None)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert summary.processed >= 1 and "s3cret" not in summary.text() and "abc123" not in summary.text()
+    assert summary.source == f"http://127.0.0.1:{server.server_address[1]}/s.mjpg?..."
+
+
 def test_unreachable_stream_and_missing_camera_are_refused():
     with socketserver.TCPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler) as s:
         port = s.server_address[1]  # a port nobody listens on once closed

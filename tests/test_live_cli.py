@@ -14,6 +14,7 @@ import numpy as np
 from runtime import DepthHeatmapper
 
 from .conftest import REPO
+from .test_engine import tiny_model  # noqa: F401 - the one-op model (a session fixture)
 
 
 def frames_of(photo: np.ndarray, count: int, size=(160, 120)) -> np.ndarray:
@@ -79,12 +80,68 @@ def test_live_video_in_the_output_folder_and_errors(fixed_model, photo_set, tmp_
     frames = frames_of(photo_set["chelsea"], 8)
     r = heatmap_live("-o", str(tmp_path), frames=frames, model=fixed_model)
     assert r.returncode == 0, r.stderr.decode()
-    cap = cv2.VideoCapture(str(tmp_path / "stdin.heatmap.mp4"))
+    cap = cv2.VideoCapture(str(tmp_path / "stdin.heatmap.mkv"))
     ok, first = cap.read()
     assert ok and first.shape == (120, 160, 3)
+    before = (tmp_path / "stdin.heatmap.mkv").read_bytes()
+    again = heatmap_live("-o", str(tmp_path), frames=frames[:2], model=fixed_model)  # an earlier recording is kept
+    assert again.returncode == 1 and (tmp_path / "stdin.heatmap.mkv").read_bytes() == before
+    assert again.stderr.decode().strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'stdin.heatmap.mkv'} exists (an earlier recording); --force overwrites it, "
+        "or write to another OUTPUT")
+    forced = heatmap_live("-o", str(tmp_path), "--force", frames=frames[:2], model=fixed_model)
+    assert forced.returncode == 0 and (tmp_path / "stdin.heatmap.mkv").read_bytes() != before
     nowhere = heatmap_live(frames=frames, model=fixed_model)
     assert nowhere.returncode == 1 and b"error: a live input needs somewhere to go" in nowhere.stderr
     no_size = subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", "-", "--stdout", "--model",
                               str(fixed_model)], input=b"", capture_output=True, cwd=REPO)
     assert no_size.returncode == 1 and b"need their size: --size WxH" in no_size.stderr
     assert b"Traceback" not in nowhere.stderr + no_size.stderr
+
+
+def test_a_recording_killed_mid_way_plays_up_to_its_last_seconds(tiny_model, photo_set, tmp_path):
+    """kill -9 while recording: what was recorded plays (an MP4 would have no index at all)."""
+    import os
+    import signal
+    import threading
+    import time
+
+    frames = frames_of(photo_set["astronaut"], 8)
+    proc = subprocess.Popen([sys.executable, "-m", "midas_onnx", "heatmap", "-", "--size", "160x120", "-o",
+                             str(tmp_path), "--model", str(tiny_model)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    stop = threading.Event()
+
+    def send() -> None:
+        i = 0
+        with contextlib.suppress(BrokenPipeError, ValueError, OSError):
+            while not stop.is_set():
+                proc.stdin.write(frames[i % 8].tobytes())
+                i += 1
+                time.sleep(0.005)
+
+    import contextlib
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    recording = tmp_path / "stdin.heatmap.mkv"
+    deadline = time.monotonic() + 120
+    try:
+        while not (recording.exists() and playable(recording) >= 30):
+            assert proc.poll() is None and time.monotonic() < deadline, "the recording never became playable"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: only what this test started
+        stop.set()
+        proc.wait()
+    assert playable(recording) >= 30
+
+
+def playable(path) -> int:
+    """Frames a player reads from the file as it is now."""
+    cap = cv2.VideoCapture(str(path))
+    count = 0
+    while cap.isOpened() and cap.read()[0]:
+        count += 1
+    cap.release()
+    return count

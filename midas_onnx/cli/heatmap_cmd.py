@@ -49,9 +49,10 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spe
     \b
     Live inputs (one at a time): camera:N, a stream URL (rtsp://, http:// MJPEG, ...), or -
     for raw bgr24 frames on stdin (--size WxH, as ffmpeg -f rawvideo writes them). Heatmap
-    frames go to stdout (--stdout, raw bgr24) and/or a video in OUTPUT; when inference falls
-    behind, stale frames are dropped, never queued. Ctrl-C, --max-frames or --duration stop
-    it with a summary (frames in, processed, dropped, latency).
+    frames go to stdout (--stdout, raw bgr24) and/or a Matroska video in OUTPUT (playable
+    even if the recording is killed; an earlier one is kept unless --force); when inference
+    falls behind, stale frames are dropped, never queued. Ctrl-C, --max-frames or --duration
+    stop it with a summary (frames in, processed, dropped, latency).
       ffmpeg -i in.mp4 -f rawvideo -pix_fmt bgr24 - | midas-onnx heatmap - --size 640x480 \\
         --stdout | ffmpeg -f rawvideo -pix_fmt bgr24 -s 640x480 -i - out.mp4
     """
@@ -60,7 +61,7 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spe
     from runtime.engine.live import is_live
 
     if any(is_live(i) for i in inputs):
-        _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration)
+        _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration, force)
         return
     if outdir is None:
         raise click.UsageError("missing option '-o' / '--output'")
@@ -83,7 +84,7 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, spe
     finish(summary, job)
 
 
-def _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration) -> None:
+def _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, duration, force) -> None:
     """One live input: all cores on each frame (latency, not throughput, is what counts)."""
     from runtime import DepthHeatmapper
     from runtime.engine.live import run_live_job
@@ -96,7 +97,7 @@ def _live(inputs, outdir, model, spec, threads, size, to_stdout, max_frames, dur
             outdir = Path(outdir)
             outdir.mkdir(parents=True, exist_ok=True)
         summary = run_live_job(hm, inputs[0], spec, size=size, stdout=sys.stdout.buffer if to_stdout else None,
-                               outdir=outdir, max_frames=max_frames, duration=duration)
+                               outdir=outdir, max_frames=max_frames, duration=duration, force=force)
     click.echo(summary.text(), err=True)
     if not summary.ok:
         sys.exit(1)

@@ -100,7 +100,7 @@ def process_video(hm, item: Item, spec: OutputSpec, store: Store, stop: threadin
     temps = {kind: t.with_name(f".{t.name}.partial{t.suffix}") for kind, t in targets.items()}
     remove(*temps.values())  # left by an interrupted earlier run
     try:
-        frames = _write_frames(hm, item.source, spec, temps, stop, tick)
+        frames = _write_frames(hm, item.source, spec, temps, stop, tick, {k: str(t) for k, t in targets.items()})
     except BaseException:
         remove(*temps.values())
         raise
@@ -112,11 +112,11 @@ def process_video(hm, item: Item, spec: OutputSpec, store: Store, stop: threadin
 
 
 def _write_frames(hm, source: str, spec: OutputSpec, temps: dict[str, Path], stop: threading.Event | None,
-                  tick: Callable[[], None] | None) -> int:
+                  tick: Callable[[], None] | None, names: dict[str, str]) -> int:
     from .video import VideoFrames, VideoWriters
 
     with VideoFrames(source) as video:
-        writers = VideoWriters(temps, spec, video.fps)
+        writers = VideoWriters(temps, spec, video.fps, names)
         try:
             for frame in video:
                 if stop is not None and stop.is_set():

@@ -13,9 +13,16 @@ from ..postprocess import colormap_id, depth_range, overlay
 from ..steady import SteadyNormalizer
 from .spec import OutputSpec, depth_frame_suffix
 
+FOURCC = "mp4v"
+
 
 class VideoFrames:
-    """Iterates a video's frames; ``check_complete`` refuses a video that stopped early."""
+    """Iterates a video's frames; ``check_complete`` refuses a video that stopped early.
+
+    Complete means the frames reached the container's end in time, not in number: OpenCV's
+    frame count is the duration times a nominal rate when the container has no count of
+    its own (Matroska, WebM), so a valid variable-frame-rate file has fewer frames than
+    that. A file cut short stops well before its declared duration."""
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -26,6 +33,7 @@ class VideoFrames:
         self.fps = self.capture.get(cv2.CAP_PROP_FPS) or 25.0
         count = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
         self.declared = int(count) if count > 0 else None
+        self.last_ms = self.interval_ms = 0.0  # the last frame's timestamp, and the step to it
 
     def __enter__(self) -> "VideoFrames":
         return self
@@ -38,14 +46,21 @@ class VideoFrames:
             ok, frame = self.capture.read()
             if not ok:
                 return
+            at = self.capture.get(cv2.CAP_PROP_POS_MSEC)
+            self.last_ms, self.interval_ms = at, at - self.last_ms
             yield frame
 
     def check_complete(self, frames: int) -> None:
         if frames == 0:
             raise ImageError(f"{self.source}: no decodable video frames")
-        if self.declared is not None and frames < self.declared - 1:
-            raise ImageError(f"{self.source}: decoding stopped at frame {frames} of {self.declared} "
-                             "(damaged or cut short)")
+        if self.declared is None or frames >= self.declared - 1:
+            return
+        end_ms = self.declared / self.fps * 1000  # the container's duration
+        slack_ms = 2 * max(1000 / self.fps, self.interval_ms)  # the last frame's own length, twice
+        if self.last_ms > 0 and end_ms - self.last_ms <= slack_ms:
+            return  # fewer frames than duration x nominal rate, but they reach the end: variable rate
+        raise ImageError(f"{self.source}: decoding stopped at frame {frames} of {self.declared} "
+                         "(damaged or cut short)")
 
 
 class VideoWriters:
@@ -55,9 +70,12 @@ class VideoWriters:
     shift, as MiDaS predicts it); only the colours are steadied, so depth files never carry
     a smoothing the user did not ask for."""
 
-    def __init__(self, temps: dict[str, Path], spec: OutputSpec, fps: float = 25.0) -> None:
+    def __init__(self, temps: dict[str, Path], spec: OutputSpec, fps: float = 25.0,
+                 names: dict[str, str] | None = None) -> None:
         self.temps, self.spec, self.fps = temps, spec, fps
+        self.names = names or {kind: str(path) for kind, path in temps.items()}  # what errors call each video
         self.writers: dict[str, cv2.VideoWriter] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}
         self.colormap = colormap_id(spec.colormap)
         self.steady = SteadyNormalizer() if spec.normalize == "video" else None
         self.ranges = ["frame,lo,hi"]
@@ -83,10 +101,20 @@ class VideoWriters:
         return heat
 
     def _write(self, kind: str, image) -> None:
+        """A video has one size (a writer drops other sizes without a word): the first
+        frame's, and a frame of another size is scaled to it."""
         if kind not in self.writers:
             self.temps[kind].parent.mkdir(parents=True, exist_ok=True)
-            self.writers[kind] = cv2.VideoWriter(str(self.temps[kind]), cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                                 (image.shape[1], image.shape[0]))
+            self.sizes[kind] = (image.shape[1], image.shape[0])
+            writer = cv2.VideoWriter(str(self.temps[kind]), cv2.VideoWriter_fourcc(*FOURCC), self.fps, self.sizes[kind])
+            if not writer.isOpened():
+                writer.release()
+                raise ImageError(f"{self.names[kind]}: cannot be written: OpenCV's video writer did not open "
+                                 f"({FOURCC} in {self.temps[kind].suffix}: no such encoder in this OpenCV, or the "
+                                 "file cannot be created)")
+            self.writers[kind] = writer
+        if (image.shape[1], image.shape[0]) != self.sizes[kind]:
+            image = cv2.resize(image, self.sizes[kind], interpolation=cv2.INTER_AREA)
         self.writers[kind].write(image)
 
     def close(self) -> None:
