@@ -1,15 +1,14 @@
-"""Input discovery and output encoding, shared by the job engine, the server and benchmarks.
+"""Output encoding and the file types a job takes, shared by the job engine, the server and
+benchmarks.
 
-Output names (an input's path below the inputs' root, full file name kept, then a suffix
-from ``output_suffixes``) are made in one place, ``runtime.engine.plan``.
+Inputs are found by ``runtime.engine.inputs``; output names (an input's path below the
+inputs' root, full file name kept, then a suffix from ``output_suffixes``) are made in one
+place, ``runtime.engine.plan``.
 """
 
 from __future__ import annotations
 
-import glob
-import os
 from pathlib import Path
-from typing import Iterable
 
 import cv2
 import numpy as np
@@ -21,46 +20,6 @@ from .files import write_atomic
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
 SUFFIXES = {"heatmap": ".heatmap.png", "overlay": ".overlay.png"}  # depth: runtime.depth_files.FORMATS
-
-
-def expand_inputs(specs: Iterable[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
-    """Files, folders (recursively: images and videos by extension) and globs -> sorted
-    unique files, plus one message for each spec that gave none, saying why: no such path,
-    a folder with no images or videos, or a pattern that matched nothing.
-
-    ``exclude``: a folder whose files are never inputs (the output folder: when it lies
-    inside an input folder, earlier outputs must not come back as new inputs).
-    """
-    found: dict[Path, None] = {}
-    problems: list[str] = []
-    known = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
-    skip = exclude.resolve() if exclude is not None else None
-    for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in known)
-            why = f"{spec}: folder has no images or videos ({', '.join(sorted(known))})"
-        elif path.exists():
-            matches, why = [path], ""
-        elif glob.has_magic(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
-            why = f"{spec}: no files match this pattern"
-        else:
-            matches, why = [], f"{spec}: no such file or folder"
-        matches = [m.resolve() for m in matches]
-        if skip is not None:
-            matches = [m for m in matches if not m.is_relative_to(skip)]
-        if not matches:
-            problems.append(why or f"{spec}: only files inside the output folder {exclude}")
-        for m in matches:
-            found.setdefault(m, None)
-    return list(found), problems
-
-
-def common_root(paths: list[Path]) -> Path:
-    if not paths:
-        return Path(".")
-    return Path(os.path.commonpath([str(p.parent) for p in paths]))
 
 
 def output_suffixes(depth: str | None = None, overlay: bool = False, image_format: str = "png") -> dict[str, str]:

@@ -4,8 +4,7 @@ known points, point clouds, and video colours that hold still."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -16,11 +15,13 @@ from runtime.depth_files import DepthFormatError, check_format, encode_depth, pf
 from runtime.metric import AlignmentError, align, metric_depth
 from runtime.pointcloud import Intrinsics, PointCloudError, ply_bytes
 
-from .conftest import REPO
 
+def run_cli(*args: str) -> SimpleNamespace:
+    """``midas-onnx ARGS`` in this process (the command's entry point; a process adds nothing here)."""
+    from .test_engine import cli
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "midas_onnx", *args], cwd=REPO, capture_output=True, text=True)
+    r = cli(*args)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 
 def upstream_read_pfm(path):

@@ -250,12 +250,25 @@ def test_an_unknown_colormap_is_a_usage_error_without_a_traceback(command, photo
     assert "Traceback" not in r.output and not (tmp_path / "out").exists()
 
 
-def test_a_known_points_csv_that_is_not_utf8_is_one_line(photos, tmp_path, tiny_model):
+def test_a_known_points_csv_with_a_bom_or_latin1_bytes(photos, tmp_path, tiny_model):
+    """As spreadsheets save them: a byte-order mark is read; Latin-1 bytes are one line, not
+    a traceback, before any input is read."""
     csv = tmp_path / "points.csv"
-    csv.write_bytes("x,y,depth_m\n10,10,3.0\n20,20,3.0\n30,5,3.0\n# mesuré\n".encode("latin-1"))
+    csv.write_bytes(b"\xef\xbb\xbfx,y,depth_m\n10,10,3.0\n20,20,3.0\n30,5,3.0\n")
     r = cli("heatmap", photos, "-o", tmp_path / "out", "--model", tiny_model, "--known-depths", csv)
+    assert r.exit_code == 0, r.output
+    csv.write_bytes("x,y,depth_m\n10,10,3.0\n20,20,3.0\n30,5,3.0\n# mesuré\n".encode("latin-1"))
+    r = cli("heatmap", photos, "-o", tmp_path / "out2", "--model", tiny_model, "--known-depths", csv)
     assert r.exit_code == 1 and r.exception.__class__ is SystemExit, r.exception
-    assert r.stderr == f"error: {csv}: not UTF-8 text (invalid continuation byte); save the CSV as UTF-8\n"
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(f"error: {csv}: not UTF-8 text")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_heatmap_runs_where_the_os_has_no_cpu_affinity(photos, tmp_path, tiny_model, monkeypatch):
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    r = cli("heatmap", photos, "-o", tmp_path / "out", "--model", tiny_model)
+    assert r.exit_code == 0, r.exception
+    assert f"{os.cpu_count()} worker" in r.stderr and "4 done" in r.stdout
 
 
 def test_heatmap_writes_a_manifest_and_refuses_other_settings(photos, tmp_path, tiny_model):

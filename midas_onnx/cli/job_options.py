@@ -75,9 +75,6 @@ def make_spec(*, colormap, image_format, save_depth, known_depths, save_ply, ply
         raise click.UsageError(str(exc)) from None
     except MidasOnnxError as exc:
         raise click.ClickException(str(exc)) from None
-    except UnicodeDecodeError as exc:  # read_points reads UTF-8 text; a Latin-1 export is not
-        raise click.ClickException(f"{known_depths}: not UTF-8 text ({exc.reason}); save the "
-                                   "CSV as UTF-8") from None
 
 
 def job_files(job) -> str:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .inputs import is_video_name
 from .spec import OutputSpec
 from .store import Store
 
@@ -45,6 +44,9 @@ class Plan:
     def __init__(self) -> None:
         self.db = sqlite3.connect("", isolation_level=None, check_same_thread=False)  # "": a temporary file
         self.db.executescript("""
+            PRAGMA journal_mode = OFF;
+            PRAGMA synchronous = OFF;
+            PRAGMA cache_size = -16000;
             PRAGMA temp_store = FILE;
             CREATE TABLE found (relative TEXT PRIMARY KEY, video INTEGER NOT NULL) WITHOUT ROWID;
             CREATE TABLE present (name TEXT PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
@@ -53,12 +55,12 @@ class Plan:
         """)
         self.counts = {TODO: 0, SKIP: 0, KEPT: 0, KEEP_NEW: 0}
 
-    def add(self, names: list[str]) -> int:
-        """Inputs found (names below the root); returns how many were new."""
+    def add(self, found: list[tuple[str, bool]]) -> int:
+        """Inputs found: (name below the root, is a video); returns how many were new."""
         before = self.db.total_changes
         with self.db:
             self.db.execute("BEGIN")
-            self.db.executemany("INSERT OR IGNORE INTO found VALUES (?, ?)", ((n, is_video_name(n)) for n in names))
+            self.db.executemany("INSERT OR IGNORE INTO found VALUES (?, ?)", found)
         return self.db.total_changes - before
 
     def list_outputs(self, store: Store) -> None:
