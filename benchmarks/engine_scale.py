@@ -25,6 +25,7 @@ shared one are noise (peak RSS is not).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -61,6 +62,14 @@ todo = sum(1 for _ in job.todo)
 getattr(job, "close", lambda: None)()
 kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"plan_s": round(planned, 3), "todo": todo, "peak_rss_mb": round(kb / 1024, 1)}))
+"""
+LIST = """
+import json, sys, time
+t = time.perf_counter()
+from runtime.engine.store import _arrow_fs, _arrow_walk
+fs, root = _arrow_fs(sys.argv[1])
+keys = sum(1 for _, size in _arrow_walk(fs, root) if size >= 0)
+print(json.dumps({"list_s": round(time.perf_counter() - t, 3), "keys": keys}))
 """
 
 
@@ -174,10 +183,10 @@ def plan_local(counts: list[int], model: Path, work: Path) -> list[dict]:
     return rows
 
 
-def plan_s3(counts: list[int], model: Path) -> list[dict]:
-    """Planning keys listed from a local S3 server (moto), extrapolated per key to a million.
-    Keys go straight into moto's backend (a PUT per key would take longer than the plan)."""
-    from moto.backends import get_backend
+@contextlib.contextmanager
+def local_s3():
+    """A real S3 server (moto) on a free loopback port, in this process: yields the
+    environment that points pyarrow and boto3 at it (test credentials)."""
     from moto.server import ThreadedMotoServer
 
     sock = socket.socket()
@@ -186,26 +195,44 @@ def plan_s3(counts: list[int], model: Path) -> list[dict]:
     sock.close()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
-           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
-    rows = []
     try:
-        backend = get_backend("s3")["123456789012"]["global"]
-        backend.create_bucket("bench", "us-east-1")
-        blobs = tiny_jpegs()
-        for count in counts:
-            for i in range(count):
-                backend.put_object("bench", f"in-{count}/{i // PER_FOLDER:04d}/{i:07d}.jpg", blobs[i % len(blobs)])
-            proc = subprocess.run([sys.executable, "-c", PLAN, f"s3://bench/in-{count}", f"s3://bench/out-{count}",
-                                   str(model)], cwd=REPO, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                raise SystemExit(f"object-store plan failed:\n{proc.stderr[-3000:]}")
-            row = {"keys": count, **json.loads(proc.stdout.strip().splitlines()[-1])}
-            row["extrapolated_million_s"] = round(row["plan_s"] / count * 1_000_000, 1)
-            print(json.dumps({"plan_s3": row}), flush=True)
-            rows.append(row)
+        yield {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
+               "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
     finally:
         server.stop()
+
+
+def plan_s3(counts: list[int], model: Path) -> list[dict]:
+    """Planning keys listed from a local S3 server (moto), one bucket per count, extrapolated
+    per key to a million. Keys go straight into moto's backend (a PUT per key would take
+    longer than the plan). moto answers a listing far slower than S3 (it builds its XML in
+    Python), so the same listing alone (``LIST``: the requests a plan cannot do without) is
+    timed too, and the plan's own cost is the difference."""
+    from moto.backends import get_backend
+
+    rows = []
+    with local_s3() as env:
+        backend = get_backend("s3")["123456789012"]["global"]
+        blobs = tiny_jpegs()
+        for count in counts:
+            bucket = f"bench-{count}"
+            backend.create_bucket(bucket, "us-east-1")
+            for i in range(count):
+                backend.put_object(bucket, f"in/{i // PER_FOLDER:04d}/{i:07d}.jpg", blobs[i % len(blobs)])
+            row = {"keys": count}
+            for name, code, args in (("plan", PLAN, [f"s3://{bucket}/in", f"s3://{bucket}/out", str(model)]),
+                                     ("list", LIST, [f"s3://{bucket}/in"])):
+                proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
+                                      env={**env, "MIDAS_ONNX_STATE_DIR": str(model.parent / "state")})
+                if proc.returncode != 0:
+                    raise SystemExit(f"object-store {name} failed:\n{proc.stderr[-3000:]}")
+                row[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            own = row["plan"]["plan_s"] - row["list"]["list_s"]
+            row["plan_own_s"] = round(own, 2)
+            row["extrapolated_million_s"] = {"plan": round(row["plan"]["plan_s"] / count * 1e6, 1),
+                                             "plan_own": round(own / count * 1e6, 1)}
+            print(json.dumps({"plan_s3": row}), flush=True)
+            rows.append(row)
     return rows
 
 

@@ -49,38 +49,50 @@ class RayBackend:
         return worker.run.options(num_returns="streaming").remote(items, blobs)
 
     def wait(self, streams: list, timeout: float) -> list:
-        ready, rest = self._ray.wait(streams, num_returns=1, timeout=timeout)
-        if ready and rest:  # and every other stream with a row already there
-            ready += self._ray.wait(rest, num_returns=len(rest), timeout=0)[0]
-        return ready
+        return ready(streams, timeout)
 
     def take(self, stream) -> list:
-        """Every row the stream has ready, fetched in one call (a driver taking them one by
-        one fell behind workers with fast inputs), then its end or its worker's error."""
-        ray = self._ray
-        refs, end = [], None
-        try:
-            refs.append(next(stream))
-            while len(refs) < TAKE_MAX and stream.next_ready():
-                refs.append(next(stream))
-        except StopIteration:
-            end = END
-        try:
-            return ray.get(refs) + ([end] if end else [])
-        except ray.exceptions.RayError:
-            pass
-        got = []
-        for ref in refs:  # one of them is the worker's error: the rows before it still count
-            try:
-                got.append(ray.get(ref))
-            except ray.exceptions.RayActorError as exc:
-                return got + [WorkerDied(cause(exc), bool(getattr(exc, "actor_init_failed", False)))]
-            except ray.exceptions.RayTaskError as exc:
-                return got + [WorkerFailed(cause(exc))]
-        return got + ([end] if end else [])
+        return take(stream)
 
     def stop(self, worker) -> None:
         worker.stop.remote()
 
     def kill(self, worker) -> None:
         self._ray.kill(worker, no_restart=False)
+
+
+def ready(streams: list, timeout: float) -> list:
+    """The streams with a row (or their end) ready: waits up to ``timeout`` for the first."""
+    import ray
+
+    got, rest = ray.wait(streams, num_returns=1, timeout=timeout)
+    if got and rest:  # and every other stream with a row already there
+        got += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+    return got
+
+
+def take(stream) -> list:
+    """Every row the stream has ready, fetched in one call (a driver taking them one by one
+    fell behind workers with fast inputs), then its end or its worker's error."""
+    import ray
+
+    refs, end = [], None
+    try:
+        refs.append(next(stream))
+        while len(refs) < TAKE_MAX and stream.next_ready():
+            refs.append(next(stream))
+    except StopIteration:
+        end = END
+    try:
+        return ray.get(refs) + ([end] if end else [])
+    except ray.exceptions.RayError:
+        pass
+    got = []
+    for ref in refs:  # one of them is the worker's error: the rows before it still count
+        try:
+            got.append(ray.get(ref))
+        except ray.exceptions.RayActorError as exc:
+            return got + [WorkerDied(cause(exc), bool(getattr(exc, "actor_init_failed", False)))]
+        except ray.exceptions.RayTaskError as exc:
+            return got + [WorkerFailed(cause(exc))]
+    return got + ([end] if end else [])

@@ -8,8 +8,6 @@ with an error."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 
@@ -25,26 +23,19 @@ pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
 @pytest.fixture(scope="module")
 def s3(photo_set, tmp_path_factory):
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-           "MIDAS_ONNX_STATE_DIR": str(tmp_path_factory.mktemp("state"))}
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
-    client.create_bucket(Bucket="photos")
-    for name in ("astronaut", "coffee", "chelsea"):
-        body = cv2.imencode(".jpg", cv2.resize(photo_set[name][:, :, ::-1], (120, 90)))[1].tobytes()
-        client.put_object(Bucket="photos", Key=f"in/sub/{name}.jpg", Body=body)
-    client.put_object(Bucket="photos", Key="in/broken.jpg", Body=b"\xff\xd8\xff not a photo")
-    yield client, env
-    server.stop()
+    from benchmarks.engine_scale import local_s3
+
+    with local_s3() as env:
+        env["MIDAS_ONNX_STATE_DIR"] = str(tmp_path_factory.mktemp("state"))
+        client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        client.create_bucket(Bucket="photos")
+        for name in ("astronaut", "coffee", "chelsea"):
+            body = cv2.imencode(".jpg", cv2.resize(photo_set[name][:, :, ::-1], (120, 90)))[1].tobytes()
+            client.put_object(Bucket="photos", Key=f"in/sub/{name}.jpg", Body=body)
+        client.put_object(Bucket="photos", Key="in/broken.jpg", Body=b"\xff\xd8\xff not a photo")
+        yield client, env
 
 
 def keys(client, prefix: str) -> list[str]:
@@ -57,9 +48,9 @@ def cli(env, *args) -> subprocess.CompletedProcess:
                           env=env, timeout=600)
 
 
-def test_bulk_reads_and_writes_s3_and_resumes_from_one_listing(s3, fixed_model):
+def test_bulk_reads_and_writes_s3_and_resumes_from_one_listing(s3, tiny_model):  # noqa: F811
     client, env = s3
-    r = cli(env, "bulk", "s3://photos/in", "s3://photos/out", "--model", str(fixed_model), "--save-depth", "npy")
+    r = cli(env, "bulk", "s3://photos/in", "s3://photos/out", "--model", str(tiny_model), "--save-depth", "npy")
     assert r.returncode == 1, r.stderr  # the broken photo
     assert "3 done, 0 skipped, 1 failed" in r.stdout
     made = keys(client, "out/")
@@ -75,14 +66,14 @@ def test_bulk_reads_and_writes_s3_and_resumes_from_one_listing(s3, fixed_model):
     import numpy as np
 
     assert cv2.imdecode(np.frombuffer(heat, np.uint8), cv2.IMREAD_COLOR).shape == (90, 120, 3)
-    again = cli(env, "bulk", "s3://photos/in", "s3://photos/out", "--model", str(fixed_model), "--save-depth", "npy")
+    again = cli(env, "bulk", "s3://photos/in", "s3://photos/out", "--model", str(tiny_model), "--save-depth", "npy")
     assert "0 done, 3 skipped, 1 failed" in again.stdout
 
 
-def test_a_job_that_stops_with_an_error_still_uploads_its_manifest(s3, fixed_model):
+def test_a_job_that_stops_with_an_error_still_uploads_its_manifest(s3, tiny_model):  # noqa: F811
     client, env = s3
     env = {**env, "MIDAS_ONNX_TEST_CRASH_ON": "__init__"}  # no worker can start
-    r = cli(env, "bulk", "s3://photos/in", "s3://photos/stopped", "--model", str(fixed_model))
+    r = cli(env, "bulk", "s3://photos/in", "s3://photos/stopped", "--model", str(tiny_model))
     assert r.returncode == 2 and r.stderr.startswith("error: workers could not start")
     assert keys(client, "stopped/") == ["stopped/job.json", "stopped/manifest.jsonl"]
 
