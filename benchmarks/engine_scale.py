@@ -54,23 +54,40 @@ main(prog_name="midas-onnx")
 """
 PLAN = """
 import json, sys, time
-t = time.perf_counter()
 from runtime.engine import Job, OutputSpec
+t = time.perf_counter()
 job = Job.prepare([sys.argv[1]], sys.argv[2], sys.argv[3], OutputSpec.make())
 planned = time.perf_counter() - t
 todo = sum(1 for _ in job.todo)
-getattr(job, "close", lambda: None)()
+job.close()
 kb = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 print(json.dumps({"plan_s": round(planned, 3), "todo": todo, "peak_rss_mb": round(kb / 1024, 1)}))
 """
-LIST = """
+PLAN_URI = """
 import json, sys, time
-t = time.perf_counter()
-from runtime.engine.store import _arrow_fs, _arrow_walk
-fs, root = _arrow_fs(sys.argv[1])
-keys = sum(1 for _, size in _arrow_walk(fs, root) if size >= 0)
-print(json.dumps({"list_s": round(time.perf_counter() - t, 3), "keys": keys}))
-"""
+import pyarrow.fs  # imported before the clock starts, as for local paths
+import runtime.engine.inputs as inputs
+import runtime.engine.store as store
+waited = [0.0]
+
+class Timed:  # the filesystem, with the time spent waiting for the server's listings counted
+    def __init__(self, fs):
+        self.fs = fs
+    def get_file_info(self, *args):
+        t = time.perf_counter()
+        try:
+            return self.fs.get_file_info(*args)
+        finally:
+            waited[0] += time.perf_counter() - t
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+real = store._arrow_fs
+def timed_fs(uri):
+    fs, path = real(uri)
+    return Timed(fs), path
+store._arrow_fs = inputs._arrow_fs = timed_fs
+""" + PLAN.replace('"peak_rss_mb"', '"listing_s": round(waited[0], 3), "peak_rss_mb"')
 
 
 def make_model(path: Path) -> Path:
@@ -206,8 +223,8 @@ def plan_s3(counts: list[int], model: Path) -> list[dict]:
     """Planning keys listed from a local S3 server (moto), one bucket per count, extrapolated
     per key to a million. Keys go straight into moto's backend (a PUT per key would take
     longer than the plan). moto answers a listing far slower than S3 (it builds its XML in
-    Python), so the same listing alone (``LIST``: the requests a plan cannot do without) is
-    timed too, and the plan's own cost is the difference."""
+    Python), so the time spent waiting for listings is counted apart, and the plan's own
+    cost is the rest."""
     from moto.backends import get_backend
 
     rows = []
@@ -219,17 +236,15 @@ def plan_s3(counts: list[int], model: Path) -> list[dict]:
             backend.create_bucket(bucket, "us-east-1")
             for i in range(count):
                 backend.put_object(bucket, f"in/{i // PER_FOLDER:04d}/{i:07d}.jpg", blobs[i % len(blobs)])
-            row = {"keys": count}
-            for name, code, args in (("plan", PLAN, [f"s3://{bucket}/in", f"s3://{bucket}/out", str(model)]),
-                                     ("list", LIST, [f"s3://{bucket}/in"])):
-                proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True,
-                                      env={**env, "MIDAS_ONNX_STATE_DIR": str(model.parent / "state")})
-                if proc.returncode != 0:
-                    raise SystemExit(f"object-store {name} failed:\n{proc.stderr[-3000:]}")
-                row[name] = json.loads(proc.stdout.strip().splitlines()[-1])
-            own = row["plan"]["plan_s"] - row["list"]["list_s"]
+            proc = subprocess.run([sys.executable, "-c", PLAN_URI, f"s3://{bucket}/in", f"s3://{bucket}/out",
+                                   str(model)], cwd=REPO, capture_output=True, text=True,
+                                  env={**env, "MIDAS_ONNX_STATE_DIR": str(model.parent / "state")})
+            if proc.returncode != 0:
+                raise SystemExit(f"object-store plan failed:\n{proc.stderr[-3000:]}")
+            row = {"keys": count, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            own = row["plan_s"] - row["listing_s"]
             row["plan_own_s"] = round(own, 2)
-            row["extrapolated_million_s"] = {"plan": round(row["plan"]["plan_s"] / count * 1e6, 1),
+            row["extrapolated_million_s"] = {"plan": round(row["plan_s"] / count * 1e6, 1),
                                              "plan_own": round(own / count * 1e6, 1)}
             print(json.dumps({"plan_s3": row}), flush=True)
             rows.append(row)

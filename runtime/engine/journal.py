@@ -190,18 +190,10 @@ class Journal:
                 fh.write(data.encode() + b"\n")
         self._set_exported(True)
 
-    def failed_logs(self) -> list[str]:
-        """``host:log`` of every failed row that names a traceback log (few: one per process)."""
-        query = ("SELECT DISTINCT json_extract(data, '$.host'), json_extract(data, '$.log') FROM rows "
-                 "WHERE status = 'failed' AND json_extract(data, '$.log') IS NOT NULL")
-        return sorted(f"{host or ''}:{log}" for host, log in self.db.execute(query))
-
-    def rows(self) -> Iterator[dict]:
-        """Every row, in input order (for tools and tests)."""
-        for (data,) in self.db.execute("SELECT data FROM rows ORDER BY input"):
-            yield json.loads(data)
-
     def close(self) -> None:
+        """The last checkpoint (the WAL emptied into the database), then closed; idempotent."""
+        if self._closing.is_set():
+            return
         self._closing.set()
         self._checkpoints.join()
         with contextlib.suppress(sqlite3.Error):
