@@ -180,7 +180,7 @@ def check_parity(
         raise ExportError(f"{onnx_path}: outputs are {names}, expected [{OUTPUT_NAME!r}]")
     results = []
     for x in inputs:
-        got = session.run(None, {INPUT_NAME: x})[0]
+        got = _stage(f"onnxruntime on input {x.shape}", session.run, None, {INPUT_NAME: x})[0]
         with torch.no_grad():
             want = model(torch.from_numpy(x)).numpy()
         if got.shape != want.shape:

@@ -97,8 +97,9 @@ class DepthHeatmapper:
             depth map; a multiple of the model's ``multiple_of``. "HxW" runs a dynamic model
             at one fixed size. For ONNX files without midas-onnx metadata it is required:
             "HxW" or "dynamic" (they are then taken for MiDaS small).
-        mean: only for files without metadata: the per-channel (RGB) mean subtracted from
-            inputs scaled to [0, 1]; default the description's.
+        mean: the per-channel (RGB) mean subtracted from inputs scaled to [0, 1], instead of
+            the description's (for ONNX files without midas-onnx metadata, whose model is
+            not described).
         std: likewise, the per-channel (RGB) divisor applied after ``mean``.
         max_pixels: refuse larger inputs (decompression-bomb guard).
         memory_arena: onnxruntime's CPU arena. Off by default: with dynamic models it grows

@@ -7,16 +7,17 @@ with the long side (MiDaS: ``upper_bound``) or the short side (Depth Anything V2
 ``lower_bound``) at the rule's size and each side a multiple of its ``multiple_of``;
 fixed-size models are resized to their size, as upstream's own ONNX/OpenVINO scripts do.
 
-Why not simply ``cv2.resize``: upstream resizes a float64 copy of the whole photo (24 bytes
-a pixel: about 1 GB for a 40 MP photo), and OpenCV's float32 path is off by up to 2e-5 on
-some scales (640x427 -> 256x160), which grew to 1.4e-4 of the depth range at the output.
-Bicubic is separable and each output row reads only 4 source rows, so here the vertical
-pass is done the way OpenCV does it (same sample positions, same float32 coefficients, edge
-rows replicated) on just those rows, straight from the decoded uint8/uint16 pixels, and
-OpenCV's float64 resize does the horizontal pass on the small result. Memory and cost then
-depend on the network height and the photo's width, not its pixel count, and the network
-input equals upstream's to the last bit on the golden photos (at most one float32 ulp on a
-few values elsewhere: the two passes run in the other order).
+Upstream converts the whole photo to float64 (24 bytes a pixel: about 1 GB for a 40 MP
+photo) and resizes it with OpenCV. That is done here too while the copy is small (the
+fastest way, OpenCV's resize is multi-threaded); past ``_FLOAT_COPY_BYTES``, bicubic being
+separable, the vertical pass is done the way OpenCV does it (same sample positions, same
+float32 coefficients, edge rows replicated) on just the 4 source rows each output row
+reads, straight from the decoded uint8/uint16 pixels, and OpenCV's float64 resize does the
+horizontal pass on the small result: memory then depends on the network height and the
+photo's width, not its pixel count. The network input equals upstream's to the last bit on
+the golden photos (the row path: at most one float32 ulp on a few values, the passes run
+in the other order). OpenCV's float32 path would be off by up to 2e-5 on some scales
+(640x427 -> 256x160), 1.4e-4 of the depth range at the output.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from .model_description import InputRule
 _CUBIC_A = np.float32(-0.75)  # OpenCV's INTER_CUBIC kernel parameter
 # Vertical-pass rows per block: bounds the scratch to BLOCK x width x 3 values.
 _BLOCK_ROWS = 32
+# A full-size float64 copy of the photo (upstream's way, and the fastest: one conversion,
+# then OpenCV's multi-threaded resize) is made when it is at most this large, or no larger
+# than the row-by-row path's own strip; past it (a 12 MP photo is 288 MB) the row path runs.
+_FLOAT_COPY_BYTES = 64 << 20
 
 
 def _multiple_of(x: float, step: int, max_val: int | None = None, min_val: int = 0) -> int:
@@ -117,30 +122,44 @@ def resize_bicubic(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(strip, (width, height), interpolation=cv2.INTER_CUBIC)
 
 
+def resize_unit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Upstream's ``cv2.resize(image / 255.0, (width, height), INTER_CUBIC)`` (/ 65535 for
+    16-bit, as is for float), float64 in [0, 1]: that very call when the float copy is small
+    (``_FLOAT_COPY_BYTES``), else ``resize_bicubic`` on the pixels and the division after
+    (the same to a float32 ulp, without the full-size copy)."""
+    top = _scale_of(image)
+    channels = image.shape[2] if image.ndim == 3 else 1
+    copy_bytes = image.shape[0] * image.shape[1] * channels * 8
+    if copy_bytes <= max(_FLOAT_COPY_BYTES, height * image.shape[1] * channels * 8):
+        unit = image / top if top != 1.0 else image.astype(np.float64)
+        return cv2.resize(unit, (width, height), interpolation=cv2.INTER_CUBIC)
+    small = resize_bicubic(image, height, width)
+    if top != 1.0:
+        small /= top
+    return small
+
+
 def preprocess(image: np.ndarray, info: ModelInfo, order: str = "bgr") -> np.ndarray:
     """A decoded image -> float32 1x3xhxw network input (``images.load`` gives valid ones).
 
     ``image``: HxW (gray), HxWx3 or HxWx4 (alpha ignored) in ``order`` ("bgr" or "rgb");
-    uint8, uint16, or float in [0, 1]. Only the network-size result is ever in float.
-    Normalised as upstream does, in float64 and in its order (/ 255, - mean, / std), in
-    place on the resized copy, then cast once: the cast is what makes the input float32.
+    uint8, uint16, or float in [0, 1]. Normalised as upstream does: ``(x - mean) / std`` on
+    [0, 1] values in float64, cast to float32 once; one channel plane at a time (contiguous
+    and scalar: numpy is slow on an innermost axis of 3).
     """
     h, w = network_size(image.shape[0], image.shape[1], info)
     if image.ndim == 3 and image.shape[2] == 4:
         image = image[:, :, :3]  # a view: alpha is never read
-    small = resize_bicubic(image, h, w)  # float64, pixel units, a fresh array: changed in place below
-    if small.ndim == 2:
-        small = np.repeat(small[:, :, None], 3, axis=2)
+    unit = resize_unit(image, h, w)
     rule = info.description.input
-    mean, std = np.asarray(rule.mean, np.float64), np.asarray(rule.std, np.float64)
-    bgr = image.ndim == 3 and order == "bgr"
-    if bgr:  # normalise in the image's channel order; the final cast puts them in RGB order
-        mean, std = mean[::-1], std[::-1]
-    small /= _scale_of(image)
-    small -= mean
-    small /= std
-    planes = small.transpose(2, 0, 1)
-    return np.ascontiguousarray((planes[::-1] if bgr else planes)[None], dtype=np.float32)
+    out = np.empty((1, 3, h, w), np.float32)
+    plane = np.empty((h, w), np.float64)
+    for c in range(3):  # RGB planes out
+        source = unit if unit.ndim == 2 else unit[:, :, 2 - c if order == "bgr" else c]
+        np.subtract(source, rule.mean[c], out=plane)
+        plane /= rule.std[c]
+        out[0, c] = plane
+    return out
 
 
 def network_input(image: images.ImageInput, info: ModelInfo, order: str = "bgr",

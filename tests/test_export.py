@@ -347,6 +347,33 @@ def test_cli_export_stage_failures_are_one_line(tmp_path, random_checkpoint, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_cli_export_parity_run_failure_is_one_line(tmp_path, random_checkpoint, monkeypatch):
+    """An exported graph that onnxruntime cannot run at a checked shape (say, a size frozen
+    in the trace) ends the export in one line, and nothing is written."""
+    import runtime.session
+
+    real = runtime.session.create_session
+
+    class Refusing:
+        def __init__(self, session):
+            self.session = session
+
+        def get_outputs(self):
+            return self.session.get_outputs()
+
+        def run(self, *args):
+            raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input\nIndex: 2")
+
+    monkeypatch.setattr(runtime.session, "create_session", lambda *a, **k: Refusing(real(*a, **k)))
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(random_checkpoint), "-o", str(out), "--size", "64x64"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: onnxruntime on input (1, 3, 64, 64) failed: RuntimeError: [ONNXRuntimeError] : 2 : INVALID_ARGUMENT : "
+        "Got invalid dimensions for input")
+    assert "Traceback" not in result.output and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_cli_export_input_size_is_the_files_default(tmp_path, random_checkpoint):
     """`--input-size` writes the resize target into the file's description: the runtime
     aims at it by default and can still choose another."""
