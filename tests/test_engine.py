@@ -191,6 +191,22 @@ def test_files_the_user_had_are_kept_on_every_rerun_unless_forced(hm, photos, tm
     assert {r["status"] for r in read_manifest(str(out))} == {"done"}
 
 
+def test_errors_of_inputs_sent_as_bytes_name_the_input(hm, tmp_path):
+    """Inputs read by the engine (URIs) or sent as bytes (bulk --ship-bytes) are decoded
+    from bytes: their errors name the input, never "image"."""
+    import numpy as np
+
+    from runtime.depth_files import pfm_bytes
+    from runtime.engine import Item, Store
+    from runtime.engine.process import process
+
+    store = Store(str(tmp_path / "out"))
+    item = Item("s3://bucket/in/float.pfm", "float.pfm", False, {"heatmap": store.join("float.pfm.heatmap.png")})
+    data = pfm_bytes(np.linspace(0, 5, 32 * 48, dtype=np.float32).reshape(32, 48))  # floats beyond [0, 1]
+    row = process(hm, item, OutputSpec.make(), store, "digest", data)
+    assert row["status"] == "failed" and row["error"].startswith("s3://bucket/in/float.pfm: "), row["error"]
+
+
 def test_one_job_per_output_and_a_killed_job_leaves_no_lock(hm, photos, tmp_path):
     import signal
     import subprocess
