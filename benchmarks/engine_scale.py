@@ -2,6 +2,7 @@
 to a million, with inference made nearly free.
 
     python -m benchmarks.engine_scale                               # everything (about an hour on 2 cores)
+    python -m benchmarks.engine_scale --counts 1000000 --plan 0 --s3-keys 0   # a million-input driver
     python -m benchmarks.engine_scale --counts 2000,4000,8000 --commands heatmap --plan 0 --s3-keys 0   # a smoke run
 
 The model is one ONNX op (ReduceMean over the channels of a fixed 32x32 input, with the
@@ -15,7 +16,11 @@ discovery, plan, read and decode (tiny JPEGs), render, write and journal.
   with nothing to do (at most 5% of the job's time).
 - Planning alone (``Job.prepare``) on local trees up to a million inputs, and on object-store
   keys served by a local S3 server (moto, in this process) up to ``--s3-keys``, extrapolated
-  per key to a million.
+  per key to a million, with the time spent waiting for the server's listings apart from the
+  plan's own (moto lists far slower than S3).
+
+Input trees: 150,000 tiny JPEGs written once (``--workdir`` keeps them between runs), larger
+trees made of hard links to them.
 
 Results go to stdout as JSON lines and to ``--json`` (default
 ``benchmarks/results/engine-scale-<cpu>.json``). Run it on a quiet machine: timings on a
@@ -39,6 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PER_FOLDER = 1000
+MASTER = 150_000  # inputs written as files; larger trees are hard links to these
 TARGETS = {"marginal_ratio_min": 0.9, "rss_150k_over_10k_max": 1.25, "rerun_share_max": 0.05,
            "million_driver_rss_mb_max": 500}
 DRIVER = """
@@ -158,13 +164,21 @@ def run_command(command: str, src: Path, out: Path, model: Path, scratch: Path) 
     return got
 
 
+def trees(work: Path, counts: list[int]) -> dict[int, Path]:
+    """An input tree per count: ``MASTER`` files written once, every other tree hard links to
+    them (a million files cost no more disk than the master's)."""
+    size = min(max(counts), MASTER)
+    master = write_tree(work / f"in-{size}", size)
+    return {n: master if n == size else write_tree(work / f"in-{n}", n, master) for n in counts}
+
+
 def scale(commands: list[str], counts: list[int], model: Path, work: Path) -> dict:
-    master = write_tree(work / f"in-{max(counts)}", max(counts))
+    inputs = trees(work, counts)
     results: dict = {}
     for command in commands:
         rows = []
         for count in counts:
-            src = master if count == max(counts) else write_tree(work / f"in-{count}", count, master)
+            src = inputs[count]
             out = work / f"out-{command}-{count}"
             shutil.rmtree(out, ignore_errors=True)
             first = run_command(command, src, out, model, work)
@@ -185,10 +199,10 @@ def scale(commands: list[str], counts: list[int], model: Path, work: Path) -> di
 
 
 def plan_local(counts: list[int], model: Path, work: Path) -> list[dict]:
-    master = write_tree(work / f"in-{min(max(counts), 150_000)}", min(max(counts), 150_000))
+    inputs = trees(work, counts)
     rows = []
     for count in counts:
-        src = write_tree(work / f"plan-{count}", count, master) if count != 150_000 else master
+        src = inputs[count]
         out = work / f"plan-out-{count}"
         shutil.rmtree(out, ignore_errors=True)
         proc = subprocess.run([sys.executable, "-c", PLAN, str(src), str(out), str(model)], cwd=REPO,
