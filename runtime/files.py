@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,9 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+TEMP_NAME = re.compile(r"(^|/)\.[^/]+\.[0-9a-f]{12}\.tmp$")  # what ``temp_path_beside`` names
 
 
 def temp_path_beside(path: Path) -> Path:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import signal
 import threading
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import MidasOnnxError
-from ..files import sha256_file
+from ..files import TEMP_NAME, sha256_file
 from .inputs import Inputs, discover
 from .journal import JOB_FILE, Journal, JobError, job_changes, read_job, settings_digest, state_folder
 from .lock import OutputLock
@@ -35,7 +34,6 @@ from .store import Store
 
 Executor = Callable[[Iterable[Item], Callable[[list[dict]], None], threading.Event], None]
 MAX_FAILURES = 100  # failures a summary keeps to print; the manifest has every one
-TEMP_NAME = re.compile(r"(^|/)\.[^/]+\.[0-9a-f]{12}\.tmp$")
 
 
 @dataclass
@@ -170,7 +168,7 @@ class Job:
             raise
 
     def _remove_temps(self) -> None:
-        """Files a killed job was writing (``.name.<12 hex>.tmp``, see ``write_atomic``): never
+        """Files a killed job was writing (``TEMP_NAME``, see ``write_atomic``): never
         under an output's name, and nobody else's while this job holds OUTPUT."""
         if not self.store.local:
             return
