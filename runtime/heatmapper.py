@@ -18,7 +18,7 @@ from .errors import ModelError
 from .metadata import INPUT_NAME, PREFIX, ModelInfo, parse_size
 from .model_description import MIDAS_SMALL, OutputRule
 from .preprocess import network_input, network_size
-from .session import create_session
+from .engine_choice import TYPICAL_PHOTO, open_session
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,10 @@ class DepthHeatmapper:
         std: likewise, the per-channel (RGB) divisor applied after ``mean``.
         max_pixels: refuse larger inputs (decompression-bomb guard).
         memory_arena: onnxruntime's CPU arena. Off by default: with dynamic models it grows
-            with every new input shape, and with fixed ones it measured no faster (79 vs
-            79-84 ms median at 256x256, 2 threads).
+            with every new input shape, and with fixed ones it measured no faster.
+        engine: the inference engine: "onnxruntime", "openvino" (the ``openvino`` extra) or
+            "auto" (measured once per file and CPU, then cached: ``runtime.engine_choice``);
+            ``engine_choice`` says which one runs and why.
     """
 
     def __init__(
@@ -118,12 +120,15 @@ class DepthHeatmapper:
         std: Sequence[float] | None = None,
         max_pixels: int = images.MAX_PIXELS,
         memory_arena: bool = False,
+        engine: str = "onnxruntime",
     ) -> None:
         self.model_path = Path(model_path)
         self.colormap = colormap
         self._colormap_id = postprocess.colormap_id(colormap)
         self.max_pixels = max_pixels
-        self.session = create_session(self.model_path, threads=threads, memory_arena=memory_arena)
+        self.session, self.engine_choice = open_session(
+            self.model_path, threads, engine, memory_arena,
+            shape=lambda s: network_size(*TYPICAL_PHOTO, read_model_info(s, self.model_path, input_size, mean, std)))
         self.info = read_model_info(self.session, self.model_path, input_size, mean, std)
         self._check_io()
 
@@ -182,7 +187,8 @@ class DepthHeatmapper:
 
     def __repr__(self) -> str:
         return (f"DepthHeatmapper({str(self.model_path)!r}, model={self.info.description.id}, "
-                f"input={self.info.input_size_text}, precision={self.info.precision}, colormap={self.colormap!r})")
+                f"input={self.info.input_size_text}, precision={self.info.precision}, "
+                f"engine={self.engine_choice.engine}, colormap={self.colormap!r})")
 
 
 def read_model_info(

@@ -1,7 +1,9 @@
-"""The one place that opens onnxruntime sessions (as fastembed's ``onnx_model.py``).
+"""The one place that opens inference sessions (as fastembed's ``onnx_model.py``): onnxruntime's,
+or OpenVINO's behind the same interface (``runtime.openvino_session``).
 
 Exporter checks, quantizer reports, benchmarks, the server and bulk workers all come here,
-so threads, providers and memory settings are decided once.
+so threads, providers and memory settings are decided once; ``runtime.engine_choice`` picks
+the engine when asked for ``auto``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def create_session(
     threads: int | None = None,
     memory_arena: bool = False,
     profile_prefix: str | None = None,
+    engine: str = "onnxruntime",
 ) -> ort.InferenceSession:
     """A CPU session for ``model_path`` (a file, or a serialized model held in memory: the
     quantizer's diagnostics run graphs they build and never need on disk).
@@ -40,6 +43,8 @@ def create_session(
         shape, so it is off unless asked for.
     profile_prefix: turns on onnxruntime's profiler, which writes ``<prefix>_<date>.json``
         (time per node) when ``end_profiling()`` is called; the benchmark's op-type table.
+    engine: "onnxruntime", or "openvino" (an ``OpenVinoSession``: the same methods, a file
+        only; the arena and profiler settings are onnxruntime's).
     """
     in_memory = isinstance(model_path, bytes)
     path = Path("<in-memory model>") if in_memory else Path(model_path)
@@ -49,6 +54,12 @@ def create_session(
         raise ModelError(f"this onnxruntime build has no {PROVIDER}: {ort.get_available_providers()}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    if engine == "openvino" and not in_memory:
+        from .openvino_session import OpenVinoSession
+
+        return OpenVinoSession(path, threads)  # type: ignore[return-value]
+    if engine != "onnxruntime":
+        raise ModelError(f"engine {engine!r} cannot open {path}: onnxruntime and openvino (files) are the engines")
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one chain of convs: no branches to overlap

@@ -179,3 +179,17 @@ def write_foreign_onnx(path: Path, op: str = "Identity", input_name: str = "x", 
                               [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, list(shape))])
     onnx.save(helper.make_model(graph), str(path))
     return path
+
+
+def _engines() -> list[str]:
+    """The inference engines installed here: every test that checks numbers runs on each
+    (CI installs the ``openvino`` extra, so both run there)."""
+    from runtime.openvino_session import available
+
+    return ["onnxruntime"] + (["openvino"] if available() else [])
+
+
+@pytest.fixture(params=_engines())
+def engine(request) -> str:
+    """Each installed inference engine in turn (``DepthHeatmapper(..., engine=engine)``)."""
+    return request.param

@@ -124,26 +124,27 @@ def test_export_cli_writes_each_model_with_its_description(da_model, da_metric_i
 
 
 @pytest.mark.parametrize("pair", [("input_518", "output_518"), ("input_364x518", "output_364x518")])
-def test_dynamic_export_matches_upstream_network(da_model, golden, pair):
-    """One dynamic file at the 37x37 grid (pos-embed added unchanged) and at 26x37 (resampled)."""
-    out = DepthHeatmapper(da_model[0], threads=2)._run(golden[pair[0]])
+def test_dynamic_export_matches_upstream_network(da_model, golden, pair, engine):
+    """One dynamic file at the 37x37 grid (pos-embed added unchanged) and at 26x37 (resampled),
+    on each inference engine."""
+    out = DepthHeatmapper(da_model[0], threads=2, engine=engine)._run(golden[pair[0]])
     assert _rel_err(out, golden[pair[1]]) < TARGET
 
 
-def test_metric_exports_match_upstream_metric_head(da_metric_indoor, da_metric_outdoor_fixed, golden):
+def test_metric_exports_match_upstream_metric_head(da_metric_indoor, da_metric_outdoor_fixed, golden, engine):
     """Indoor (max 20 m) dynamic, outdoor (max 80 m) fixed at 364x518: the same Sigmoid head
-    scaled by each model's max_depth."""
+    scaled by each model's max_depth, on each inference engine."""
     x, want = golden["input_364x518"], golden["metric_output_364x518"]
-    indoor = DepthHeatmapper(da_metric_indoor[0], threads=2)._run(x)
+    indoor = DepthHeatmapper(da_metric_indoor[0], threads=2, engine=engine)._run(x)
     assert _rel_err(indoor, want) < TARGET
-    outdoor = DepthHeatmapper(da_metric_outdoor_fixed[0], threads=2)._run(x)
+    outdoor = DepthHeatmapper(da_metric_outdoor_fixed[0], threads=2, engine=engine)._run(x)
     assert _rel_err(outdoor, want * (80.0 / 20.0)) < TARGET
 
 
-def test_whole_pipeline_matches_upstream_infer_image(da_model, golden):
+def test_whole_pipeline_matches_upstream_infer_image(da_model, golden, engine):
     """Photo -> depth at the photo's size, as upstream's ``infer_image(raw_bgr, 518)``: three
-    photos enlarged, one shrunk (measured 1.3e-5 to 2.3e-5 of the range)."""
-    hm = DepthHeatmapper(da_model[0], threads=2)
+    photos enlarged, one shrunk (measured 1.3e-5 to 2.3e-5 of the range), on each engine."""
+    hm = DepthHeatmapper(da_model[0], threads=2, engine=engine)
     index = json.loads(str(golden["index"]))
     assert len(index["items"]) == 4
     for item in index["items"]:

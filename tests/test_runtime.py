@@ -80,8 +80,10 @@ def test_unknown_colormap(fixed_model):
         DepthHeatmapper(fixed_model, colormap="rainbowz")
 
 
-def test_upstream_pipeline_golden(hm_dyn):
-    """Photos -> depth exactly as upstream's hub transform + network + bicubic resize back."""
+def test_upstream_pipeline_golden(dynamic_model, engine):
+    """Photos -> depth exactly as upstream's hub transform + network + bicubic resize back,
+    on each inference engine."""
+    hm_dyn = DepthHeatmapper(dynamic_model, threads=2, engine=engine)
     path = FIXTURES / "midas_small_pipeline_golden_seed0.npz"
     if not path.is_file():
         pytest.skip("needs ../shared/fixtures")

@@ -27,14 +27,18 @@ def _int8_here(metadata: dict[str, str]) -> dict | None:
 @click.command("info")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def command(model: Path, as_json: bool) -> None:
+@click.option("--engine", type=click.Choice(["onnxruntime", "openvino", "auto"]), default="onnxruntime",
+              show_default=True, help="Inference engine to open MODEL with; auto measures both (or reads its cache) "
+                                      "and says which it would run.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads, for --engine auto's measurement.")
+def command(model: Path, as_json: bool, engine: str, threads: int | None) -> None:
     """Show MODEL's midas-onnx metadata, inputs/outputs, file size and sha256."""
+    from runtime.engine_choice import open_session
     from runtime.files import sha256_file
     from runtime.metadata import PREFIX
-    from runtime.session import create_session
 
     with friendly_errors():
-        session = create_session(model, threads=1)
+        session, choice = open_session(model, threads, engine)
         meta = session.get_modelmeta()
         props = dict(meta.custom_metadata_map)
         report = {
@@ -48,12 +52,15 @@ def command(model: Path, as_json: bool) -> None:
             "midas_onnx_model": any(k.startswith(PREFIX) for k in props),
         }
         report["int8_on_this_cpu"] = _int8_here(report["metadata"])
+        report["engine"] = choice.to_dict()
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     click.echo(f"file:      {report['file']}")
     click.echo(f"size:      {report['size_bytes'] / 1e6:.2f} MB ({report['size_bytes']:,} bytes)")
     click.echo(f"sha256:    {report['sha256']}")
+    timings = ", ".join(f"{name} {ms:.1f} ms" for name, ms in report["engine"]["timings_ms"].items())
+    click.echo(f"engine:    {report['engine']['engine']} ({report['engine']['reason']}{'; ' + timings if timings else ''})")
     for kind in ("inputs", "outputs"):
         for io in report[kind]:
             click.echo(f"{kind[:-1]:<10} {io['name']} {io['shape']} {io['type']}")
