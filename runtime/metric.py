@@ -40,6 +40,10 @@ MIN_POINTS = 3
 MAX_POINTS = 1000  # far beyond any hand-measured set; bounds memory and time per image
 MAX_PAIRS = 300  # all pairs up to 25 points; a fixed-seed draw of this many beyond
 INLIER_TOLERANCE = 0.10  # a point agrees with a fit when its metric depth is within 10%
+# Known distances from a micrometre to 10,000 km: beyond any camera's scene, and far enough
+# inside float64 that inverse depths, fits and residuals stay finite (1e185 m made an
+# infinite residual, which JSON cannot carry).
+MIN_DEPTH_M, MAX_DEPTH_M = 1e-6, 1e7
 
 
 class AlignmentError(MidasOnnxError, ValueError):
@@ -80,16 +84,19 @@ class Alignment:
 
 
 def read_points(path: str | Path) -> list[Point]:
-    """Points from a CSV with columns ``x,y,depth_m`` (pixel coordinates, metres)."""
+    """Points from a CSV with columns ``x,y,depth_m`` (pixel coordinates, metres), UTF-8 with
+    or without the byte-order mark spreadsheets write."""
     path = Path(path)
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"x", "y", "depth_m"} <= set(reader.fieldnames):
                 raise AlignmentError(f"{path}: needs the columns x,y,depth_m (got {reader.fieldnames})")
             rows = list(reader)
     except OSError as exc:
         raise AlignmentError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise AlignmentError(f"{path}: not UTF-8 text (byte {exc.start}); save the CSV as UTF-8") from None
     if len(rows) > MAX_POINTS:
         raise AlignmentError(f"{path}: {len(rows):,} points; at most {MAX_POINTS:,} are accepted")
     points = []
@@ -131,6 +138,9 @@ def align(depth: np.ndarray, points: Sequence) -> Alignment:
             raise AlignmentError(f"point ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
         if not (math.isfinite(p.depth_m) and p.depth_m > 0):
             raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m must be a positive number, got {p.depth_m:g}")
+        if not MIN_DEPTH_M <= p.depth_m <= MAX_DEPTH_M:
+            raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m {p.depth_m:g} is outside {MIN_DEPTH_M:g} to "
+                                 f"{MAX_DEPTH_M:g} m")
     pred = _sample(depth, np.array([p.x for p in points]), np.array([p.y for p in points]))
     target = np.array([1.0 / p.depth_m for p in points], np.float64)
     metres = np.array([p.depth_m for p in points], np.float64)
@@ -147,7 +157,7 @@ def align(depth: np.ndarray, points: Sequence) -> Alignment:
     inverse = scale * pred[keep] + shift
     if not (inverse > 0).all():
         raise AlignmentError("the fit gives no positive inverse depth at some known points; check the points")
-    residual = float(np.sqrt(np.mean((1.0 / inverse - metres[keep]) ** 2)))
+    residual = _rms(1.0 / inverse - metres[keep])
     used = tuple(p for p, k in zip(points, keep, strict=True) if k)
     rejected = tuple(p for p, k in zip(points, keep, strict=True) if not k)
     return Alignment(float(scale), float(shift), used, rejected, residual)
@@ -185,6 +195,14 @@ def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
 def _inverse(depth: np.ndarray, fit: Alignment) -> np.ndarray:
     """The fitted inverse depth (float32), of which metres are the reciprocal."""
     return depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
+
+
+def _rms(errors: np.ndarray) -> float:
+    """Root mean square, scaled by the largest error so that squaring cannot overflow."""
+    largest = float(np.abs(errors).max()) if errors.size else 0.0
+    if largest == 0.0 or not math.isfinite(largest):
+        return largest
+    return largest * float(np.sqrt(np.mean((errors / largest) ** 2)))
 
 
 def _sample(depth: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -1,28 +1,41 @@
 """Access control: nobody computes on the service who was not let in.
 
-One pure-ASGI middleware (``AccessControl``) over one ``AccessPolicy``, so any host of the
-same FastAPI app (uvicorn here; a Ray Serve deployment ingressing the app) gets the same
-checks. In order, for every HTTP request:
+``AccessPolicy`` holds the checks, each a public method that returns a refusal (an
+``ApiError`` value, None when the request may go on), so the HTTP middleware
+(``AccessControl``) and the WebSocket handshake (serve.stream) apply the same ones, and any
+host of the app (uvicorn here; a Ray Serve replica) gets them. In order:
 
-1. Host allow-list: loopback names, the bind address and ``--allowed-host`` (``*`` for any);
-   a DNS-rebinding page reaches the server under its own name and gets 400.
-2. Origin: a browser request from another site (``Origin`` not this server's and not a
-   ``--cors-origin``, or ``Sec-Fetch-Site: cross-site`` outside a navigation) gets 403; a
-   ``--cors-origin`` gets proper CORS (preflight answered, headers exposed).
-3. API key (``Authorization: Bearer <key>``) on every route but ``/healthz``, the upload
-   page (it asks for the key) and, as settings say, ``/readyz`` and ``/metrics``. Keys come
-   from ``--api-key-file`` (one a line, ``#`` comments) and ``MIDAS_ONNX_API_KEYS``; they are
-   compared in constant time (SHA-256 digests, every key compared), never logged: logs and
-   metrics show a key's id (the first 8 hex digits of its SHA-256). The file is re-read on
-   SIGHUP and when its mtime changes. Missing or wrong key: 401 with ``WWW-Authenticate``.
-   With no keys at all, a request that arrived on a non-loopback address is refused (403)
-   unless ``--insecure-no-auth``; the CLI refuses to bind there in the first place.
-4. Per-key limits: requests per second (token bucket) and requests in progress; beyond
-   either, 429 with ``Retry-After``.
+1. Host allow-list (``check_host``): loopback names, the bind address and
+   ``--allowed-host`` (``*`` for any); a DNS-rebinding page reaches the server under its own
+   name and gets 400. The probes (/healthz, /readyz) are exempt: load balancers and
+   orchestrators send the pod's address, which no allow-list should need to name.
+2. Origin (``check_origin``): a browser request from another site (``Origin`` not this
+   server's and not a ``--cors-origin``, or ``Sec-Fetch-Site: cross-site`` outside a
+   navigation) gets 403. A ``--cors-origin`` gets CORS from Starlette's
+   ``CORSMiddleware`` (preflights answered, headers exposed, on refusals too).
+3. API key (``authenticate``; ``Authorization: Bearer <key>``) on every route but the
+   ``open`` ones: /healthz, the pages (they ask for the key) and, as settings say, /readyz
+   and /metrics. Keys come from ``--api-key-file`` (one a line, ``#`` comments) and
+   ``MIDAS_ONNX_API_KEYS``; each must carry at least 128 bits (``key_bits``: 32 hex digits,
+   22 base64url characters). They are compared in constant time (SHA-256 digests, every key
+   compared) and never logged: logs and metrics show a key's id, an HMAC of the key under
+   ``--key-id-secret`` (random per start unless set), so an id is no offline oracle. The
+   file is re-read on SIGHUP and when its mtime changes. Missing or wrong key: 401 with
+   ``WWW-Authenticate``. With no keys at all, a request that arrived on a non-loopback
+   address is refused (403) unless ``--insecure-no-auth``; the CLI refuses to bind there in
+   the first place.
+4. Per-key limits (``admit_key``): requests per second (serve.buckets) and requests in
+   progress; beyond either, 429 with ``Retry-After``.
 
 Before all of these, a client address that has had too many requests refused waits and
-gets 429 (serve.refusals); every 4xx answered here or by the app counts against it. The
-paths in ``UNTHROTTLED`` (probes, /metrics, the favicon) are never slowed, nor counted.
+gets 429 (serve.refusals); every 4xx answered here or by the app counts against it. Only
+the paths that need no key and cannot be refused for what they carry (``unthrottled``:
+/healthz, the favicon, and /readyz and /metrics when they are open) are never slowed nor
+counted: a held liveness probe gets its pod restarted, while a path that asks for a key is
+where keys are guessed.
+
+Starlette's ``TrustedHostMiddleware`` is not used for step 1: it answers in plain text and
+cannot leave the probes out, and the check is the few lines of ``check_host``.
 """
 
 from __future__ import annotations
@@ -30,27 +43,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import math
 import signal
+import string
 import threading
-import time
-from dataclasses import dataclass, field
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+
+from .buckets import Buckets
+from .errors import ApiError
 from .refusals import RefusalThrottle, client_of
 from .settings import ServeSettings
 
 log = logging.getLogger("midas_onnx.serve")
-# never slowed nor counted for refusals (serve.refusals): a held liveness probe gets its pod
-# restarted, and browsers ask for a favicon the service does not have
-UNTHROTTLED = frozenset({"/healthz", "/readyz", "/metrics", "/favicon.ico"})
+PROBES = frozenset({"/healthz", "/readyz"})
+PAGES = frozenset({"/", "/live", "/static/key.js"})  # they ask for the key themselves
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+MIN_KEY_BITS = 128
 _RELOAD_POLL_S = 1.0
-
-
-def key_id(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
+_ALPHABETS = ((string.digits, 10), (string.hexdigits, 16),
+              (string.ascii_letters + string.digits + "-_+/=", 64))
 
 
 def is_loopback(host: str) -> bool:
@@ -58,36 +72,42 @@ def is_loopback(host: str) -> bool:
     return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
+def key_bits(key: str) -> float:
+    """The bits a key of this length can carry over the smallest usual alphabet holding all
+    its characters (decimal, hex, base64/base64url, else printable ASCII)."""
+    size = next((n for chars, n in _ALPHABETS if all(c in chars for c in key)), 95)
+    return len(key) * math.log2(size)
+
+
 def bind_refusal(settings: ServeSettings) -> str | None:
-    """Why the CLI must not bind to ``settings.host`` (None: it may). A key file that cannot
-    be read is a ValueError."""
+    """Why the CLI must not bind to ``settings.host`` (None: it may). Keys that cannot be
+    read or are too weak are a ValueError."""
     host = settings.host
-    if is_loopback(host) or settings.insecure_no_auth or keys_in(settings):
+    keys = len(AccessPolicy(settings, metrics=None).digests)
+    if is_loopback(host) or settings.insecure_no_auth or keys:
         return None
     return (f"refusing to serve on {host} without API keys: anyone who reaches the port could use it. "
             "Give keys with --api-key-file PATH (one a line) or MIDAS_ONNX_API_KEYS=key1,key2, "
             "or pass --insecure-no-auth to serve openly.")
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    stamp: float
-    active: int = 0
-
-
-@dataclass
 class AccessPolicy:
-    settings: ServeSettings
-    metrics: object
-    digests: dict[bytes, str] = field(default_factory=dict)  # SHA-256 of key -> key id
-    _mtime: tuple[int, int] | None = None
-    _buckets: dict[str, _Bucket] = field(default_factory=dict)
-    _task: asyncio.Task | None = None
-    refusals: RefusalThrottle = field(init=False)
+    """Keys, hosts, origins and per-key limits (see the module docstring)."""
 
-    def __post_init__(self) -> None:
-        self.refusals = RefusalThrottle(self.settings.refusal_rate, self.settings.refusal_burst)
+    def __init__(self, settings: ServeSettings, metrics) -> None:
+        s = self.settings = settings
+        self.metrics = metrics
+        self.digests: dict[bytes, str] = {}  # SHA-256 of a key -> its id
+        self.refusals = RefusalThrottle(s.refusal_rate, s.refusal_burst)
+        self.key_buckets = Buckets(s.key_rate, s.key_burst or max(1.0, 2 * s.key_rate))
+        own = () if is_loopback(s.host) or s.host in ("0.0.0.0", "::", "") else (s.host,)  # the bind address
+        self.any_host = "*" in s.allowed_hosts
+        self.hosts = LOOPBACK_HOSTS | {h.lower() for h in (*s.allowed_hosts, *own)}
+        self.cors = frozenset(o.rstrip("/") for o in s.cors_origins)
+        self.open_paths = {"/healthz"} | PAGES | ({"/readyz"} if s.public_readyz else set()) | (
+            {"/metrics"} if s.public_metrics else set())
+        self._mtime: tuple[int, int] | None = None
+        self._task: asyncio.Task | None = None
         self.reload(initial=True)
 
     # -- keys ------------------------------------------------------------------------------
@@ -95,25 +115,47 @@ class AccessPolicy:
     def auth_on(self) -> bool:
         return bool(self.settings.api_keys) or self.settings.api_key_file is not None
 
+    def key_id(self, key: str) -> str:
+        secret = self.settings.key_id_secret.get_secret_value().encode()
+        return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()[:8]
+
     def reload(self, initial: bool = False) -> None:
-        """Keys from the environment/settings and the file. A file that cannot be read at
-        start is an error; later, the keys in force are kept and the problem logged."""
-        keys = list(self.settings.api_keys)
+        """Keys from the environment/settings and the file. A file that cannot be read, or a
+        key too weak, is an error at start; later, the keys in force are kept and the
+        problem logged."""
+        try:
+            keys = self._read_keys()
+        except ValueError as exc:
+            if initial:
+                raise
+            log.error("%s; keeping the keys in force", exc)
+            return
+        self.digests = {hashlib.sha256(k.encode()).digest(): self.key_id(k) for k, _ in keys}
+        if keys:
+            log.info("API keys %s: %d key(s), ids %s", "loaded" if initial else "reloaded", len(keys),
+                     ", ".join(f"{self.key_id(k)} ({where})" for k, where in keys))
+
+    def _read_keys(self) -> list[tuple[str, str]]:
+        """(key, where it was given) for every key; ValueError for a file that cannot be
+        read or a key under MIN_KEY_BITS (its place named, never the key)."""
+        keys = [(k, f"MIDAS_ONNX_API_KEYS item {i}") for i, k in enumerate(self.settings.api_keys, 1)]
         path = self.settings.api_key_file
         if path is not None:
             try:
                 stat = path.stat()
                 lines = path.read_text(encoding="utf-8").splitlines()
-            except OSError as exc:
-                if initial:
-                    raise ValueError(f"--api-key-file {path}: cannot be read ({exc.strerror or exc})") from None
-                log.error("API key file %s cannot be read (%s); keeping the keys in force", path, exc.strerror or exc)
-                return
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ValueError(f"--api-key-file {path}: cannot be read ({getattr(exc, 'strerror', None) or exc})") \
+                    from None
             self._mtime = (stat.st_mtime_ns, stat.st_size)
-            keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-        self.digests = {hashlib.sha256(k.encode()).digest(): key_id(k) for k in keys}
-        if not initial:
-            log.info("API keys reloaded: %d key(s) (%s)", len(self.digests), ", ".join(sorted(self.digests.values())))
+            keys += [(line.strip(), f"{path.name} line {n}") for n, line in enumerate(lines, 1)
+                     if line.strip() and not line.lstrip().startswith("#")]
+        for key, where in keys:
+            if key_bits(key) < MIN_KEY_BITS:
+                raise ValueError(f"the API key at {where} is too weak ({len(key)} characters, at most "
+                                 f"{key_bits(key):.0f} bits; at least {MIN_KEY_BITS}): make keys with "
+                                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return keys
 
     def match(self, presented: str) -> str | None:
         """The key id of ``presented``, comparing against every key in constant time."""
@@ -147,54 +189,117 @@ class AccessPolicy:
             if (stat.st_mtime_ns, stat.st_size) != self._mtime:
                 self.reload()
 
-    # -- limits ------------------------------------------------------------------------------
-    def acquire(self, kid: str) -> float | None:
-        """Take one request for ``kid``: None if allowed, else seconds until it would be."""
-        s = self.settings
-        now = time.monotonic()
-        burst = s.key_burst or max(1.0, 2 * s.key_rate)
-        b = self._buckets.setdefault(kid, _Bucket(burst, now))
-        if s.key_concurrency and b.active >= s.key_concurrency:
-            return 1.0
-        if s.key_rate > 0:
-            b.tokens = min(burst, b.tokens + (now - b.stamp) * s.key_rate)
-            b.stamp = now
-            if b.tokens < 1:
-                return (1 - b.tokens) / s.key_rate
-            b.tokens -= 1
-        b.active += 1
+    # -- the checks: each returns a refusal, or None ---------------------------------------------
+    def unthrottled(self, path: str) -> bool:
+        """Paths never slowed nor counted by the refusal throttle (see the module docstring)."""
+        return path in ("/healthz", "/favicon.ico") or (path in ("/readyz", "/metrics") and path in self.open_paths)
+
+    def check_host(self, path: str, headers: Headers) -> ApiError | None:
+        """Every Host header (a request has one; several are refused whatever they say) must
+        be served here."""
+        if self.any_host or path in PROBES:
+            return None
+        for host in headers.getlist("host") or [""]:
+            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+            if name.lower() not in self.hosts:
+                return ApiError(400, "bad_host", f"host {host[:100]!r} is not served here (add it with --allowed-host)")
+        if len(headers.getlist("host")) > 1:
+            return ApiError(400, "bad_host", "more than one Host header")
         return None
 
-    def release(self, kid: str) -> None:
-        self._buckets[kid].active -= 1
+    def check_origin(self, scheme: str, headers: Headers) -> ApiError | None:
+        """A browser's request from another site is refused unless that site is a
+        --cors-origin (every Origin header must pass)."""
+        origins = [o.rstrip("/") for o in headers.getlist("origin") if o.rstrip("/") not in ("", "null")]
+        for origin in origins:
+            if origin not in (f"{scheme}://{headers.get('host', '')}", *self.cors):
+                return ApiError(403, "cross_origin", f"requests from {origin[:100]} are not allowed (see --cors-origin)")
+        if origins:
+            return None
+        if headers.get("sec-fetch-site") == "cross-site" and headers.get("sec-fetch-mode") != "navigate":
+            return ApiError(403, "cross_origin", "cross-site requests are not allowed (see --cors-origin)")
+        return None
+
+    def authenticate(self, path: str, presented: str | None, server: tuple | None) -> tuple[str | None, ApiError | None]:
+        """(the key's id, None) when ``presented`` (the key given, None for none) may reach
+        ``path``; (None, refusal) otherwise."""
+        if path in self.open_paths:
+            return None, None
+        if not self.auth_on:
+            if server and not is_loopback(str(server[0])) and not self.settings.insecure_no_auth:
+                return None, ApiError(403, "keys_required", "this server has no API keys and is reachable beyond "
+                                      "loopback; its operator must give keys or --insecure-no-auth")
+            return None, None
+        if not presented:
+            return None, ApiError(401, "unauthorized", "an API key is required: Authorization: Bearer <key>",
+                                  headers={"WWW-Authenticate": 'Bearer realm="midas-onnx"'})
+        kid = self.match(presented)
+        if kid is None:
+            return None, ApiError(401, "unauthorized", "the API key is not valid",
+                                  headers={"WWW-Authenticate": 'Bearer realm="midas-onnx", error="invalid_token"'})
+        return kid, None
+
+    def admit_key(self, kid: str) -> ApiError | None:
+        """One request in progress for ``kid`` (``release_key`` it), or the 429 refusing it."""
+        s = self.settings
+        bucket = self.key_buckets.get(kid)
+        if s.key_concurrency and bucket.active >= s.key_concurrency:  # type: ignore[union-attr]
+            return self._rate_limited(kid, 1.0)
+        if s.key_rate > 0:
+            wait = self.key_buckets.due(bucket)  # type: ignore[arg-type]
+            if wait > 0:
+                return self._rate_limited(kid, wait)
+            bucket.tokens -= 1  # type: ignore[union-attr]
+        bucket.active += 1  # type: ignore[union-attr]
+        return None
+
+    def release_key(self, kid: str) -> None:
+        self.key_buckets.done(kid)
+
+    @staticmethod
+    def _rate_limited(kid: str, wait: float) -> ApiError:
+        retry = max(1, math.ceil(wait))
+        return ApiError(429, "rate_limited", f"too many requests for key {kid}; retry after {retry} s",
+                        retry_after=retry)
+
+    def count(self, refusal: ApiError, kid: str | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.refused.labels(refusal.code, kid or "-").inc()
+
+
+def bearer(headers: Headers) -> str | None:
+    """The key of an ``Authorization: Bearer`` header, if any."""
+    scheme, _, presented = headers.get("authorization", "").partition(" ")
+    return presented.strip() if scheme.lower() == "bearer" and presented.strip() else None
 
 
 class AccessControl:
-    """The ASGI middleware applying an ``AccessPolicy`` (see the module docstring)."""
+    """The ASGI middleware applying an ``AccessPolicy`` to HTTP requests (WebSockets pass
+    through: serve.stream applies the same checks in its handshake). A ``--cors-origin``'s
+    requests go through Starlette's CORSMiddleware first (preflights answered there, CORS
+    headers on every answer, refusals included); any other's straight to the checks."""
 
     def __init__(self, app, policy: AccessPolicy) -> None:
         self.app, self.policy = app, policy
-        s = policy.settings
-        self.allow_any_host = "*" in s.allowed_hosts
-        own = () if is_loopback(s.host) or s.host in ("0.0.0.0", "::", "") else (s.host,)  # the bind address
-        self.hosts = LOOPBACK_HOSTS | {h.lower() for h in (*s.allowed_hosts, *own)}
-        self.cors = frozenset(o.rstrip("/") for o in s.cors_origins)
-        pages = {"/", "/live", "/static/key.js"}  # they ask for the key themselves
-        self.open_paths = {"/healthz"} | pages | ({"/readyz"} if s.public_readyz else set()) | (
-            {"/metrics"} if s.public_metrics else set())
+        self.cors_app = CORSMiddleware(self._throttled, allow_origins=sorted(policy.cors), allow_methods=["*"],
+                                       allow_headers=["*"], max_age=600,
+                                       expose_headers=["Retry-After", "Location", "WWW-Authenticate"])
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        origin = headers.get("origin", "").rstrip("/")
-        cors = origin if origin in self.cors else None
-        if scope["path"] in UNTHROTTLED or not self.policy.refusals.on:
-            return await self._checked(scope, receive, send, headers, origin, cors)
+        origin = Headers(scope=scope).get("origin", "").rstrip("/")
+        await (self.cors_app if origin in self.policy.cors else self._throttled)(scope, receive, send)
+
+    async def _throttled(self, scope, receive, send) -> None:
+        """The refusal throttle (serve.refusals) around the checks."""
+        policy = self.policy
+        if policy.unthrottled(scope["path"]) or not policy.refusals.on:
+            return await self._checked(scope, receive, send)
         client = client_of(scope)
-        wait, pending = self.policy.refusals.admit(client)
+        wait, pending = policy.refusals.admit(client)
         if wait > 0:
-            return await self._slow_down(scope, send, client, wait, cors)
+            return await self._slow_down(scope, receive, send, client, wait)
         status = [499]  # no answer: the client left
 
         async def counted(message) -> None:
@@ -203,34 +308,32 @@ class AccessControl:
             await send(message)
 
         try:
-            await self._checked(scope, receive, counted, headers, origin, cors)
+            await self._checked(scope, receive, counted)
         finally:
-            self.policy.refusals.settle(client, pending, status[0])
+            policy.refusals.settle(client, pending, status[0])
 
-    async def _checked(self, scope, receive, send, headers: dict, origin: str, cors: str | None) -> None:
+    async def _checked(self, scope, receive, send) -> None:
         """Hosts, origins, keys and per-key limits (the module docstring's 1-4), then the app."""
-        refusal = self._check_host(headers) or self._check_origin(scope, headers, origin)
-        if refusal:
-            return await self._refuse(scope, send, *refusal)
-        if cors and scope["method"] == "OPTIONS" and "access-control-request-method" in headers:
-            return await _send_json(send, 204, None, _cors_headers(cors, preflight=True))
-        refusal = self._authenticate(scope, headers)
-        if refusal:
-            return await self._refuse(scope, send, *refusal, cors=cors)
-        if scope["path"] in self.open_paths:  # probes and the page: never limited per key
-            return await self.app(scope, receive, _with_cors(send, cors) if cors else send)
-        kid = scope.get("midas.key_id") or "-"
-        wait = self.policy.acquire(kid)
-        if wait is not None:
-            retry = str(max(1, math.ceil(wait)))
-            return await self._refuse(scope, send, 429, "rate_limited", f"too many requests for key {kid}; "
-                                      f"retry after {retry} s", {"Retry-After": retry}, cors=cors)
-        try:
-            await self.app(scope, receive, _with_cors(send, cors) if cors else send)
-        finally:
-            self.policy.release(kid)
+        p, headers, path = self.policy, Headers(scope=scope), scope["path"]
+        refusal = p.check_host(path, headers) or p.check_origin(scope.get("scheme", "http"), headers)
+        kid = None
+        if refusal is None:
+            kid, refusal = p.authenticate(path, bearer(headers), scope.get("server"))
+        if refusal is None and path not in p.open_paths:
+            if kid is not None:
+                scope["midas.key_id"] = kid
+            refusal = p.admit_key(kid or "-")
+            if refusal is None:
+                try:
+                    return await self.app(scope, receive, send)
+                finally:
+                    p.release_key(kid or "-")
+        if refusal is not None:
+            p.count(refusal, kid)
+            return await refusal.response()(scope, receive, send)
+        await self.app(scope, receive, send)
 
-    async def _slow_down(self, scope, send, client: str, wait: float, cors: str | None) -> None:
+    async def _slow_down(self, scope, receive, send, client: str, wait: float) -> None:
         """429 for a client over its refusals, its body never read, answered when its next
         token is due (so a client looping on refusals loops at ``refusal_rate``). With no
         hold slot free (serve.refusals bounds them), answered at once, closing the connection."""
@@ -241,92 +344,10 @@ class AccessControl:
                 await asyncio.sleep(wait)
             finally:
                 throttle.end_hold(client)
-        retry = str(0 if holding else max(1, math.ceil(wait)))
+        retry = 0 if holding else max(1, math.ceil(wait))
         when = "the next may be sent now" if holding else f"retry after {retry} s"
-        await self._refuse(scope, send, 429, "too_many_refusals",
-                           f"too many refused requests from this client (more than {throttle.burst}, then "
-                           f"{throttle.rate:g} a second); {when}",
-                           {"Retry-After": retry} | ({} if holding else {"Connection": "close"}), cors=cors)
-
-    def _check_host(self, headers: dict) -> tuple | None:
-        if self.allow_any_host:
-            return None
-        host = headers.get("host", "")
-        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-        if name.lower() not in self.hosts:
-            return 400, "bad_host", f"host {host[:100]!r} is not served here (add it with --allowed-host)"
-        return None
-
-    def _check_origin(self, scope: dict, headers: dict, origin: str) -> tuple | None:
-        if origin and origin != "null":
-            own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}"
-            if origin == own or origin in self.cors:
-                return None
-            return 403, "cross_origin", f"requests from {origin[:100]} are not allowed (see --cors-origin)"
-        if origin == "null" or (headers.get("sec-fetch-site") == "cross-site"
-                                and headers.get("sec-fetch-mode") != "navigate"):
-            return 403, "cross_origin", "cross-site requests are not allowed (see --cors-origin)"
-        return None
-
-    def _authenticate(self, scope: dict, headers: dict) -> tuple | None:
-        p = self.policy
-        if scope["path"] in self.open_paths:
-            return None
-        if not p.auth_on:
-            server = scope.get("server")
-            if server and not is_loopback(str(server[0])) and not p.settings.insecure_no_auth:
-                return 403, "keys_required", "this server has no API keys and is reachable beyond loopback; " \
-                                             "its operator must give keys or --insecure-no-auth"
-            return None
-        scheme, _, presented = headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return 401, "unauthorized", "an API key is required: Authorization: Bearer <key>", \
-                {"WWW-Authenticate": 'Bearer realm="midas-onnx"'}
-        kid = p.match(presented.strip())
-        if kid is None:
-            return 401, "unauthorized", "the API key is not valid", \
-                {"WWW-Authenticate": 'Bearer realm="midas-onnx", error="invalid_token"'}
-        scope["midas.key_id"] = kid
-        return None
-
-    async def _refuse(self, scope, send, status: int, code: str, message: str, headers: dict | None = None,
-                      cors: str | None = None) -> None:
-        self.policy.metrics.refused.labels(code, scope.get("midas.key_id") or "-").inc()
-        headers = dict(headers or {}) | (_cors_headers(cors) if cors else {})
-        await _send_json(send, status, {"error": {"status": status, "code": code, "message": message}}, headers)
-
-
-def _cors_headers(origin: str, preflight: bool = False) -> dict[str, str]:
-    out = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
-           "Access-Control-Expose-Headers": "Retry-After, Location, WWW-Authenticate"}
-    if preflight:
-        out |= {"Access-Control-Allow-Methods": "GET, POST", "Access-Control-Allow-Headers": "Authorization, Content-Type",
-                "Access-Control-Max-Age": "600"}
-    return out
-
-
-def _with_cors(send, origin: str):
-    extra = [(k.lower().encode(), v.encode()) for k, v in _cors_headers(origin).items()]
-
-    async def cors_send(message) -> None:
-        if message["type"] == "http.response.start":
-            message = {**message, "headers": list(message.get("headers", [])) + extra}
-        await send(message)
-
-    return cors_send
-
-
-async def _send_json(send, status: int, body: dict | None, headers: dict[str, str]) -> None:
-    data = json.dumps(body).encode() if body is not None else b""
-    raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()] + [(b"content-length", str(len(data)).encode())]
-    if body is not None:
-        raw.append((b"content-type", b"application/json"))
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": data})
-
-
-def keys_in(settings: ServeSettings) -> int:
-    """How many keys the settings give (file and environment), for the CLI's bind check."""
-    policy = AccessPolicy(settings, metrics=None)
-    return len(policy.digests) if policy.auth_on else 0
-
+        refusal = ApiError(429, "too_many_refusals", f"too many refused requests from this client (more than "
+                           f"{throttle.burst}, then {throttle.rate:g} a second); {when}", retry_after=retry,
+                           headers={} if holding else {"Connection": "close"})
+        self.policy.count(refusal)
+        await refusal.response()(scope, receive, send)

@@ -80,12 +80,14 @@ def app_from_env() -> FastAPI:
 def run_uvicorn(app: FastAPI, settings: ServeSettings) -> None:
     """The CLI's server: uvicorn on ``settings.host:port``. ``ws_max_size``: uvicorn refuses
     a larger WebSocket message before buffering it (its own default is 16 MiB), the same cap
-    as an HTTP body; ``limit_concurrency`` bounds the connections (and so what their buffers
-    hold)."""
+    as an HTTP body; no permessage-deflate (a compressed message inflates on the event loop,
+    up to a thousandfold, and JPEG frames gain nothing); ``limit_concurrency`` bounds the
+    connections (and so what their buffers hold)."""
     import uvicorn
 
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", access_log=False,
-                ws_max_size=settings.max_body_bytes, limit_concurrency=settings.limit_concurrency)
+                ws_max_size=settings.max_body_bytes, ws_per_message_deflate=False,
+                limit_concurrency=settings.limit_concurrency)
 
 
 def _version() -> str:

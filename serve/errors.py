@@ -1,8 +1,11 @@
 """One error envelope for every 4xx and 5xx: ``{"error": {"status", "code", "message"}}``.
 
-The service's own errors (``ApiError``), FastAPI's validation errors, Starlette's 404/405
-and any unexpected exception (in ``serve.observe``) all answer in this shape, so a client
-parses one thing and no traceback ever reaches it.
+``envelope`` is the one builder: the service's own errors (``ApiError``), refusals of the
+access layer (serve.access, which returns them as values), FastAPI's validation errors,
+Starlette's 404/405, the 500 of an unexpected exception (serve.observe), a WebSocket
+handshake refused (serve.stream) and the page HAProxy answers for a lost replica
+(serve.ray_deploy) all answer in this shape, so a client parses one thing and no
+traceback ever reaches it. A job's or a stream frame's error is the same ``entry``.
 """
 
 from __future__ import annotations
@@ -17,25 +20,31 @@ NAMED_PARAMETERS = ("format", "colormap", "alpha", "overlay", "known_depths")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 
 
+def entry(status: int, code: str, message: str) -> dict:
+    return {"status": status, "code": code, "message": message}
+
+
+def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The error answer (a JSONResponse is also an ASGI app: middleware sends it as one)."""
+    return JSONResponse({"error": entry(status, code, message)}, status_code=status, headers=headers or None)
+
+
 class ApiError(Exception):
+    """An error answer, raised by routes or returned as a value (a refusal) by access checks."""
+
     def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
                  headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.retry_after = status, code, message, retry_after
         self.headers = dict(headers or {})
-        if retry_after:
+        if retry_after is not None:
             self.headers["Retry-After"] = str(retry_after)
 
     def response(self) -> JSONResponse:
         return envelope(self.status, self.code, self.message, self.headers)
 
     def entry(self) -> dict:
-        return {"status": self.status, "code": self.code, "message": self.message}
-
-
-def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"status": status, "code": code, "message": message}}, status_code=status,
-                        headers=headers or None)
+        return entry(self.status, self.code, self.message)
 
 
 def install(app: FastAPI) -> None:

@@ -9,13 +9,13 @@ request line cannot forge log lines.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
+from .errors import envelope
 from .flow import SendTimeout
 
 log = logging.getLogger("midas_onnx.serve")
@@ -43,6 +43,11 @@ class Metrics:
                                    "(serve.refusals)", registry=r)
         self.refused = Counter("midas_refused_total", "Requests refused by access control or limits",
                                ["reason", "key"], registry=r)
+        self.stream_connections = Gauge("midas_stream_connections", "Live WebSocket streams open", registry=r)
+        self.stream_frames = Counter("midas_stream_frames_total", "Stream frames by outcome (sent, dropped_replaced, "
+                                     "dropped_busy, error)", ["outcome"], registry=r)
+        self.stream_latency = Histogram("midas_stream_frame_seconds", "Frame arrival to heatmap sent", registry=r,
+                                        buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
     def observe(self, name: str, value: float) -> None:
         """The batcher's hook: batch_size, queue_seconds, decode_seconds, inference_seconds."""
@@ -89,7 +94,8 @@ class Observe:
             incident = uuid.uuid4().hex[:12]
             log.exception("unexpected error %s in %s %s", incident, scope.get("method"), printable_path(scope))
             if state["status"] == 0:
-                await _internal_error(observed_send, incident)
+                await envelope(500, "internal_error", f"unexpected server error (incident {incident}, logged)")(
+                    scope, receive, observed_send)
             else:
                 state["status"] = 500
         finally:
@@ -111,10 +117,3 @@ def _client(scope: dict) -> str:
     """The client's address as the log shows it (from X-Forwarded-For it may be anything)."""
     return printable(str((scope.get("client") or ("-",))[0]).encode(), 64)
 
-
-async def _internal_error(send, incident: str) -> None:
-    body = json.dumps({"error": {"status": 500, "code": "internal_error",
-                                 "message": f"unexpected server error (incident {incident}, logged)"}}).encode()
-    await send({"type": "http.response.start", "status": 500,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

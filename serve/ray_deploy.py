@@ -171,21 +171,20 @@ def _ingress_error_page(hap_dir: str, retry_after: int, wait_s: float = 20.0) ->
     ``serve.start`` and before the app's replicas are added. False (Ray's page kept) if the
     file does not appear."""
     import glob
-    import json
 
-    from .errors import ApiError
+    from .errors import envelope
 
     deadline = time.monotonic() + wait_s
     while not (pages := glob.glob(os.path.join(hap_dir, "*", "500.http"))):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
-    error = ApiError(503, "replica_unavailable", "the replica handling this request stopped; retry")
-    body = json.dumps({"error": error.entry()}).encode()  # the service's own envelope
-    head = ("HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Retry-After: {retry_after}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    answer = envelope(503, "replica_unavailable", "the replica handling this request stopped; retry",
+                      {"Retry-After": str(retry_after), "Connection": "close"})  # the service's own envelope
+    head = "HTTP/1.1 503 Service Unavailable\r\n" + "".join(
+        f"{k.decode()}: {v.decode()}\r\n" for k, v in answer.raw_headers) + "\r\n"
     for page in pages:
-        Path(page).write_bytes(head.encode() + body)
+        Path(page).write_bytes(head.encode() + answer.body)
     return True
 
 

@@ -111,3 +111,38 @@ def test_more_than_the_cap_is_refused_before_any_work(work, tmp_path):
     csv.write_text("x,y,depth_m\n" + "".join(f"{x},{y},{d}\n" for x, y, d in points))
     with pytest.raises(AlignmentError, match=f"at most {MAX_POINTS:,} are accepted"):
         metric.read_points(csv)
+
+
+@pytest.mark.parametrize("metres", [1e38, 1e170, 1e200, 1e-9])
+def test_absurd_distances_are_refused_not_an_infinite_fit(metres):
+    """Points at 1e170-1e200 m gave an infinite residual (a 500 from the server on every try:
+    JSON cannot carry it). Distances outside 1 um to 10,000 km are refused by name."""
+    prediction, _, _ = scene(0, 0.0)
+    points = [(x, y, metres * (1 + (x + y) / 1000)) for x, y in [(10, 10), (300, 200), (500, 50), (100, 350)]]
+    with pytest.raises(AlignmentError, match=r"depth_m .* is outside 1e-06 to 1e\+07 m"):
+        align(prediction, points)
+
+
+def test_the_residual_is_finite_at_the_largest_distances_accepted():
+    """At 10,000 km, errors of a few hundred km square past nothing: the residual is scaled."""
+    prediction, _, _ = scene(0, 0.0)
+    scale = 1e-7
+    points = [(float(x), float(y), 1.0 / (scale * float(prediction[y, x])) * (1.02 if k % 2 else 0.98))
+              for k, (x, y) in enumerate([(10, 10), (300, 200), (500, 50), (100, 350), (600, 100)])]
+    fit = align(prediction, points)
+    assert np.isfinite(fit.residual_m) and 0 < fit.residual_m < 1e6
+    assert metric._rms(np.array([3e200, -4e200])) == pytest.approx(np.sqrt(12.5) * 1e200)
+
+
+def test_a_csv_with_a_byte_order_mark_or_latin1_bytes(tmp_path):
+    """A spreadsheet's UTF-8 byte-order mark hid the x column; Latin-1 bytes were a
+    UnicodeDecodeError traceback (issue 33)."""
+    from runtime.metric import read_points
+
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("x,y,depth_m\n1,2,3.5\n".encode("utf-8-sig"))
+    assert [(p.x, p.y, p.depth_m) for p in read_points(bom)] == [(1.0, 2.0, 3.5)]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("x,y,depth_m,note\n1,2,3.5,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(AlignmentError, match="latin.csv: not UTF-8 text"):
+        read_points(latin)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import os
 import signal
 import socket
@@ -20,12 +21,14 @@ from .conftest import REPO
 from .test_serve import RAY_ARGS, SERVER_KINDS, SHARED_ARGS, free_port, jpeg, running_server, sample, scrape_replicas
 from .test_serve_hardening import wait_until
 
-KEY_A, KEY_B = "alpha-key-7f3e9c1d2b", "bravo-key-0a8b6c4e1f"
+KEY_A, KEY_B = "alpha-key-7f3e9c1d2b-Qm4Zt8Wk", "bravo-key-0a8b6c4e1f-Lp2Xv6Rn"
+SECRET = "key-id-secret-for-tests"
 JPEG = {"content-type": "image/jpeg"}
 
 
 def kid(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:8]
+    """A key's id as the servers here derive it (MIDAS_ONNX_KEY_ID_SECRET=SECRET)."""
+    return hmac.new(SECRET.encode(), key.encode(), hashlib.sha256).hexdigest()[:8]
 
 
 def bearer(key: str, **more) -> dict:
@@ -36,7 +39,8 @@ def bearer(key: str, **more) -> dict:
 def keyed_server(model, keys, *more):
     keys.write_text(f"# service keys\n{KEY_A}\n")
     with running_server(model, "--api-key-file", str(keys), "--key-rate", "3", "--key-concurrency", "1",
-                        "--cors-origin", "https://app.example", *more, env={"MIDAS_ONNX_API_KEYS": KEY_B}) as base:
+                        "--cors-origin", "https://app.example", *more,
+                        env={"MIDAS_ONNX_API_KEYS": KEY_B, "MIDAS_ONNX_KEY_ID_SECRET": SECRET}) as base:
         base.keys = keys
         yield base
 
@@ -87,7 +91,7 @@ def test_keys_never_logged_only_their_ids(keyed):
 
 
 def test_key_file_reloads_on_change_and_on_sighup(keyed):
-    new = "charlie-key-5d4c3b2a19"
+    new = "charlie-key-5d4c3b2a19-Hs7Jd3Fq"
     keyed.keys.write_text(f"{new}\n{KEY_A}x\n")  # KEY_A replaced; size and mtime change
     wait_until(lambda: httpx.get(keyed + "/v1/jobs/x", headers=bearer(new)).status_code == 404, "reload on mtime",
                timeout=10)
@@ -108,9 +112,12 @@ def test_key_file_reloads_on_change_and_on_sighup(keyed):
 
 def test_foreign_host_is_refused(keyed_any):
     """A DNS-rebinding page reaches the server under its own name."""
-    r = httpx.get(keyed_any + "/readyz", headers={"host": "evil.example:8000"})
+    r = httpx.get(keyed_any + "/v1/jobs/x", headers={"host": "evil.example:8000", **bearer(KEY_B)})
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_host"
-    assert httpx.get(keyed_any + "/readyz", headers={"host": "localhost"}).status_code == 200
+    assert httpx.get(keyed_any + "/v1/jobs/x", headers={"host": "localhost", **bearer(KEY_B)}).status_code == 404
+    # probes are exempt: load balancers and orchestrators send the pod's address
+    assert httpx.get(keyed_any + "/readyz", headers={"host": "10.1.2.3:8000"}).status_code == 200
+    assert httpx.get(keyed_any + "/healthz", headers={"host": "10.1.2.3:8000"}).status_code == 200
 
 
 def test_cross_site_post_is_refused_and_cors_origin_gets_cors(keyed_any, photo_set):
@@ -125,8 +132,8 @@ def test_cross_site_post_is_refused_and_cors_origin_gets_cors(keyed_any, photo_s
     pre = httpx.options(keyed_any + "/v1/depth", headers={"origin": "https://app.example",
                                                       "access-control-request-method": "POST",
                                                       "access-control-request-headers": "authorization"})
-    assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "https://app.example"
-    assert "Authorization" in pre.headers["access-control-allow-headers"]
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://app.example"
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
     ok = httpx.post(keyed_any + "/v1/depth", content=data, timeout=60,
                     headers=bearer(KEY_B, origin="https://app.example", **JPEG))
     assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
@@ -165,7 +172,7 @@ def test_open_loopback_server_still_refuses_cross_site_posts(fixed_model, photo_
         r = httpx.post(base + "/v1/depth", content=jpeg(photo_set["chelsea"]),
                        headers={"origin": "https://evil.example", "sec-fetch-site": "cross-site", **JPEG})
         assert r.status_code == 403
-        assert httpx.get(base + "/readyz", headers={"host": "rebound.evil.example"}).status_code == 400
+        assert httpx.get(base + "/v1/jobs/x", headers={"host": "rebound.evil.example"}).status_code == 400
         assert httpx.post(base + "/v1/depth", content=jpeg(photo_set["chelsea"]), headers=JPEG,
                           timeout=60).status_code == 200
 

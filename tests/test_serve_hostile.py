@@ -224,7 +224,8 @@ def test_a_client_that_leaves_during_its_hold_gives_the_slot_back(fixed_model):
 def test_refusal_buckets_are_bounded():
     """A client per address: an attacker with many addresses cannot grow the table past
     MAX_CLIENTS; clients whose bucket refilled are forgotten before those still slowed."""
-    from serve.refusals import MAX_CLIENTS, RefusalThrottle
+    from serve.buckets import MAX_NAMES as MAX_CLIENTS
+    from serve.refusals import RefusalThrottle
 
     now = [0.0]
     throttle = RefusalThrottle(rate=0.1, burst=2, clock=lambda: now[0])
@@ -266,16 +267,16 @@ def hostile(request, fixed_model):
         yield base
 
 
-def test_absurd_distances_never_reach_a_500(hostile, photo_set):
-    """Points at 1e38 m fit a scale near 1e-40: metres past float32 at some pixels used to
-    come out as inf, which JSON cannot carry (500). They are left out like missing ones."""
-    pts = [[x, y, 1e38 * (1 + (x + y) / 1000)] for x, y in [(10, 10), (300, 200), (500, 50), (100, 350), (600, 400)]]
+@pytest.mark.parametrize("metres", [1e38, 1e185])
+def test_absurd_distances_never_reach_a_500(hostile, photo_set, metres):
+    """Points at 1e38 m fit a scale near 1e-40 (metres past float32 came out as inf, a 500);
+    at 1e185 m the fit's residual itself was infinite (a 500 on every try, never throttled).
+    Distances beyond 10,000 km are refused by name now."""
+    pts = [[x, y, metres * (1 + (x + y) / 1000)] for x, y in [(10, 10), (300, 200), (500, 50), (100, 350), (600, 400)]]
     r = httpx.post(hostile + "/v1/depth", params={"format": "json", "known_depths": json.dumps(pts)},
                    content=jpeg(photo_set["coffee"]), headers=JPEG, timeout=60)
-    assert r.status_code in (200, 422), r.text
-    if r.status_code == 200:
-        summary = r.json()["metric_depth_m"]
-        assert summary is None or all(np.isfinite(v) for v in summary.values())
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_known_depths", r.text
+    assert "is outside 1e-06 to 1e+07 m" in r.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("text, message", [

@@ -79,12 +79,12 @@ def closed_with(ws, timeout: float = 30) -> tuple[int, str]:
 
 
 def open_streams(svc) -> float:
-    return svc.metrics._stream_metrics["connections"]._value.get()
+    return svc.metrics.stream_connections._value.get()
 
 
 @pytest.fixture(scope="module")
 def settings(fixed_model) -> ServeSettings:
-    return ServeSettings(model=fixed_model, workers=1, quiet=True)
+    return ServeSettings(model=fixed_model, workers=1, quiet=True, max_streams_per_client=8)
 
 
 def test_frames_in_heatmaps_out_following_the_input(settings):
@@ -119,7 +119,7 @@ def test_newest_frame_wins_while_one_is_in_flight(settings):
         assert first["frame"] == 0
         assert newest["frame"] == 9 and newest["dropped"] == 8, newest
         assert held.calls == 2
-        metrics = svc.metrics._stream_metrics["frames"]
+        metrics = svc.metrics.stream_frames
         assert metrics.labels("dropped_replaced")._value.get() == 8
 
 
@@ -133,7 +133,7 @@ def test_full_queue_drops_the_frame_instead_of_queueing(settings):
             b.send(jpg(frame(1)))
             wait_until(lambda: svc.batcher.depth() == 1, "b's frame queued")
             c.send(jpg(frame(2)))  # no room: dropped
-            wait_until(lambda: svc.metrics._stream_metrics["frames"].labels("dropped_busy")._value.get() == 1,
+            wait_until(lambda: svc.metrics.stream_frames.labels("dropped_busy")._value.get() == 1,
                        "c's frame dropped")
             held.release.set()
             assert next_heatmap(a)[0]["frame"] == 0 and next_heatmap(b)[0]["frame"] == 0
@@ -257,3 +257,56 @@ def test_a_key_guesser_over_websocket_is_slowed(settings):
         time.sleep(1.1)  # one token back
         with connect(base + PATH + "?key=guess-4", source_address=("127.0.0.4", 0)) as ws:
             assert closed_with(ws) == (4401, "the API key is not valid")
+
+
+# -- issue 32: what one client can do to the stream -------------------------------------------------
+def test_no_permessage_deflate(fixed_model):
+    """The CLI's server offered permessage-deflate (a 20 MB message could inflate about a
+    thousandfold on the event loop; JPEG frames gain nothing from it)."""
+    from .test_serve import running_server
+
+    with running_server(fixed_model, "--quiet") as base, \
+            connect(base.replace("http://", "ws://") + PATH, compression="deflate") as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        ws.send(jpg(frame(0)))
+        assert next_heatmap(ws)[0]["frame"] == 0
+
+
+def test_one_client_cannot_hold_every_stream(settings):
+    with stream_app(settings.replace(max_streams=3, max_streams_per_client=2)) as (base, svc):
+        with connect(base + PATH) as a, connect(base + PATH) as b:
+            with connect(base + PATH) as third:
+                code, reason = closed_with(third)
+            assert code == 1013 and "from this client (at most 2)" in reason
+            with connect(base + PATH, source_address=("127.0.0.9", 0)) as other:  # another client
+                other.send(jpg(frame(0)))
+                assert next_heatmap(other)[0]["frame"] == 0
+            a.send(jpg(frame(1)))
+            assert next_heatmap(a)[0]["frame"] == 0
+            assert b.protocol.state.name == "OPEN"
+
+
+def test_text_messages_do_not_keep_a_stream_open_and_bad_frames_close_it(settings):
+    """Any text message reset the idle timer, so one client could hold every place with a
+    message a minute; bad frames were answered for ever. Now only frames count as activity,
+    each refused message counts against the client, and --max-bad-frames close the stream."""
+    with stream_app(settings.replace(stream_idle_timeout=1.0, max_bad_frames=50)) as (base, svc), \
+            connect(base + PATH) as ws:
+        t = time.perf_counter()
+        with pytest.raises(ConnectionClosed) as caught:
+            for _ in range(40):
+                ws.send("still here")
+                ws.recv(timeout=5)  # its bad_message notice
+                time.sleep(0.1)
+        assert caught.value.rcvd.code == 1000 and "no frame for 1 s" in caught.value.rcvd.reason
+        assert time.perf_counter() - t < 4
+    with stream_app(settings.replace(max_bad_frames=3, refusal_burst=3, refusal_rate=0.01)) as (base, svc):
+        with connect(base + PATH) as ws:
+            for k in range(3):
+                ws.send(b"\x00not an image" * 10)
+                assert json.loads(ws.recv(timeout=30))["error"]["code"] == "bad_image"
+            code, reason = closed_with(ws)
+        assert code == 1008 and "3 frames or messages refused (at most 3)" in reason
+        with pytest.raises(InvalidStatus) as denied:  # counted against the client like refused requests
+            connect(base + PATH)
+        assert denied.value.response.status_code == 429
