@@ -19,7 +19,7 @@ host of the app (uvicorn here; a Ray Serve replica) gets them. In order:
    ``MIDAS_ONNX_API_KEYS``; each must carry at least 128 bits (``key_bits``: 32 hex digits,
    22 base64url characters). They are compared in constant time (SHA-256 digests, every key
    compared) and never logged: logs and metrics show a key's id, an HMAC of the key under
-   ``--key-id-secret`` (random per start unless set), so an id is no offline oracle. The
+   ``MIDAS_ONNX_KEY_ID_SECRET`` (random per start unless set), so an id is no offline oracle. The
    file is re-read on SIGHUP and when its mtime changes. Missing or wrong key: 401 with
    ``WWW-Authenticate``. With no keys at all, a request that arrived on a non-loopback
    address is refused (403) unless ``--insecure-no-auth``; the CLI refuses to bind there in

@@ -389,6 +389,52 @@ async def test_a_caller_cancelled_while_decoding_keeps_its_place_until_the_decod
         await batcher.stop()
 
 
+# -- jobs --------------------------------------------------------------------------------------
+async def test_a_job_whose_store_cannot_mark_it_running_still_finishes():
+    """A failure setting a job running left it queued for ever, its lease renewed."""
+    from serve.jobs import Jobs, JobStore
+
+    store = JobStore(60, 8, 10**8, 8)
+
+    async def call(method, *args):
+        if method == "start":
+            raise ConnectionError("the store is away for a moment")
+        return getattr(store, method)(*args)
+
+    async with stub_app() as (http, svc):
+        svc.jobs = Jobs(call)
+        created = await http.post("/v1/jobs", content=png(), headers=PNG)
+        assert created.status_code == 202
+        url = created.json()["url"]
+        for _ in range(200):
+            if (view := (await http.get(url)).json())["status"] == "done":
+                break
+            await asyncio.sleep(0.01)
+        assert view["status"] == "done" and "heatmap_png_base64" in view["results"][0]
+        assert svc.jobs.running() == 0  # no lease left to renew
+
+
+async def test_a_slow_job_store_never_blocks_the_event_loop():
+    """Under --ray every store call was a blocking ray.get on the event loop (the /metrics
+    gauges too): a slow store stalled every request. Calls are awaited now."""
+    from serve.jobs import Jobs, JobStore
+
+    store = JobStore(60, 8, 10**8, 8)
+
+    async def slow(method, *args):
+        await asyncio.sleep(0.5)
+        return getattr(store, method)(*args)
+
+    async with stub_app() as (http, svc):
+        svc.jobs = Jobs(slow)
+        metrics = asyncio.ensure_future(http.get("/metrics"))
+        await asyncio.sleep(0.05)
+        t = asyncio.get_running_loop().time()
+        assert (await http.get("/healthz")).status_code == 200
+        assert asyncio.get_running_loop().time() - t < 0.3  # not behind the store's half second
+        assert (await metrics).status_code == 200
+
+
 # -- the stream's one sender ---------------------------------------------------------------------
 class StalledSocket:
     """A WebSocket whose client reads nothing: every send (a close included) waits for ever."""
