@@ -2,7 +2,7 @@
 #
 #   docker build -t midas-onnx .
 #   docker run -p 8000:8000 -e MIDAS_ONNX_API_KEY_FILE=/run/secrets/midas-onnx-keys \
-#     -v ./keys.txt:/run/secrets/midas-onnx-keys:ro midas-onnx
+#     -v "$PWD/keys.txt:/run/secrets/midas-onnx-keys:ro" midas-onnx
 #
 # The model is exported (CPU PyTorch) and quantized to INT8 while the image builds; the image
 # that runs holds Python, the runtime, the EXTRAS and the INT8 model, never torch.
@@ -27,8 +27,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
 
+# The build stages' venv, with binutils for strip; the image that runs copies /opt/venv alone.
 FROM python AS venv
-RUN python3 -m venv /opt/venv
+RUN apt-get update && apt-get install --yes --no-install-recommends binutils && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/venv
 
 # Requirement lists read from pyproject.toml, so that dependency layers are rebuilt only when
 # it changes, not on every code change: core (the base install), extras (EXTRAS), quantize, export.
@@ -46,27 +48,22 @@ FROM venv AS wheel
 COPY . /src
 RUN pip wheel --no-deps --wheel-dir /wheels /src
 
-# The runtime's dependencies, each list its own layer, then the wheel itself.
+# The runtime's dependencies, each list its own layer, then the wheel itself. What the image
+# runs needs no installer, no test suites and no debug symbols: uvloop's and httptools' wheels
+# carry theirs (13 MB). Only those are stripped: libraries that auditwheel patched
+# (numpy.libs, ...) break when strip rewrites them.
 FROM venv AS core
 COPY --from=requirements /src/core.txt /tmp/
 RUN pip install -r /tmp/core.txt && rm /tmp/core.txt
 
 FROM core AS app
 COPY --from=requirements /src/extras.txt /tmp/
-RUN pip install -r /tmp/extras.txt && rm /tmp/extras.txt
-COPY --from=wheel /wheels/ /tmp/wheels/
-RUN pip install --no-deps /tmp/wheels/*.whl && pip check && rm -r /tmp/wheels
-
-# What the image runs needs no installer, no test suites and no debug symbols: uvloop's and
-# httptools' wheels carry theirs (13 MB). Only those two are stripped: libraries that
-# auditwheel patched (numpy.libs, ...) break when strip rewrites them. binutils stays here.
-FROM python AS slim
-RUN apt-get update && apt-get install --yes --no-install-recommends binutils && rm -rf /var/lib/apt/lists/*
-COPY --from=app /opt/venv/ /opt/venv/
-RUN pip uninstall --yes --quiet pip setuptools \
- && find /opt/venv -depth -type d -name tests -exec rm -r {} + \
+RUN pip install -r /tmp/extras.txt && rm /tmp/extras.txt \
  && find /opt/venv \( -path '*/site-packages/uvloop/*' -o -path '*/site-packages/httptools/*' \) -name '*.so' \
       -exec strip --strip-debug {} +
+COPY --from=wheel /wheels/ /tmp/wheels/
+RUN pip install --no-deps /tmp/wheels/*.whl && pip check && rm -r /tmp/wheels \
+ && pip uninstall --yes --quiet pip setuptools && find /opt/venv -depth -type d -name tests -exec rm -r {} +
 
 # Export: the official checkpoint (downloaded by `export`, or the checkpoint context) to a
 # verified fp32 ONNX file, with the CPU build of the torch release pyproject.toml pins.
@@ -108,8 +105,10 @@ ARG EXTRAS
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/midas midas \
  && case ",$EXTRAS," in *,ray,*) apt-get update && apt-get install --yes --no-install-recommends wget \
       && rm -rf /var/lib/apt/lists/* ;; esac
-COPY --from=slim /opt/venv/ /opt/venv/
+COPY --from=app /opt/venv/ /opt/venv/
 COPY --from=model /models/midas_small.int8.onnx /models/midas_small.int8.report.json /models/
+# VERSION is midas_onnx.__version__ (tests/test_container.py holds them equal); SOURCE, the
+# repository's URL, is given by whoever publishes the image.
 ARG VERSION=0.1.0
 ARG SOURCE=""
 LABEL org.opencontainers.image.title="midas-onnx" \

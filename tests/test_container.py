@@ -146,7 +146,11 @@ def test_runtime_has_no_torch_no_installer_and_no_compiler(pm, image):
 
 
 def test_beyond_loopback_it_needs_keys_or_an_explicit_insecure_no_auth(pm, image, photo_set):
-    refused = pm("run", "--rm", image, check=False)
+    name = f"midas-onnx-test-{RUN_ID}-refused"
+    try:
+        refused = pm("run", "--name", name, image, check=False, timeout=120)  # a server would run on
+    finally:
+        pm("rm", "--force", "--time", "0", name, check=False)
     assert refused.returncode == 1
     assert "refusing to serve on 0.0.0.0 without API keys" in refused.stderr
     for role, args, command in (("open-env", ("--env", "MIDAS_ONNX_INSECURE_NO_AUTH=1"), ()),
