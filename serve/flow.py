@@ -147,7 +147,7 @@ class Answer(Response):
     the socket before taking the next), whose ``charge`` is released after the last one, or
     when the client has not read it all within ``send_timeout`` seconds (``SendTimeout``:
     the connection is closed). ``parts``: the body as byte strings sent one after another,
-    never joined (a finished job's cached results are sent without a copy)."""
+    never joined (a finished job's cached results are copied a chunk at a time only)."""
 
     def __init__(self, parts: bytes | Iterable[bytes], media_type: str, send_timeout: float,
                  charge: Charge | None = None, status_code: int = 200, headers: dict[str, str] | None = None) -> None:
@@ -168,8 +168,9 @@ class Answer(Response):
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 for part in self.parts:
                     view = memoryview(part)
-                    for at in range(0, len(view), CHUNK):
-                        await send({"type": "http.response.body", "body": view[at:at + CHUNK], "more_body": True})
+                    for at in range(0, len(view), CHUNK):  # bytes: Ray Serve's proxy pickles each message
+                        await send({"type": "http.response.body", "body": bytes(view[at:at + CHUNK]),
+                                    "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except TimeoutError:
             raise SendTimeout(f"the client did not read its answer within {self.send_timeout:g} s") from None

@@ -141,8 +141,8 @@ class JobStore:
         if job is not None and job.finished_at is None:
             self._finish(job, error)
 
-    def _finish(self, job: _Job, error: str | None) -> None:
-        job.status, job.error, job.finished_at = ("failed" if error else "done"), error, time.monotonic()
+    def _finish(self, job: _Job, error: str | None, status: str | None = None) -> None:
+        job.status, job.error, job.finished_at = status or ("failed" if error else "done"), error, time.monotonic()
         job.serialised = json.dumps([r or {} for r in job.results]).encode()
         job.results = []
         self.held += len(job.serialised) - job.held
@@ -178,7 +178,9 @@ class JobStore:
                         job.results[i] = {"error": {"status": 503, "code": "replica_lost",
                                                     "message": "the replica processing this image stopped"}}
                         job.completed += 1
-                self._finish(job, "the replica processing this job stopped; images not done are reported failed")
+                # done: every image has its entry, the lost ones ``replica_lost``
+                self._finish(job, "the replica processing this job stopped; images not done are reported failed",
+                             status="done")
         old = [k for k, j in self._jobs.items() if j.finished_at is not None and now - j.finished_at > self.ttl_s]
         for k in old:
             self.held -= self._jobs.pop(k).held

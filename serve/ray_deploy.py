@@ -5,16 +5,20 @@ HTTP reaches the replicas through Ray Serve's HAProxy ingress (Ray's own high-th
 mode: ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` + ``RAY_SERVE_ENABLE_HA_PROXY``, Ray >= 2.56, the
 binary ships with ``ray[serve]``): each replica serves HTTP itself on a port of its own
 (30000-31000, bound to ``--host``) and HAProxy on ``--host:--port`` balances over the ready
-ones. Measured: Ray's Python proxy cost 6.6 ms of CPU per request, a seventh of a 2-core
-machine at 16 clients; HAProxy costs about 0.5 ms. A local Ray gets these settings (and
-HAProxy files and stats ports of its own, so two servers on one machine do not collide); an
-existing cluster (``address``) keeps whatever it was started with.
+ones, costing far less CPU per request than Ray's Python proxy (docs/commands/serve.md has
+the figures). A local Ray gets these settings (and HAProxy files and stats ports of its own,
+so two servers on one machine do not collide); an existing cluster (``address``) keeps
+whatever it was started with.
 
 Each replica runs the app's lifespan, so it loads its own ``DepthHeatmapper`` once (one
 inference worker, ``threads`` 1 unless given); jobs live in the named store actor
-(serve/ray_jobs.py) so any replica answers for any job. Without ``address`` a local Ray is
-started (its files under a private temp dir) and shut down on exit; with one, the cluster is
-joined and the store actor is detached (it outlives this driver).
+(serve/ray_jobs.py) so any replica answers for any job. A replica being removed (the app
+deleted, the autoscaler scaling in) drains as one process does on SIGTERM: accepted requests
+and its running jobs finish, within the graceful-shutdown time (``--drain-timeout``). Its
+uvicorn (Ray's, started by Serve) gets the CLI's WebSocket bounds and connection limit, and
+OpenCV in it the service's pixel limit. Without ``address`` a local Ray is started (its files
+under a private temp dir) and shut down on exit; with one, the cluster is joined and the
+store actor is detached (it outlives this driver).
 """
 
 from __future__ import annotations
@@ -83,7 +87,9 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
                 logging_config={"enable_access_log": False})
     most = autoscale[1] if autoscale else replicas
     opts["ray_actor_options"] = {"num_cpus": cpus_per_replica if cpus_per_replica is not None
-                                 else round(min(1.0, max(0.1, 1.0 / most)), 3)}
+                                 else round(min(1.0, max(0.1, 1.0 / most)), 3),
+                                 # in the replica's environment before anything imports cv2 there
+                                 "runtime_env": {"env_vars": {"OPENCV_IO_MAX_IMAGE_PIXELS": str(settings.max_pixels)}}}
     if autoscale:
         opts["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
                                       "target_ongoing_requests": 2, "upscale_delay_s": 5, "downscale_delay_s": 60}
@@ -102,16 +108,16 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
             # the process's real stderr, which Ray forwards to the driver: Serve swaps sys.stderr
             # for a logger whose lines it buffers (1,000 at a time) into its own files
             prepare_process(sys.__stderr__)
+            uvicorn_bounds(self.settings)  # before Serve starts this replica's uvicorn
             self._midas_app = create_app(self.settings)
-            pid = str(os.getpid())
-
-            @self._midas_app.middleware("http")
-            async def replica_header(request, call_next):  # which replica answered (tests, debugging)
-                response = await call_next(request)
-                response.headers["X-Midas-Replica"] = pid
-                return response
-
+            self._midas_app.add_middleware(ReplicaHeader, pid=os.getpid())
             return self._midas_app
+
+        async def __del__(self) -> None:
+            """Serve's graceful shutdown of this replica (app deleted, scale-in): drain as
+            SIGTERM does in one process."""
+            if self._midas_app is not None:
+                await self._midas_app.state.service.drain()
 
         def check_health(self) -> None:
             """Unhealthy (Serve replaces the replica) when the model failed to load or the
@@ -125,6 +131,50 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
                 raise RuntimeError(f"inference stopped: {svc.batcher.dead}")
 
     return MidasIngress.bind(settings)
+
+
+class ReplicaHeader:
+    """``X-Midas-Replica: <pid>`` on every HTTP answer: which replica answered (tests,
+    debugging). Pure ASGI: Starlette's ``BaseHTTPMiddleware`` would run each request through
+    a stream of its own, a cost per request for a header."""
+
+    def __init__(self, app, pid: int) -> None:
+        self.app, self.header = app, (b"x-midas-replica", str(pid).encode())
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def with_header(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), self.header]}
+            await send(message)
+
+        await self.app(scope, receive, with_header)
+
+
+def uvicorn_bounds(settings) -> None:
+    """In this replica process, ``uvicorn.Config`` defaults to the CLI's WebSocket bounds
+    (``ws_max_size``, no permessage-deflate) and connection limit: Serve starts each
+    replica's uvicorn with a Config of its own that sets none of them. Private: Ray has no
+    setting for these; guarded to a uvicorn whose Config takes them."""
+    import inspect
+
+    import uvicorn
+
+    base = uvicorn.Config
+    wanted = {"ws_max_size": settings.max_body_bytes, "ws_per_message_deflate": False,
+              "limit_concurrency": settings.limit_concurrency}
+    if getattr(base, "midas_bounds", False) or not set(wanted) <= set(inspect.signature(base).parameters):
+        return
+
+    class Config(base):  # type: ignore[misc, valid-type]
+        midas_bounds = True
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **(wanted | kwargs))
+
+    uvicorn.Config = Config
 
 
 def app_builder(args: dict | None = None):
@@ -212,6 +262,10 @@ def run_on_ray(settings, ready=None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(sig, lambda *_: stop.set())
+    # SIGHUP (a key reload, as for one process) must not end the driver, whose default it is:
+    # each replica re-reads the key file itself within a second of a change
+    signal.signal(signal.SIGHUP, lambda *_: print("midas-onnx serve --ray: SIGHUP: the replicas re-read the key "
+                                                  "file when it changes; nothing else to do", flush=True))
     try:
         settings = replica_settings(settings)
         store = store_actor(settings, detached=not local)  # noqa: F841 - held: a non-detached actor dies with its last handle

@@ -146,8 +146,10 @@ class Service:
         upload is dropped as its entry is added, when the store gives its bytes back."""
         gate = asyncio.Semaphore(self.settings.max_batch * self.settings.inference_workers)
         render = partial(summary, cmap=cmap, precision=self.hm.info.precision if self.hm else "")
+        failed = 0
 
         async def one(index: int) -> None:
+            nonlocal failed
             async with gate:
                 name, data = uploads[index]
                 uploads[index] = None
@@ -164,6 +166,7 @@ class Service:
                                                      "message": f"unexpected server error (incident {incident}, logged)"}}
                 size = len(data)
                 del data
+                failed += "error" in entry
                 try:
                     await self.jobs.call("add", jid, index, entry, len(entry.get("heatmap_png_base64", "")), size)
                 except Exception:  # noqa: BLE001 - the store away: this entry is lost, the others go on
@@ -184,6 +187,7 @@ class Service:
             error = f"{type(exc).__name__}: {exc}"
         finally:
             await asyncio.shield(self.jobs.finish(jid, error))
+            log.info("job %s %s: %d image(s), %d error(s)", jid, "failed" if error else "done", len(uploads), failed)
 
 
 def _job_store(settings: ServeSettings) -> Jobs:

@@ -115,10 +115,11 @@ class ServeSettings(BaseSettings):
     # -- live streams ----------------------------------------------------------------------
     max_streams: Count = Field(8, description="Live WebSocket streams at once; beyond: closed 1013.")
     max_streams_per_client: Count = Field(2, description="Live streams one client address may hold.")
-    stream_idle_timeout: Seconds = Field(60.0, description="Seconds a stream may go without a frame that "
-                                         "is computed; then it is closed.")
-    max_bad_frames: Count = Field(8, description="Frames a stream may send that are refused (not images, "
-                                  "too large) before it is closed.")
+    stream_idle_timeout: Seconds = Field(60.0, description="Seconds a stream may go without a frame "
+                                         "(received or answered; never while one is computed); then it is "
+                                         "closed.")
+    max_bad_frames: Count = Field(8, description="Frames and messages a stream may send that are refused (not "
+                                  "images, too many pixels, text) before it is closed.")
     # -- access control --------------------------------------------------------------------
     api_keys: Keys = Field((), repr=False, description="API keys (environment only: a command line is "
                            "visible to every user of the machine).", **_flag(""))

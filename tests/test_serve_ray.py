@@ -60,7 +60,7 @@ def test_store_bounds_ttl_and_lost_lease(monkeypatch):
     clock[0] += 6  # a's lease (last renewed at 100) is lost: its image not done fails
     view = s.view(a)
     results = json.loads(view.results)
-    assert view.head["status"] == "failed" and view.head["completed"] == 2
+    assert view.head["status"] == "done" and view.head["completed"] == 2
     assert results[0]["error"]["code"] == "job_store_full"
     assert results[1]["error"]["code"] == "replica_lost"
     assert s.view(b).head["status"] == "done"
@@ -157,6 +157,33 @@ def test_depth_png_and_jobs_any_replica_answers(ray_base):
         time.sleep(0.5)
 
 
+def test_websocket_under_ray(ray_base):
+    """The stream through HAProxy to a replica, with the CLI's WebSocket bounds in the
+    replica's uvicorn (Serve starts it with its own: permessage-deflate on, 16 MiB messages)."""
+    import json
+
+    from websockets.sync.client import connect
+
+    base = ray_base[0].replace("http://", "ws://") + "/v1/stream"
+    with connect(base, compression="deflate", max_size=None) as ws:
+        assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
+        ws.send(jpeg(120, 160))
+        meta = json.loads(ws.recv(timeout=60))
+        assert "error" not in meta and (meta["width"], meta["height"]) == (160, 120), meta
+        assert isinstance(ws.recv(timeout=60), bytes)
+        ws.send(b"\x00" * (17 * 2**20))  # over uvicorn's 16 MiB, under --max-body-mb 20: the service answers it
+        assert json.loads(ws.recv(timeout=60))["error"]["code"] == "bad_image"
+
+
+def test_sighup_does_not_end_the_driver(ray_base):
+    """SIGHUP reloads keys in one process; it ended the --ray driver (its default action)."""
+    base, proc, log = ray_base
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(2)
+    assert proc.poll() is None, log.read_text()[-2000:]
+    assert httpx.get(base + "/readyz", timeout=10).status_code == 200
+
+
 def test_replica_killed_under_load(ray_base):
     base = ray_base[0]
     body = jpeg(480, 640)
@@ -237,6 +264,23 @@ def test_ray_flags_need_ray(fixed_model):
     out = subprocess.run([sys.executable, "-m", "midas_onnx", "serve", "--ray", "--model", str(fixed_model),
                           "--autoscale", "3:1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "MIN:MAX" in out.stderr
+
+
+def test_removed_replicas_drain_their_jobs(ray_base):
+    """Replicas had no drain: deleting the app (SIGTERM to the driver) or a scale-in removed a
+    replica with its running job. Serve's graceful shutdown drains each replica now; this
+    test stops the module's server."""
+    base, proc, log = ray_base
+    files = [("file", (f"{k}.jpg", jpeg(480, 640, seed=k), "image/jpeg")) for k in range(8)]
+    r = httpx.post(base + "/v1/jobs", files=files, timeout=60)
+    assert r.status_code == 202, r.text
+    jid = r.json()["id"]
+    assert httpx.get(base + r.json()["url"], timeout=10).json()["completed"] < 8
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=180) == 0, log.read_text()[-3000:]
+    out = log.read_text()
+    assert f"job {jid} done: 8 image(s), 0 error(s)" in out, out[-3000:]
+    assert "drain timeout" not in out
 
 
 def test_joins_a_cluster_and_autoscales_with_load(fixed_model):
@@ -332,7 +376,7 @@ def test_app_builder_is_what_a_rayservice_deploys(fixed_model):
 
 @pytest.mark.parametrize("text", ["3:1", "0:2", "2", "1:2:3", "a:b", ""])
 def test_autoscale_text_is_checked_for_the_cli_and_the_builder_alike(text):
-    from serve.ray_deploy import parse_autoscale
+    from serve.settings import parse_autoscale
 
     assert parse_autoscale("1:8") == (1, 8)
     with pytest.raises(ValueError, match="MIN:MAX"):

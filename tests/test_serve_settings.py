@@ -176,3 +176,10 @@ def test_the_bind_address_adds_to_the_allowed_hosts_from_the_environment(fixed_m
         proc.wait(timeout=30)
     assert named.status_code == 404 and own.status_code == 404, (named.text, own.text)
     assert other.status_code == 400
+
+
+def test_every_option_is_in_the_docs():
+    page = (REPO / "docs" / "commands" / "serve.md").read_text()
+    missing = [ServeSettings.flag_name(n) or ServeSettings.env_name(n) for n in ServeSettings.model_fields
+               if f"`{ServeSettings.flag_name(n) or ServeSettings.env_name(n)}" not in page]
+    assert missing == [], missing
