@@ -104,7 +104,7 @@ ARG EXTRAS
 # With ray, a Ray node's image: KubeRay's default probes of Ray pods call wget.
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/midas midas \
  && case ",$EXTRAS," in *,ray,*) apt-get update && apt-get install --yes --no-install-recommends wget \
-      && rm -rf /var/lib/apt/lists/* ;; esac
+      && apt-get clean && rm -rf /var/lib/apt/lists/* ;; esac
 COPY --from=app /opt/venv/ /opt/venv/
 COPY --from=model /models/midas_small.int8.onnx /models/midas_small.int8.report.json /models/
 # VERSION is midas_onnx.__version__ (tests/test_container.py holds them equal); SOURCE, the
