@@ -24,7 +24,7 @@ def command(as_json: bool) -> None:
         click.echo(f"{d.id}: {d.title}")
         click.echo(f"  licence:    {d.licence}{'' if d.commercial_use else ' (non-commercial)'}")
         click.echo(f"  size:       {d.checkpoint.parameters / 1e6:.1f}M parameters, "
-                   f"about {d.checkpoint.parameters * 4 / 1e6:.0f} MB as fp32 ONNX")
+                   f"{d.checkpoint.parameters * 4 / 1e6:.0f} MB of fp32 weights")
         click.echo(f"  input:      {rule.resize.replace('_', ' ')} {rule.size}, multiples of {rule.multiple_of}")
         click.echo(f"  output:     {output}")
         click.echo(f"  weights:    {d.checkpoint.url}")
