@@ -32,6 +32,9 @@ class BulkSettings:
 
     ``stall_timeout``: seconds a worker may run inputs without any progress (a finished input
     or a video frame) before it counts as hung: it is killed and its inputs run again.
+
+    ``input_size``, ``engine``: ``DepthHeatmapper``'s, the same in the driver's check and in
+    every worker.
     """
 
     model: str
@@ -45,6 +48,13 @@ class BulkSettings:
     verbose: bool = False
     cpu_share: float = 0.5
     stall_timeout: float = STALL_TIMEOUT_S
+    input_size: int | None = None
+    engine: str = "onnxruntime"
+
+    @property
+    def run_options(self) -> dict:
+        """``DepthHeatmapper``'s keyword arguments for how the model runs."""
+        return {"input_size": self.input_size, "engine": self.engine}
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1 or (self.workers is not None and self.workers < 1) or (
@@ -71,8 +81,10 @@ def run(settings: BulkSettings, inputs: list[str], output: str) -> BulkResult:
     importer.start()
     try:
         model = str(Path(settings.model).resolve())
-        DepthHeatmapper(model, threads=1, colormap=settings.spec.colormap)  # checked before Ray starts
-        job = Job.prepare(inputs, output, model, settings.spec, force=settings.force, command="midas-onnx bulk")
+        # checked before Ray starts, as every worker will run it
+        hm = DepthHeatmapper(model, threads=1, colormap=settings.spec.colormap, **settings.run_options)
+        job = Job.prepare(inputs, output, model, settings.spec, force=settings.force, command="midas-onnx bulk",
+                          description=hm.info.description)
     finally:
         importer.join()
     nodes: dict[str, int] = {}
@@ -88,7 +100,7 @@ def run(settings: BulkSettings, inputs: list[str], output: str) -> BulkResult:
         from .ray_backend import RayBackend
 
         backend = RayBackend(model, settings.spec, job.store.spec, job.digest, settings.threads_per_worker,
-                             settings.cpu_share)
+                             settings.cpu_share, settings.run_options)
         scheduler = Scheduler(backend, settings.workers or len(backend.nodes), job.digest,
                               ship_bytes=settings.ship_bytes, stall_timeout=settings.stall_timeout)
         return job.run(lambda items, on_rows, stop: scheduler.run(items, settings.chunk_size, on_rows, stop), count)

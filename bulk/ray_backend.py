@@ -26,7 +26,8 @@ class RayBackend:
     more than ``IN_FLIGHT`` may run at once, so ``stop`` reaches a worker busy with two chunks.
     """
 
-    def __init__(self, model: str, spec, output: str, digest: str, threads: int | None, cpu_share: float) -> None:
+    def __init__(self, model: str, spec, output: str, digest: str, threads: int | None, cpu_share: float,
+                 run_options: dict | None = None) -> None:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -37,13 +38,14 @@ class RayBackend:
         self._remote = ray.remote(NodeWorker)
         self._args = (model, spec, output, digest)
         self._threads, self._cpu_share = threads, cpu_share
+        self._run_options = run_options or {}  # DepthHeatmapper's input_size and engine
 
     def start(self, slot: int):
         node = self.nodes[slot % len(self.nodes)]
         return self._remote.options(
             num_cpus=self._cpu_share, max_restarts=-1, max_task_retries=0, max_concurrency=IN_FLIGHT + 1,
             scheduling_strategy=self._affinity(node["NodeID"], soft=True),
-        ).remote(*self._args, self._threads or max(1, int(node["Resources"]["CPU"])))
+        ).remote(*self._args, self._threads or max(1, int(node["Resources"]["CPU"])), **self._run_options)
 
     def submit(self, worker, items, blobs):
         return worker.run.options(num_returns="streaming").remote(items, blobs)

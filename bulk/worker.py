@@ -29,7 +29,8 @@ HEARTBEAT_S = 10.0
 class NodeWorker:
     """Holds the session and the threads; ``run`` streams one chunk's rows."""
 
-    def __init__(self, model: str, spec: OutputSpec, output: str, digest: str, threads: int) -> None:
+    def __init__(self, model: str, spec: OutputSpec, output: str, digest: str, threads: int,
+                 input_size: int | None = None, engine: str = "onnxruntime") -> None:
         import ray
 
         from runtime import DepthHeatmapper
@@ -38,7 +39,7 @@ class NodeWorker:
         if self.crash_on == "__init__":
             raise RuntimeError("worker start failed (fault injected for tests)")
         os.environ["MIDAS_ONNX_NODE"] = ray.get_runtime_context().get_node_id()
-        hm = DepthHeatmapper(model, threads=1, colormap=spec.colormap)
+        hm = DepthHeatmapper(model, threads=1, colormap=spec.colormap, input_size=input_size, engine=engine)
         self.runner = LocalRunner(hm, spec, Store(output), digest, workers=threads)
         self.stopping = threading.Event()
         # Tracebacks of inputs that failed go to a file on this node, written before the row

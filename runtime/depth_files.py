@@ -1,14 +1,22 @@
 """Depth as files other programs read: float32 ``.npy``, upstream MiDaS's ``.pfm``, OpenEXR
-(where OpenCV has the codec), and the normalised 16-bit PNG. The CLI, the server and bulk
-all encode depth here.
+(where OpenCV has the codec), and the 16-bit PNG. The CLI, the server and bulk all encode
+depth here.
 
-``png16`` is min-max normalised per image (for viewing and compact storage); the float
-formats hold ``predict().depth`` exactly, or metres after ``metric.align``.
+The float formats hold the depth exactly: ``predict().depth`` (relative inverse depth, or a
+metric model's metres), or metres after ``metric.align``. ``png16`` holds levels 0..65535
+(``png16_range`` gives the range they span, ``depth = lo + value / 65535 * (hi - lo)``):
+for a relative model, that image's own min-max of inverse depth (65535 = nearest; for
+viewing and compact storage); for a metric model, metres over its fixed range 0 to
+``max_depth`` (``metres = value / 65535 * max_depth``, larger is farther, 0 = no depth), the
+same scale for every photo and frame, said in the PNG's ``midas-onnx:depth`` text chunk.
+
+Imports ``png`` and ``postprocess`` only: ``outputs`` builds on this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -17,9 +25,12 @@ import cv2
 import numpy as np
 
 from .errors import MidasOnnxError
-from .outputs import PNG_PARAMS, encode_png
-from .postprocess import depth_png16
+from .model_description import OutputRule
+from .png import encode_png, with_text
+from .postprocess import depth_png16, depth_range, to_levels
 
+PNG16_TOP = 65535  # postprocess.depth_png16's top level too
+DEPTH_TEXT_KEY = "midas-onnx:depth"  # the tEXt chunk of a metric png16 depth file
 # format -> (file suffix after the input's name, HTTP content type)
 FORMATS: dict[str, tuple[str, str]] = {
     "png16": (".depth.png", "image/png"),
@@ -45,11 +56,28 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def encode_depth(depth: np.ndarray, fmt: str) -> bytes:
-    """Depth (float32 HxW; NaN allowed in the float formats) as the bytes of one file."""
+def png16_range(depth: np.ndarray, output: OutputRule | None = None) -> tuple[float, float]:
+    """(lo, hi): the depths png16 levels 0 and 65535 stand for. A metric model's fixed
+    0..max_depth metres; else (relative inverse depth, or no ``output``) the map's own range."""
+    if output is not None and output.metric:
+        return 0.0, float(output.max_depth)
+    return depth_range(depth)
+
+
+def encode_depth(depth: np.ndarray, fmt: str, output: OutputRule | None = None) -> bytes:
+    """Depth (float32 HxW; NaN allowed in the float formats) as the bytes of one file.
+    ``output`` (the model's output rule, ``DepthResult.output``) decides what png16 holds:
+    see the module's docstring. The float formats hold ``depth`` as it is."""
     check_format(fmt)
     if fmt == "png16":
-        return encode_png(depth_png16(depth), PNG_PARAMS["depth"])
+        if output is None or not output.metric:
+            return encode_png(depth_png16(depth))
+        lo, hi = png16_range(depth, output)
+        if np.isnan(depth.min()):  # no depth: level 0 (a copy only then; min makes no temporary)
+            depth = np.nan_to_num(depth, nan=lo)
+        levels = to_levels(depth, PNG16_TOP, np.uint16, (lo, hi))  # clipped to the range
+        note = {"unit": output.unit, "range_m": [lo, hi], "metres": f"value / {PNG16_TOP} * {hi:g}", "no_depth": 0}
+        return with_text(encode_png(levels), {DEPTH_TEXT_KEY: json.dumps(note)})
     depth = np.ascontiguousarray(depth, dtype=np.float32)
     if fmt == "npy":
         buf = io.BytesIO()

@@ -3,10 +3,13 @@
 MiDaS predicts relative inverse depth: right up to an unknown scale and shift. With a few
 pixels whose distance is known (a laser, a tape, a LiDAR return), the scale and shift in
 inverse-depth space (``1 / depth_m ~ scale * prediction + shift``, as the MiDaS paper
-aligns predictions to ground truth) turn the prediction into metres.
+aligns predictions to ground truth) turn the prediction into metres. A metric model's
+output is already metres, right up to a scale (a camera unlike its training set's, a lens'
+focal length): ``align(..., metric=True)`` fits that one scale, ``depth_m ~ scale *
+prediction``.
 
 Robustness: RANSAC over pairs of points (the minimal sample for two unknowns), keeping the
-pair whose line agrees with the most points (within ``INLIER_TOLERANCE`` relative error in
+pair (a single point for a scale alone) whose fit agrees with the most points (within ``INLIER_TOLERANCE`` relative error in
 metres, ties to the lower error), then least squares on those points. Every pair is tried
 while there are at most ``MAX_PAIRS`` of them; beyond that, ``MAX_PAIRS`` pairs drawn with a
 fixed seed, so the result stays deterministic and the cost grows linearly with the points
@@ -60,10 +63,15 @@ class Point:
     depth_m: float
 
 
+SCALE_METHOD = (f"RANSAC over single points (each point's own scale; inliers within {INLIER_TOLERANCE:.0%}), then "
+                "least squares of the relative error, in metres: scale only, for a model that gives metres")
+
+
 @dataclass(frozen=True)
 class Alignment:
-    """``1 / depth_m = scale * prediction + shift``; residual is the RMS error in metres at
-    the points used."""
+    """``1 / depth_m = scale * prediction + shift`` (a relative model's inverse depth), or
+    ``depth_m = scale * prediction`` when ``in_metres`` (a metric model's, shift 0); residual
+    is the RMS error in metres at the points used."""
 
     scale: float
     shift: float
@@ -72,6 +80,7 @@ class Alignment:
     residual_m: float
     method: str = (f"RANSAC over point pairs (all of them up to {MAX_PAIRS}, else {MAX_PAIRS} drawn with a fixed "
                    f"seed; inliers within {INLIER_TOLERANCE:.0%}), then least squares, in inverse depth")
+    in_metres: bool = False
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values, built directly: ``dataclasses.asdict`` deep-copies every
@@ -79,7 +88,8 @@ class Alignment:
         def plain(points: tuple[Point, ...]) -> list[dict]:
             return [{"x": p.x, "y": p.y, "depth_m": p.depth_m} for p in points]
 
-        return {"scale": self.scale, "shift": self.shift, "residual_m": self.residual_m, "method": self.method,
+        return {"scale": self.scale, "shift": self.shift, "fitted_in": "metres" if self.in_metres else "inverse_depth",
+                "residual_m": self.residual_m, "method": self.method,
                 "points_used": plain(self.used), "points_rejected": plain(self.rejected)}
 
 
@@ -127,23 +137,15 @@ def as_points(items: Sequence) -> list[Point]:
     return out
 
 
-def align(depth: np.ndarray, points: Sequence) -> Alignment:
-    """Fit scale and shift so that ``1 / (scale * depth + shift)`` is metres at the points."""
-    points = as_points(points)
-    if len(points) < MIN_POINTS:
-        raise AlignmentError(f"metric depth needs at least {MIN_POINTS} known points, got {len(points)}")
-    h, w = depth.shape
-    for p in points:
-        if not (math.isfinite(p.x) and math.isfinite(p.y) and 0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
-            raise AlignmentError(f"point ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
-        if not (math.isfinite(p.depth_m) and p.depth_m > 0):
-            raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m must be a positive number, got {p.depth_m:g}")
-        if not MIN_DEPTH_M <= p.depth_m <= MAX_DEPTH_M:
-            raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m {p.depth_m:g} is outside {MIN_DEPTH_M:g} to "
-                                 f"{MAX_DEPTH_M:g} m")
+def align(depth: np.ndarray, points: Sequence, *, metric: bool = False) -> Alignment:
+    """Fit scale and shift so that ``1 / (scale * depth + shift)`` is metres at the points;
+    ``metric``: ``depth`` is a metric model's metres, and only a scale is fitted."""
+    points = _checked(depth, points)
     pred = _sample(depth, np.array([p.x for p in points]), np.array([p.y for p in points]))
-    target = np.array([1.0 / p.depth_m for p in points], np.float64)
     metres = np.array([p.depth_m for p in points], np.float64)
+    if metric:
+        return _align_scale(pred, metres, points)
+    target = 1.0 / metres
 
     keep = _consensus(pred, target, metres)
     if keep is None or keep.sum() < MIN_POINTS:
@@ -158,14 +160,63 @@ def align(depth: np.ndarray, points: Sequence) -> Alignment:
     if not (inverse > 0).all():
         raise AlignmentError("the fit gives no positive inverse depth at some known points; check the points")
     residual = _rms(1.0 / inverse - metres[keep])
-    used = tuple(p for p, k in zip(points, keep, strict=True) if k)
-    rejected = tuple(p for p, k in zip(points, keep, strict=True) if not k)
-    return Alignment(float(scale), float(shift), used, rejected, residual)
+    return Alignment(float(scale), float(shift), *_split(points, keep), residual)
+
+
+def _checked(depth: np.ndarray, points: Sequence) -> list[Point]:
+    """The points, each inside the image with a distance in range, and enough of them."""
+    points = as_points(points)
+    if len(points) < MIN_POINTS:
+        raise AlignmentError(f"metric depth needs at least {MIN_POINTS} known points, got {len(points)}")
+    h, w = depth.shape
+    for p in points:
+        if not (math.isfinite(p.x) and math.isfinite(p.y) and 0 <= p.x <= w - 1 and 0 <= p.y <= h - 1):
+            raise AlignmentError(f"point ({p.x:g}, {p.y:g}) lies outside the {w}x{h} image")
+        if not (math.isfinite(p.depth_m) and p.depth_m > 0):
+            raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m must be a positive number, got {p.depth_m:g}")
+        if not MIN_DEPTH_M <= p.depth_m <= MAX_DEPTH_M:
+            raise AlignmentError(f"point ({p.x:g}, {p.y:g}): depth_m {p.depth_m:g} is outside {MIN_DEPTH_M:g} to "
+                                 f"{MAX_DEPTH_M:g} m")
+    return points
+
+
+def _split(points: list[Point], keep: np.ndarray) -> tuple[tuple[Point, ...], tuple[Point, ...]]:
+    """(used, rejected) points."""
+    return (tuple(p for p, k in zip(points, keep, strict=True) if k),
+            tuple(p for p, k in zip(points, keep, strict=True) if not k))
+
+
+def _align_scale(pred: np.ndarray, metres: np.ndarray, points: list[Point]) -> Alignment:
+    """A metric model's one scale: each point with a positive prediction proposes its own
+    (``metres / prediction``); the one most points agree with (ties to the lower mean
+    relative error) picks the inliers, whose relative errors a least-squares scale then
+    minimises (``sum(p / m) / sum((p / m)^2)``, so a far point weighs no more than a near one)."""
+    usable = pred > 0
+    if usable.sum() < MIN_POINTS:
+        raise AlignmentError(f"the model gives no positive depth at {int((~usable).sum())} of the {len(points)} "
+                             f"known points; at least {MIN_POINTS} are needed")
+    scales = np.where(usable, metres / np.where(usable, pred, 1.0), np.nan)[usable]
+    with np.errstate(invalid="ignore"):
+        rel = np.abs(scales[:, None] * pred[None, :] - metres[None, :]) / metres[None, :]
+    inliers = (rel <= INLIER_TOLERANCE) & usable[None, :]
+    count = inliers.sum(axis=1)
+    err = np.where(inliers, rel, 0.0).sum(axis=1) / np.maximum(count, 1)
+    keep = inliers[np.lexsort((np.arange(count.size), err, -count))[0]]
+    if keep.sum() < MIN_POINTS:
+        raise AlignmentError(f"the known points do not agree on one scale: at most {int(keep.sum())} of {len(points)} "
+                             f"fit within {INLIER_TOLERANCE:.0%}; check them, or add points")
+    ratio = pred[keep] / metres[keep]
+    scale = float(ratio.sum() / (ratio * ratio).sum())
+    residual = _rms(scale * pred[keep] - metres[keep])
+    return Alignment(scale, 0.0, *_split(points, keep), residual, SCALE_METHOD, in_metres=True)
 
 
 def metric_depth(depth: np.ndarray, fit: Alignment) -> np.ndarray:
     """Metres per pixel (float32); NaN where the fitted inverse depth is not positive (never a
     negative or infinite distance)."""
+    if fit.in_metres:
+        out = np.where(depth > 0, depth.astype(np.float32) * np.float32(fit.scale), np.float32(np.nan))
+        return out.astype(np.float32, copy=False)
     inverse = _inverse(depth, fit)
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(inverse > 0, np.float32(1.0) / inverse, np.float32(np.nan))
@@ -193,7 +244,11 @@ def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
 
 
 def _inverse(depth: np.ndarray, fit: Alignment) -> np.ndarray:
-    """The fitted inverse depth (float32), of which metres are the reciprocal."""
+    """The fitted inverse depth (float32), of which metres are the reciprocal (a metric
+    model's scaled metres, turned into their inverse, for the one path below)."""
+    if fit.in_metres:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.float32(1.0) / (depth.astype(np.float32) * np.float32(fit.scale))
     return depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
 
 

@@ -1,4 +1,7 @@
-"""Indexed (palette) PNGs written straight from 8-bit level rows, compressed by zlib-ng.
+"""PNG bytes: indexed (palette) PNGs written here straight from 8-bit level rows (compressed
+by zlib-ng), 8- and 16-bit images through OpenCV, and text chunks that say what the pixels
+mean. The lowest of the encoding modules: it imports none of them (``depth_files`` and
+``outputs`` build on it).
 
 A heatmap is a colormap's 256 colours indexed by a uint8 level image, so the PNG can hold
 the levels (1 byte a pixel) and the colormap as its palette instead of 3 bytes a pixel of
@@ -19,10 +22,13 @@ never exist: each block is filtered and compressed as it is made.
 from __future__ import annotations
 
 import struct
-from typing import Iterable
+from typing import Iterable, Mapping
 
+import cv2
 import numpy as np
 from zlib_ng import zlib_ng
+
+from .errors import ImageError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE_PALETTE = 3
@@ -77,3 +83,27 @@ def encode_indexed(blocks: Iterable[np.ndarray], height: int, width: int, palett
     parts.append(deflate.flush())
     return b"".join((SIGNATURE, chunk(b"IHDR", ihdr), palette_chunk(palette_bgr),
                      chunk(b"IDAT", b"".join(parts)), chunk(b"IEND", b"")))
+
+
+def encode_png(image: np.ndarray, params: list[int] | None = None) -> bytes:
+    """8- or 16-bit PNG bytes through OpenCV (``params``: its ``IMWRITE_PNG_*`` settings)."""
+    ok, buf = cv2.imencode(".png", image, params or [])
+    if not ok:
+        raise ImageError(f"PNG encoding failed for an array of shape {image.shape}, dtype {image.dtype}")
+    return buf.tobytes()
+
+
+def with_text(data: bytes, text: Mapping[str, str]) -> bytes:
+    """``data`` (a PNG) with a ``tEXt`` chunk per entry (keyword -> Latin-1 text) right after
+    IHDR, where every reader sees them before any pixels (PIL: ``Image.open(f).text``).
+    Keywords are 1 to 79 printable Latin-1 characters (the PNG specification)."""
+    ihdr_end = len(SIGNATURE) + 8 + 13 + 4  # IHDR is always first, and always 13 bytes of data
+    if data[:len(SIGNATURE)] != SIGNATURE or data[len(SIGNATURE) + 4:len(SIGNATURE) + 8] != b"IHDR":
+        raise ValueError("not a PNG starting with its IHDR chunk")
+    chunks = []
+    for keyword, value in text.items():
+        key = keyword.encode("latin-1")
+        if not 1 <= len(key) <= 79 or not all(32 <= c <= 126 or c >= 161 for c in key):
+            raise ValueError(f"a PNG text keyword is 1 to 79 printable Latin-1 characters, got {keyword!r}")
+        chunks.append(chunk(b"tEXt", key + b"\0" + value.encode("latin-1")))
+    return data[:ihdr_end] + b"".join(chunks) + data[ihdr_end:]

@@ -156,6 +156,39 @@ def test_every_output_and_video_matches_the_heatmap_command(collection, tmp_path
     assert a["outputs"] == b["outputs"] and a["model_sha256"] == b["model_sha256"]
 
 
+def test_depth_anything_metric_file_on_openvino_at_an_input_size(tmp_path_factory, tmp_path, photo_set):
+    """bulk takes a Depth Anything file unchanged: every worker runs it with the command's
+    --input-size and --engine (OpenVINO: its depth, not onnxruntime's), the depth files hold
+    the model's metres, job.json its description; another input size is refused before Ray."""
+    from runtime import DepthHeatmapper
+
+    from .test_engine import cli
+    from .test_metric_outputs import SIZE, da_file
+
+    model = da_file(tmp_path_factory)
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("coffee", "chelsea", "rocket"):
+        cv2.imwrite(str(src / f"{name}.jpg"), cv2.resize(photo_set[name][:, :, ::-1], (160, 120)))
+    out = tmp_path / "out"
+    r = bulk(str(src), str(out), "--model", str(model), "--input-size", SIZE, "--engine", "openvino",
+             "--save-depth", "npy", "--chunk-size", "1")
+    assert r.returncode == 0, r.stderr
+    assert "3 done, 0 skipped, 0 failed" in r.stdout
+    record = json.loads((out / "job.json").read_text())
+    assert record["description"]["id"] == "da-v2-small-metric-indoor" and record["description"]["input"]["size"] == 140
+    openvino = DepthHeatmapper(model, threads=1, input_size=int(SIZE), engine="openvino")
+    onnxruntime = DepthHeatmapper(model, threads=1, input_size=int(SIZE))
+    for name in ("coffee", "chelsea", "rocket"):
+        got = np.load(out / f"{name}.jpg.depth.npy")
+        np.testing.assert_array_equal(got, openvino.predict(src / f"{name}.jpg").depth)
+        assert not np.array_equal(got, onnxruntime.predict(src / f"{name}.jpg").depth)
+        assert 0 < got.min() and got.max() < 20
+    refused = cli("bulk", src, out, "--model", model, "--input-size", "252")
+    assert refused.exit_code == 2 and len(refused.stderr.splitlines()) == 1
+    assert "model da-v2-small-metric-indoor: input.size 140 -> 252" in refused.stderr
+
+
 def test_bad_arguments_are_one_line_before_ray_starts(tmp_path, fixed_model, monkeypatch):
     import bulk.pipeline
 

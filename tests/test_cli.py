@@ -35,3 +35,12 @@ def test_every_error_is_one_error_line(tmp_path):
     assert usage.output.splitlines()[-1] == "error: Missing argument 'INPUTS...'."
     assert "Try 'midas-onnx heatmap --help' for help." in usage.output
     assert "Error:" not in ours.output + usage.output
+
+
+def test_engine_choices_are_the_runtimes():
+    """--engine's choices are written out in the CLI (so --help imports no onnxruntime): the
+    same as the runtime's."""
+    from midas_onnx.cli.common import ENGINES
+    from runtime.engine_choice import ENGINES as RUNTIME_ENGINES
+
+    assert ENGINES == RUNTIME_ENGINES

@@ -240,3 +240,16 @@ def test_video_normalize_option_changes_the_colours(tmp_path, fixed_model):
         heat[mode] = [cap.read()[1] for _ in range(10)]
         assert len(list((out / "clip.mp4.depth").glob("*.npy"))) == 10
     assert np.abs(heat["video"][5].astype(int) - heat["frame"][5]).mean() > 1
+
+
+def test_encoding_modules_import_one_way():
+    """png <- depth_files <- outputs: importing a lower one never brings in a higher one, so
+    there is no import circle between them (depth_files and outputs used to import each
+    other). In a fresh interpreter: what is imported is all that is loaded."""
+    import subprocess
+    import sys
+
+    code = ("import sys, runtime.png as p; assert 'runtime.depth_files' not in sys.modules and 'runtime.outputs' not "
+            "in sys.modules; import runtime.depth_files; assert 'runtime.outputs' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

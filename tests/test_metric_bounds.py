@@ -9,7 +9,7 @@ import pytest
 
 import runtime.metric as metric
 from runtime.align import fit_scale_shift
-from runtime.metric import MAX_PAIRS, MAX_POINTS, AlignmentError, align
+from runtime.metric import MAX_PAIRS, MAX_POINTS, AlignmentError, align, metric_depth
 
 
 def scene(n: int, wrong: float, seed: int = 0):
@@ -146,3 +146,25 @@ def test_a_csv_with_a_byte_order_mark_or_latin1_bytes(tmp_path):
     latin.write_bytes("x,y,depth_m,note\n1,2,3.5,caf\xe9\n".encode("latin-1"))
     with pytest.raises(AlignmentError, match="latin.csv: not UTF-8 text"):
         read_points(latin)
+
+
+def test_a_metric_models_scale_rejects_outliers_and_keeps_zero_shift():
+    """``metric=True``: one scale, chosen by the points that agree (two wrong ones rejected),
+    then least squares of the relative error; metres stay proportional to the prediction."""
+    rng = np.random.default_rng(3)
+    metres = rng.uniform(0.5, 20.0, (40, 50)).astype(np.float32)
+    spots = [(3, 4), (10, 30), (45, 7), (25, 25), (30, 38), (5, 35)]
+    points = [(x, y, 2.0 * float(metres[y, x]) * (1 + 0.01 * (-1) ** i)) for i, (x, y) in enumerate(spots)]
+    points += [(12, 12, 300.0), (40, 30, 0.01)]
+    fit = align(metres, points, metric=True)
+    assert fit.in_metres and fit.shift == 0.0 and abs(fit.scale - 2.0) < 0.01
+    assert {(p.x, p.y) for p in fit.rejected} == {(12, 12), (40, 30)}
+    np.testing.assert_allclose(metric_depth(metres, fit), metres * fit.scale, rtol=1e-6)
+    assert fit.residual_m < 0.02 * 2 * float(metres.max())
+
+
+def test_a_metric_models_points_that_agree_on_no_scale_are_refused():
+    metres = np.linspace(1.0, 10.0, 400, dtype=np.float32).reshape(20, 20)
+    points = [(1, 1, 1.0), (10, 10, 50.0), (18, 3, 0.02)]
+    with pytest.raises(AlignmentError, match="do not agree on one scale: at most 1 of 3"):
+        align(metres, points, metric=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import MODEL_HELP, default_model, require_extra
+from .common import MODEL_HELP, default_model, require_extra, run_options
 from .job_options import finish, job_files, output_options
 
 
@@ -15,6 +15,7 @@ from .job_options import finish, job_files, output_options
 @click.argument("inputs", nargs=-1, required=True)
 @click.argument("output")
 @click.option("--model", default=None, help=MODEL_HELP + " It must be readable on every node.")
+@run_options
 @click.option("--address", default=None,
               help="Ray cluster address (e.g. ray://head:10001 or auto). Default: a fresh embedded local Ray.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Ray workers (default: one per node).")
@@ -30,16 +31,17 @@ from .job_options import finish, job_files, output_options
               help="Seconds a worker may go without progress (an input done, a video frame) before it counts as "
                    "hung: it is restarted and its inputs run again.")
 @click.option("--verbose", is_flag=True, help="Show Ray's own logs and tracebacks.")
-def command(inputs: tuple[str, ...], output: str, model: str | None, address: str | None, workers: int | None,
-            threads_per_worker: int | None, chunk_size: int, spec, force: bool, ship_bytes: bool,
-            stall_timeout: float, verbose: bool) -> None:
+def command(inputs: tuple[str, ...], output: str, model: str | None, input_size: int | None, engine: str,
+            address: str | None, workers: int | None, threads_per_worker: int | None, chunk_size: int, spec,
+            force: bool, ship_bytes: bool, stall_timeout: float, verbose: bool) -> None:
     """Depth heatmaps for whole collections on Ray: the job `heatmap` runs, on every node.
 
     \b
     INPUTS: folders, files, globs, or URIs pyarrow reads (s3://bucket/photos, gs://...).
     OUTPUT: a folder or URI. Outputs, manifest.jsonl and job.json are those of `heatmap`
     (see `midas-onnx heatmap --help`): a rerun skips inputs done with the same settings and
-    refuses other settings (--force redoes all); one job per OUTPUT at a time. Exit status 1
+    refuses other settings, model or input size (--force redoes all); one job per OUTPUT at a
+    time. Every worker runs the model with the same --input-size and --engine. Exit status 1
     when any input failed, 2 when the job cannot run (model, OUTPUT's settings or lock,
     workers that cannot start), 130 after Ctrl-C (the inputs running finish first).
     """
@@ -53,7 +55,8 @@ def command(inputs: tuple[str, ...], output: str, model: str | None, address: st
         _stop(missing_model_message(model_path))
     settings = BulkSettings(model=str(model_path), spec=spec, address=address, workers=workers,
                             threads_per_worker=threads_per_worker, chunk_size=chunk_size, force=force,
-                            ship_bytes=ship_bytes, verbose=verbose, stall_timeout=stall_timeout)
+                            ship_bytes=ship_bytes, verbose=verbose, stall_timeout=stall_timeout,
+                            input_size=input_size, engine=engine)
     try:
         result = run(settings, list(inputs), output)
     except (MidasOnnxError, OSError) as exc:  # the job cannot run: one line, never a traceback

@@ -1,4 +1,5 @@
-"""Helpers every command uses: friendly errors and the missing-extra message."""
+"""Helpers every command uses: friendly errors, the missing-extra message, and the options
+that say how a model runs (``--input-size``, ``--engine``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,26 @@ DEFAULT_MODEL = Path("models") / "midas_small.onnx"  # what `export` writes: fp3
 DEFAULT_INT8 = Path("models") / "midas_small.int8.onnx"  # what `quantize --int8` makes of it
 MODEL_HELP = (f"Model file. Default: {DEFAULT_INT8} (made by `quantize --int8`) if it exists, "
               f"else {DEFAULT_MODEL} (made by `export`).")
+# runtime.engine_choice.ENGINES, written out so that --help imports no onnxruntime (tests/test_cli.py
+# checks they agree)
+ENGINES = ("onnxruntime", "openvino", "auto")
+RUN_OPTIONS = [
+    click.option("--input-size", type=click.IntRange(min=1), default=None,
+                 help="For a dynamic-size model: the size its resize rule aims at instead of its own (e.g. 364 or "
+                      "252 for Depth Anything V2's 518: less work, coarser depth); a multiple of the model's "
+                      "(14 for Depth Anything V2, 32 for MiDaS small). Recorded in job.json."),
+    click.option("--engine", type=click.Choice(ENGINES), default="onnxruntime", show_default=True,
+                 help="Inference engine: onnxruntime, openvino (the openvino extra), or auto (measured once per "
+                      "file and CPU, then cached)."),
+]
+
+
+def run_options(command):
+    """Decorate a command with ``--input-size`` and ``--engine`` (``DepthHeatmapper``'s
+    ``input_size`` and ``engine``)."""
+    for option in reversed(RUN_OPTIONS):
+        command = option(command)
+    return command
 
 
 def default_model(model: Path | None) -> Path:

@@ -25,6 +25,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import MidasOnnxError
 from ..files import TEMP_NAME, sha256_file
+from ..model_description import ModelDescription
+from ..outputs import legend
 from .inputs import Inputs, discover
 from .journal import JOB_FILE, Journal, JobError, job_changes, read_job, settings_digest, state_folder
 from .lock import OutputLock
@@ -78,14 +80,22 @@ class Summary:
                 f"{self.seconds:.1f} s ({self.images_per_s:.1f} images/s){stop}")
 
 
-def job_record(model: str, spec: OutputSpec, inputs_root: str) -> dict:
-    """What every output depends on; ``job.json`` holds it and a rerun must match it."""
+def job_record(model: str, spec: OutputSpec, inputs_root: str, description: ModelDescription | None = None) -> dict:
+    """What every output depends on; ``job.json`` holds it and a rerun must match it: the
+    model file's sha256 and the description it runs with (``--input-size`` changes it), the
+    outputs' settings and the inputs' root. A metric model's heatmap ``legend`` is there too,
+    for people and tools reading the outputs (it follows from the description and colormap)."""
     try:
         version = metadata.version("midas-onnx")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    return {"model_sha256": sha256_file(model), "outputs": spec.record(), "inputs_root": inputs_root,
-            "midas_onnx": version}
+    record = {"model_sha256": sha256_file(model),
+              "description": json.loads(description.to_json()) if description is not None else None,
+              "outputs": spec.record(), "inputs_root": inputs_root, "midas_onnx": version}
+    about = legend(description.output, spec.colormap) if description is not None else None
+    if about is not None:
+        record["legend"] = about
+    return record
 
 
 class Todo:
@@ -132,16 +142,19 @@ class Job:
 
     @classmethod
     def prepare(cls, inputs: Sequence[str], output: str, model: str, spec: OutputSpec, *, force: bool = False,
-                command: str = "a midas-onnx job") -> "Job":
+                command: str = "a midas-onnx job", description: ModelDescription | None = None) -> "Job":
         """Find inputs, check OUTPUT's settings, lock OUTPUT, plan. Refusals (``JobError``)
-        happen here, before any output is written or any worker starts."""
+        happen here, before any output is written or any worker starts. ``description``: the
+        model's as the job runs it (``DepthHeatmapper(...).info.description``; ``heatmap`` and
+        ``bulk`` always give it), recorded so that a rerun with another model, input size or
+        description is refused."""
         store = Store(output)
         plan = Plan()
         try:
             found = discover(inputs, output, plan.add)
             if not found.count:
                 raise JobError("no input files" + "".join(f"; {p}" for p in found.problems))
-            job = cls(store, spec, found, job_record(model, spec, found.root), plan)
+            job = cls(store, spec, found, job_record(model, spec, found.root, description), plan)
             old = read_job(store)
             changes = job_changes(old, job.record) if old is not None and not force else []
             if changes:

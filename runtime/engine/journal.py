@@ -70,18 +70,35 @@ def read_job(store: Store) -> dict | None:
     return record
 
 
-def job_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """What differs between two job records (``outputs.colormap inferno -> turbo``)."""
+def job_changes(old: dict, new: dict) -> list[str]:
+    """What differs between two job records (``outputs.colormap inferno -> turbo``; another
+    model is named by its id: ``model da-v2-small -> midas-small``). The release and the
+    legend (which follows from the description and colormap) are not settings."""
     changed = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if key == "midas_onnx" or a == b:
+        if key in ("midas_onnx", "legend") or a == b:
             continue
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += job_changes(a, b, f"{prefix}{key}.")
-        else:
-            changed.append(f"{prefix}{key} {_short(a)} -> {_short(b)}")
+        changed += _model_changes(a, b) if key == "description" else _changes(a, b, key)
     return changed
+
+
+def _changes(a, b, path: str) -> list[str]:
+    """``path a -> b`` for each differing leaf of two values (nested dicts walked)."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [f"{path} {_short(a)} -> {_short(b)}"]
+    return [line for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)
+            for line in _changes(a.get(key), b.get(key), f"{path}.{key}" if path else key)]
+
+
+def _model_changes(old, new) -> list[str]:
+    """Two recorded model descriptions: another model by its id, or what differs in one model's."""
+    def name(description) -> str:
+        return str(description.get("id", "?")) if isinstance(description, dict) else "(none recorded)"
+
+    if not (isinstance(old, dict) and isinstance(new, dict)) or name(old) != name(new):
+        return [f"model {name(old)} -> {name(new)}"]
+    return [f"model {name(new)}: {line}" for line in _changes(old, new, "")]
 
 
 def _short(value) -> str:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import images
+from .. import exif, images
 from ..errors import ImageError, MidasOnnxError
 from .plan import Item, make_row
 from .spec import OutputSpec
@@ -78,7 +78,11 @@ def process_image(hm, item: Item, spec: OutputSpec, store: Store, data: bytes | 
                                         name=item.source))
     else:
         result = hm.predict(item.source)  # the runtime reads the file (EXIF orientation, 16-bit kept)
-    payloads = spec.render(result, list(item.targets))  # all, before any is written
+    camera = None
+    if spec.wants_camera:  # point clouds: the photo's focal length, from the head of its bytes
+        camera = exif.camera(data if data is not None else exif.read_head(item.source))
+    # all made before any is written
+    payloads = spec.render(result, list(item.targets), model=hm.info.description.title, camera=camera)
     for kind, target in item.targets.items():
         store.write(target, payloads[kind])
 

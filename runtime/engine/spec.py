@@ -14,7 +14,9 @@ from typing import Sequence
 from ..depth_files import FORMATS as DEPTH_FORMATS
 from ..depth_files import check_format, encode_depth
 from ..errors import MidasOnnxError
+from ..exif import Camera
 from ..metric import Point, align, as_points, metric_depth
+from ..model_description import ModelDescription
 from ..outputs import IMAGE_FORMATS, output_suffixes, render
 from ..pointcloud import DEFAULT_FOV_DEG, Intrinsics, ply_bytes
 from ..postprocess import colormap_id
@@ -29,8 +31,9 @@ class OutputSpecError(MidasOnnxError, ValueError):
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Every output of one input. ``points``: known (x, y, metres), making depth files and
-    point clouds metric; ``normalize``: how video frames are coloured."""
+    """Every output of one input. ``points``: known (x, y, metres), making a relative model's
+    depth files and point clouds metric (a metric model's get the one scale they agree on); ``normalize``: how a relative model's video frames
+    are coloured (a metric model's colours span its fixed range of metres, always)."""
 
     colormap: str = "inferno"
     depth: str | None = None
@@ -74,6 +77,11 @@ class OutputSpec:
             intrinsics = Intrinsics.parse(intrinsics)
         return cls(colormap.lower(), depth, overlay, points, ply, ply_step, fov, intrinsics, normalize, image_format)
 
+    @property
+    def wants_camera(self) -> bool:
+        """Whether point clouds need the photo's EXIF (no intrinsics were given)."""
+        return self.ply and self.intrinsics is None
+
     def image_suffixes(self) -> dict[str, str]:
         """kind -> suffix after a still image's full name."""
         kinds = output_suffixes(self.depth, self.overlay, self.image_format)
@@ -99,35 +107,53 @@ class OutputSpec:
             "depth": self.depth,
             "overlay": self.overlay,
             "points": [[p.x, p.y, p.depth_m] for p in self.points] if self.points is not None else None,
-            "ply": [self.ply_step, self.fov, list(vars(self.intrinsics).values()) if self.intrinsics else None]
-            if self.ply else None,
+            "ply": [self.ply_step, self.fov, [self.intrinsics.fx, self.intrinsics.fy, self.intrinsics.cx,
+                                              self.intrinsics.cy] if self.intrinsics else None] if self.ply else None,
             "normalize": self.normalize,
             "image_format": self.image_format,
         }
 
-    def render(self, result, kinds: Sequence[str]) -> dict[str, bytes]:
+    def render(self, result, kinds: Sequence[str], *, model: str = "", camera: Camera | None = None
+               ) -> dict[str, bytes]:
         """Every requested output's bytes for one image's result, all made before any is
-        written; metric outputs use one fit per image."""
+        written; metric outputs use one fit per image. ``model``: the model's title (point
+        clouds name it); ``camera``: the photo's EXIF camera tags (point-cloud intrinsics)."""
         wanted = colormap_id(self.colormap)
         if result.colormap != wanted:  # the spec decides the colours, not the session's default
             result = replace(result, colormap=wanted)
-        fit = align(result.depth, self.points) if self.points is not None else None
+        metric_model = result.output is not None and result.output.metric
+        fit = align(result.depth, self.points, metric=metric_model) if self.points is not None else None
         depth = metric_depth(result.depth, fit) if fit is not None else result.depth
         out: dict[str, bytes] = {}
         for kind in kinds:
             if kind in ("heatmap", "overlay"):
                 out[kind] = render(result, kind, self.image_format)
             elif kind == "depth":
-                out[kind] = encode_depth(depth, self.depth)
+                out[kind] = encode_depth(depth, self.depth, result.output)
             elif kind == "align":
                 out[kind] = (json.dumps(fit.to_dict(), indent=2) + "\n").encode()
             elif kind == "ply":
-                h, w = depth.shape
-                cam = self.intrinsics or Intrinsics.from_fov(w, h, self.fov or DEFAULT_FOV_DEG)
-                out[kind] = ply_bytes(depth, result.image, cam, self.ply_step, metric=fit is not None)
+                metric = fit is not None or metric_model
+                note = ("metres: the model's own, scaled to known points" if fit is not None and metric_model else
+                        "metres: fitted to known points (scale and shift in inverse depth)" if fit is not None else
+                        "metres: the model's own output" if metric else "")
+                out[kind] = ply_bytes(depth, result.image, self.intrinsics_for(*depth.shape[::-1], camera), self.ply_step,
+                                      metric=metric, model=model, notes=[note] if note else [])
             else:
                 raise ValueError(f"unknown output kind {kind!r}")
         return out
+
+    def intrinsics_for(self, width: int, height: int, camera: Camera | None = None) -> Intrinsics:
+        """Point-cloud intrinsics: ``--intrinsics``, else the photo's EXIF focal length, else
+        ``--fov`` (default 60 degrees); their ``source`` says which."""
+        if self.intrinsics is not None:
+            return replace(self.intrinsics, source="--intrinsics")
+        found = Intrinsics.from_exif(camera, width, height) if camera is not None else None
+        if found is not None:
+            return found
+        guess = Intrinsics.from_fov(width, height, self.fov or DEFAULT_FOV_DEG)
+        given = "--fov" if self.fov else "the default"
+        return replace(guess, source=f"{guess.source} ({given}: no usable focal length in the photo's EXIF)")
 
 
 def depth_frame_suffix(depth: str) -> str:

@@ -7,9 +7,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..depth_files import encode_depth
+from ..depth_files import encode_depth, png16_range
 from ..errors import ImageError
-from ..postprocess import colormap_id, depth_range, overlay
+from ..outputs import colour_range
+from ..postprocess import colorize, colormap_id, overlay
 from ..steady import SteadyNormalizer
 from .spec import OutputSpec, depth_frame_suffix
 
@@ -66,9 +67,11 @@ class VideoFrames:
 class VideoWriters:
     """Heatmap (and overlay) videos plus depth frames under temporary names.
 
-    Depth frames hold the network's own output for every frame (each with its own scale and
-    shift, as MiDaS predicts it); only the colours are steadied, so depth files never carry
-    a smoothing the user did not ask for."""
+    Depth frames hold the network's own output for every frame (a relative model's with its
+    own scale and shift per frame; a metric model's metres); only a relative model's colours
+    are steadied, so depth files never carry a smoothing the user did not ask for. A metric
+    model's colours span its fixed range of metres (``outputs.colour_range``) in every frame,
+    so they need no steadying and hold still by themselves."""
 
     def __init__(self, temps: dict[str, Path], spec: OutputSpec, fps: float = 25.0,
                  names: dict[str, str] | None = None) -> None:
@@ -83,7 +86,10 @@ class VideoWriters:
 
     def add(self, result) -> np.ndarray:
         """Write one frame's outputs; returns its heatmap (uint8 BGR)."""
-        if self.steady is not None:  # aligned to the running reference, then one smoothed range
+        span = colour_range(result.output)
+        if span is not None:  # metres: one fixed range for every frame
+            heat = colorize(result.depth, self.colormap, span)
+        elif self.steady is not None:  # aligned to the running reference, then one smoothed range
             heat = self.steady.update(result.depth, result.image).colorize(result.depth, self.colormap)
         else:
             heat = result.colorized(self.colormap)
@@ -94,8 +100,8 @@ class VideoWriters:
             folder = self.temps["depth"]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{self.frames:06d}{depth_frame_suffix(self.spec.depth)}").write_bytes(
-                encode_depth(result.depth, self.spec.depth))
-            lo, hi = depth_range(result.depth)
+                encode_depth(result.depth, self.spec.depth, result.output))
+            lo, hi = png16_range(result.depth, result.output)
             self.ranges.append(f"{self.frames},{lo!r},{hi!r}")
         self.frames += 1
         return heat
