@@ -1,3 +1,3 @@
-"""midas-onnx: MiDaS_small monocular depth as fast, torch-free heatmaps on CPUs."""
+"""midas-onnx: monocular depth (MiDaS small, Depth Anything V2 Small) as fast, torch-free heatmaps on CPUs."""
 
 __version__ = "0.1.0"

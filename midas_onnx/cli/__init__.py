@@ -63,4 +63,4 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup)
 @click.version_option(__version__, prog_name="midas-onnx")
 def main() -> None:
-    """MiDaS_small monocular depth heatmaps with onnxruntime, no PyTorch needed at run time."""
+    """Monocular depth heatmaps (MiDaS small, Depth Anything V2 Small) with onnxruntime, no PyTorch needed at run time."""
