@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.cpu import cpu_name, int8_flags
-from runtime.engine_choice import open_session, typical_shape
+from runtime.engine_choice import measure, open_session, typical_shape
 from runtime.metadata import INPUT_NAME
 
 BARS = {"auto_vs_onnxruntime_max": 1.02, "auto_vs_fastest_max": 1.05, "heatmap_vs_inference_min": 0.85}
@@ -42,21 +42,10 @@ ENGINES = ("onnxruntime", "openvino")
 
 
 def latencies(path: str, shapes: list[tuple[int, int]], rounds: int) -> dict[str, dict[str, float]]:
-    """shape -> engine -> median ms; engines alternate within every round."""
+    """shape -> engine -> median ms, engines alternating within every round (``auto``'s own
+    measurement, with more rounds)."""
     sessions = {e: open_session(path, 2, e)[0] for e in ENGINES}
-    out = {}
-    for hw in shapes:
-        x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
-        times: dict[str, list[float]] = {e: [] for e in ENGINES}
-        for s in sessions.values():
-            s.run(None, {INPUT_NAME: x})
-        for _ in range(rounds):
-            for e, s in sessions.items():
-                start = time.perf_counter()
-                s.run(None, {INPUT_NAME: x})
-                times[e].append((time.perf_counter() - start) * 1000)
-        out[f"{hw[0]}x{hw[1]}"] = {e: float(np.median(t)) for e, t in times.items()}
-    return out
+    return {f"{hw[0]}x{hw[1]}": measure(sessions, hw, rounds) for hw in shapes}
 
 
 def auto_choice(path: str) -> dict:
