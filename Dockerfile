@@ -1,23 +1,31 @@
-# midas-onnx: MiDaS small depth heatmaps over HTTP, torch-free at run time.
+# midas-onnx: depth heatmaps over HTTP, torch-free at run time.
 #
 #   docker build -t midas-onnx .
-#   docker run -p 8000:8000 -e MIDAS_ONNX_API_KEY_FILE=/run/secrets/midas-onnx-keys \
+#   docker run -p 8000:8000 --group-add "$(id -g)" -e MIDAS_ONNX_API_KEY_FILE=/run/secrets/midas-onnx-keys \
 #     -v "$PWD/keys.txt:/run/secrets/midas-onnx-keys:ro" midas-onnx
 #
-# The model is exported (CPU PyTorch) and quantized to INT8 while the image builds; the image
-# that runs holds Python, the runtime, the EXTRAS and the INT8 model, never torch.
+# Docker 23 or later (BuildKit, its default builder: the export stage's cache mount needs it),
+# or podman/buildah. The model is exported (CPU PyTorch) and quantized to INT8 while the image
+# builds; the image that runs holds Python, the runtime, the EXTRAS and the INT8 model, never torch.
 # Build arguments (--build-arg NAME=VALUE):
 #   BASE         a Debian bookworm image with Python 3.11 and its venv module
 #   EXTRAS       extras installed in the image: serve (default), or serve,ray for Ray workers
+#   MODEL        the model exported (`midas-onnx export --model`): midas-small (default), da-v2-small, ...
+#   CHECKPOINT   the offline checkpoint's file name in the checkout's top folder (a .pt or .pth file;
+#                default: MODEL's official file name); used when there, else downloaded
 #   TORCH_INDEX  where the export stage gets torch (the CPU builds; PyPI's carry CUDA)
-# Named build contexts (--build-context NAME=DIR) replace a stage:
-#   checkpoint=DIR   a folder holding midas_v21_small_256.pt (offline; else export downloads it)
-#   export=DIR       a folder holding models/midas_small.onnx, exported (skips the PyTorch stages)
+#   SOURCE       the repository's URL, for the org.opencontainers.image.source label (none if unset)
+# Every pip install is held to container/constraints.txt (refreshing it: docs/how-to/container.md).
+# Named build contexts (--build-context NAME=DIR, BuildKit or podman) replace a stage:
+#   export=DIR       a folder holding MODEL's fp32 export, e.g. models/ after `midas-onnx export`
+#                    (skips the PyTorch stages)
 #   calibration=DIR  photos like yours to calibrate INT8 on (else the built-in photos)
 # Podman: add --format docker, or the OCI format drops HEALTHCHECK.
 
 ARG BASE=python:3.11-slim-bookworm
 ARG EXTRAS=serve
+ARG MODEL=midas-small
+ARG SOURCE=
 
 # The environment every stage shares; the venv at /opt/venv has the same paths on
 # python:3.11-slim and on a Debian python3 base.
@@ -28,9 +36,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1
 
 # The build stages' venv, with binutils for strip; the image that runs copies /opt/venv alone.
+# Every pip install in these stages (build isolation included) takes the pinned versions.
 FROM python AS venv
 RUN apt-get update && apt-get install --yes --no-install-recommends binutils && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/venv
+COPY container/constraints.txt /opt/constraints.txt
+ENV PIP_CONSTRAINT=/opt/constraints.txt
 
 # Requirement lists read from pyproject.toml, so that dependency layers are rebuilt only when
 # it changes, not on every code change: core (the base install), extras (EXTRAS), quantize, export.
@@ -65,60 +76,83 @@ COPY --from=wheel /wheels/ /tmp/wheels/
 RUN pip install --no-deps /tmp/wheels/*.whl && pip check && rm -r /tmp/wheels \
  && pip uninstall --yes --quiet pip setuptools && find /opt/venv -depth -type d -name tests -exec rm -r {} +
 
-# Export: the official checkpoint (downloaded by `export`, or the checkpoint context) to a
-# verified fp32 ONNX file, with the CPU build of the torch release pyproject.toml pins.
-FROM scratch AS checkpoint
-
+# Export: MODEL's official checkpoint to a verified fp32 ONNX file, with the CPU build of the
+# torch release pyproject.toml pins (torch and torchvision from TORCH_INDEX, their dependencies
+# from PyPI). The checkpoint: CHECKPOINT in the build context's top folder if it is there, else
+# downloaded by `export`, once: the cache mount (at /cache: buildah 1.28 breaks the stage's next
+# step with one under /root) keeps torch.hub's and Hugging Face's caches between builds.
 FROM venv AS torch
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 COPY --from=requirements /src/export.txt /tmp/
 RUN grep -E '^(torch|torchvision)[=<>~!; ]' /tmp/export.txt > /tmp/torch.txt \
- && pip install --index-url "$TORCH_INDEX" -r /tmp/torch.txt \
- && pip install -r /tmp/export.txt && rm /tmp/export.txt /tmp/torch.txt
+ && pip install --no-deps --index-url "$TORCH_INDEX" -r /tmp/torch.txt \
+ && pip install -r /tmp/export.txt && pip check && rm /tmp/export.txt /tmp/torch.txt
 
-FROM torch AS export
+FROM torch AS exporter
+ARG MODEL
+ARG CHECKPOINT=
 COPY --from=wheel /wheels/ /tmp/wheels/
 RUN pip install --no-deps /tmp/wheels/*.whl && pip check
-COPY --from=checkpoint / /checkpoint/
-RUN ckpt=/checkpoint/midas_v21_small_256.pt \
- && midas-onnx export $(test -f "$ckpt" && echo --checkpoint "$ckpt") --output /models/midas_small.onnx
+# pyproject.toml keeps the sources from matching nothing, which only BuildKit allows.
+COPY pyproject.toml *.pt *.pth /checkpoint/
+WORKDIR /export
+RUN --mount=type=cache,target=/cache,id=midas-onnx-checkpoints,sharing=locked \
+    official="$(python3 -c 'import sys; from runtime.model_description import describe; \
+print(describe(sys.argv[1]).checkpoint.filename)' "$MODEL")" \
+ && ckpt="/checkpoint/${CHECKPOINT:-$official}" \
+ && if [ -n "$CHECKPOINT" ] && [ ! -f "$ckpt" ]; then \
+      echo "CHECKPOINT=$CHECKPOINT: no such .pt/.pth file in the build context's top folder" >&2; exit 1; fi \
+ && HF_HOME=/cache/huggingface TORCH_HOME=/cache/torch \
+    midas-onnx export --model "$MODEL" $(test -f "$ckpt" && echo --checkpoint "$ckpt")
+
+# The export alone, laid out as `midas-onnx export` lays out models/: the export context's shape.
+FROM scratch AS export
+COPY --from=exporter /export/models/ /
 
 # Static INT8 of the export (onnxruntime, no torch), calibrated on the built-in photos, or on
 # yours: the calibration context.
 FROM scratch AS calibration
 
 FROM core AS model
+ARG MODEL
 COPY --from=requirements /src/quantize.txt /tmp/
 RUN pip install -r /tmp/quantize.txt
 COPY --from=wheel /wheels/ /tmp/wheels/
 RUN pip install --no-deps /tmp/wheels/*.whl && pip check
-COPY --from=export /models/midas_small.onnx /models/
+COPY --from=export /*.onnx /exported/
 COPY --from=calibration / /calibration/
-RUN midas-onnx quantize --int8 $(test -n "$(ls -A /calibration)" && echo --calibration /calibration) \
-      /models/midas_small.onnx
+# The image's model is named after MODEL (/models/midas-small.int8.onnx), which the runtime's
+# ENV can name; the export's file has `export`'s name (midas_small.onnx).
+RUN name="$(python3 -c 'import sys; from midas_onnx.cli.export_cmd import default_output; \
+print(default_output(sys.argv[1]).name)' "$MODEL")" \
+ && if [ ! -f "/exported/$name" ]; then \
+      echo "MODEL=$MODEL: the export holds no $name, only: $(ls /exported)" >&2; exit 1; fi \
+ && mkdir /models && midas-onnx quantize --int8 $(test -n "$(ls -A /calibration)" && echo --calibration /calibration) \
+      --output "/models/$MODEL.int8.onnx" "/exported/$name"
 
 # The image that runs: non-root, every setting a MIDAS_ONNX_* variable (`midas-onnx serve
 # --help` names each), keys from a mounted file (MIDAS_ONNX_API_KEY_FILE), never baked in.
 FROM python AS runtime
 ARG EXTRAS
-# With ray, a Ray node's image: KubeRay's default probes of Ray pods call wget.
+# Login shells (`bash -l`, as KubeRay starts Ray) reset PATH in /etc/profile, then read
+# /etc/profile.d: the venv goes back in front there. With ray, a Ray node's image: KubeRay's
+# default probes of Ray pods call wget.
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/midas midas \
+ && echo 'PATH="/opt/venv/bin:$PATH"' > /etc/profile.d/midas-onnx-venv.sh \
  && case ",$EXTRAS," in *,ray,*) apt-get update && apt-get install --yes --no-install-recommends wget \
       && apt-get clean && rm -rf /var/lib/apt/lists/* ;; esac
 COPY --from=app /opt/venv/ /opt/venv/
-COPY --from=model /models/midas_small.int8.onnx /models/midas_small.int8.report.json /models/
-# VERSION is midas_onnx.__version__ (tests/test_container.py holds them equal); SOURCE, the
-# repository's URL, is given by whoever publishes the image.
+COPY --from=model /models/ /models/
+# VERSION is midas_onnx.__version__ (tests/test_container.py holds them equal).
 ARG VERSION=0.1.0
-ARG SOURCE=""
 LABEL org.opencontainers.image.title="midas-onnx" \
-      org.opencontainers.image.description="MiDaS small monocular depth heatmaps over HTTP on CPUs, torch-free" \
+      org.opencontainers.image.description="Monocular depth heatmaps over HTTP on CPUs, torch-free" \
       org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="MIT"
 USER 10001:10001
 WORKDIR /home/midas
-ENV MIDAS_ONNX_MODEL=/models/midas_small.int8.onnx \
+ARG MODEL
+ENV MIDAS_ONNX_MODEL=/models/${MODEL}.int8.onnx \
     MIDAS_ONNX_HOST=0.0.0.0 \
     MIDAS_ONNX_PORT=8000
 EXPOSE 8000
@@ -127,3 +161,11 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 CMD ["pyt
 # Exec form: SIGTERM reaches the server itself, which drains accepted work and exits 0.
 ENTRYPOINT ["midas-onnx"]
 CMD ["serve"]
+
+# The source label only when SOURCE is given (pyproject.toml names no repository URL): an
+# empty label would claim one.
+FROM runtime AS runtime-
+FROM runtime AS runtime-with-source
+ARG SOURCE
+LABEL org.opencontainers.image.source="${SOURCE}"
+FROM runtime-${SOURCE:+with-source}

@@ -5,11 +5,16 @@ midas-onnx/podman): its own image storage, network and configuration, so it neve
 touches another podman user's images and containers, and the base image and the dependency
 layers survive between runs on the same machine. No image registry is reachable here, so the
 base is made from Debian's archive with mmdebstrap, standing in for python:3.11-slim-bookworm
-(Debian 12, Python 3.11).
+(Debian 12, Python 3.11). Test runs of two checkouts on one machine share that folder: an
+exclusive lock (``locked``) is held while either changes it (configuration, storage reset,
+network, base image, image build), and a shared one (``in-use``) for as long as a run uses
+it, so that the storage is never reset under another run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import resource
@@ -20,12 +25,14 @@ from pathlib import Path
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "midas-onnx" / "podman"
 TOOLS = ("podman", "runc", "mmdebstrap")
-BASE_IMAGE = "localhost/midas-base:bookworm"
+TEST_MODULE = "tests/test_container.py"
+SUITE = "bookworm"  # Debian 12, the Dockerfile's default base (python:3.11-slim-bookworm)
+BASE_IMAGE = f"localhost/midas-base:{SUITE}"
 NETWORK = "midas-onnx-test"
 #: pip inside `podman build` reaches PyPI through a proxy with its own CA: the host's bundle,
 #: for the build only (the image keeps Debian's).
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-#: Debian bookworm's Python 3.11 with venv, slimmed as Debian's -slim images are (no docs,
+#: Debian 12's Python 3.11 with venv, slimmed as Debian's -slim images are (no docs,
 #: manuals or translations), /usr merged without the usrmerge package (and the Perl it pulls).
 MMDEBSTRAP = ["--variant=minbase", "--include=python3,python3-venv,ca-certificates",
               "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
@@ -55,21 +62,50 @@ class Podman:
         return self(*args, **kwargs).stdout.strip()
 
 
-def podman() -> Podman:
-    """The tools (else a failure naming the apt command: CI installs them), the configuration,
-    the storage within its size limit, and the network."""
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
-    assert not missing, (f"{', '.join(missing)} not installed: apt-get install {' '.join(TOOLS)} "
-                         "(bash .ci/run does); the container test needs them")
+@contextlib.contextmanager
+def locked(name: str = "build", shared: bool = False, blocking: bool = True):
+    """``flock`` on CACHE/<name>.lock for the ``with`` block; yields False when not ``blocking``
+    and another run holds it."""
     CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # the lock ends with the file's closing
+
+
+@contextlib.contextmanager
+def podman():
+    """Yields the test's Podman, for as long as the test runs: the tools (else a failure naming
+    the apt command: CI installs them), the configuration, the storage within its size limit
+    (reset only when no other run uses it), and the network."""
+    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    assert not missing, (f"the container test needs {', '.join(missing)}: apt-get install {' '.join(TOOLS)} "
+                         f"(bash .ci/run does), or leave it out here: pytest --ignore={TEST_MODULE}")
+    assert os.geteuid() == 0, ("the container test runs podman as root (rootful storage and networks, key "
+                               f"files of other uids), as bash .ci/run does; or leave it out here: "
+                               f"pytest --ignore={TEST_MODULE}")
     p = Podman(CACHE)
-    (CACHE / "containers.conf").write_text(_containers_conf())
-    if _size(CACHE / "storage") > STORAGE_LIMIT_BYTES:
-        p("system", "reset", "--force")
-        (CACHE / "containers.conf").write_text(_containers_conf())
-    if p("network", "exists", NETWORK, check=False).returncode:
-        p("network", "create", "--interface-name", "midasonnx0", NETWORK)
-    return p
+    with locked():
+        _write(CACHE / "containers.conf", _containers_conf())
+        if _size(CACHE / "storage") > STORAGE_LIMIT_BYTES:
+            with locked("in-use", blocking=False) as alone:
+                if alone:
+                    p("system", "reset", "--force")
+                    _write(CACHE / "containers.conf", _containers_conf())
+        if p("network", "exists", NETWORK, check=False).returncode:
+            p("network", "create", "--interface-name", "midasonnx0", NETWORK)
+    with locked("in-use", shared=True):
+        yield p
+
+
+def _write(path: Path, text: str) -> None:
+    """Replaced whole, so that another run's podman never reads half a file."""
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    partial.write_text(text)
+    partial.replace(path)
 
 
 def _containers_conf() -> str:
@@ -93,31 +129,44 @@ def _size(folder: Path) -> int:
 
 def base_image(p: Podman) -> str:
     """The Debian base in the test's storage, made (about a minute) only when its tarball is
-    missing, older than BASE_MAX_AGE_S or made with other arguments or apt sources."""
+    missing, older than BASE_MAX_AGE_S or made with other arguments or apt sources; checked to
+    be SUITE, which the machine's apt sources (the one reachable mirror) must serve."""
+    with locked():
+        return _base_image(p)
+
+
+def _base_image(p: Podman) -> str:
     key = hashlib.sha256("\n".join(MMDEBSTRAP + [s.read_text() for s in APT_SOURCES]).encode()).hexdigest()[:12]
-    tarball = CACHE / f"base-bookworm-{key}.tar"
+    tarball = CACHE / f"base-{SUITE}-{key}.tar"
     if tarball.is_file() and time.time() - tarball.stat().st_mtime > BASE_MAX_AGE_S:
         tarball.unlink()
         p("rmi", "--force", BASE_IMAGE, check=False)
     if not tarball.is_file():
-        for old in CACHE.glob("base-bookworm-*.tar*"):
+        for old in CACHE.glob(f"base-{SUITE}-*.tar*"):
             old.unlink()
         partial = tarball.with_suffix(".tar.partial")
         mirrors = [str(s) for s in APT_SOURCES] or ["http://deb.debian.org/debian"]
-        made = subprocess.run(["mmdebstrap", *MMDEBSTRAP, "--format=tar", "bookworm", str(partial), *mirrors],
+        made = subprocess.run(["mmdebstrap", *MMDEBSTRAP, "--format=tar", SUITE, str(partial), *mirrors],
                               capture_output=True, text=True, timeout=1800)
         assert made.returncode == 0, f"mmdebstrap failed:\n{made.stderr[-3000:]}"
         partial.replace(tarball)
         p("rmi", "--force", BASE_IMAGE, check=False)
     if p("image", "exists", BASE_IMAGE, check=False).returncode:
         p("import", str(tarball), BASE_IMAGE)
+        suite = p.out("run", "--rm", "--network", "none", BASE_IMAGE, "sh", "-c",
+                      '. /etc/os-release && echo "$VERSION_CODENAME"')
+        if suite != SUITE:
+            p("rmi", "--force", BASE_IMAGE, check=False)
+            raise AssertionError(f"the base image is Debian {suite}, not {SUITE}: the apt sources "
+                                 f"{[str(s) for s in APT_SOURCES]} name another suite")
     return BASE_IMAGE
 
 
 def build(p: Podman, context: Path, tag: str, log: Path, build_args: dict[str, str],
           build_contexts: dict[str, Path]) -> None:
     """``podman build`` of ``context`` (Docker format: OCI drops HEALTHCHECK), with the host's CA
-    bundle for pip and nothing pulled; the log, each line with its second of the build, in ``log``."""
+    bundle for pip and nothing pulled; the log, each line with its second of the build, in ``log``.
+    One build at a time in the shared storage."""
     args = ["build", "--format", "docker", "--pull=never", "--network", "host", "--tag", tag]
     if CA_BUNDLE.is_file():
         args += ["--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
@@ -126,7 +175,7 @@ def build(p: Podman, context: Path, tag: str, log: Path, build_args: dict[str, s
     for name, folder in build_contexts.items():
         args += ["--build-context", f"{name}={folder}"]
     t0 = time.monotonic()
-    with open(log, "w") as sink, subprocess.Popen([*p.base, *args, str(context)], env=p.env, text=True,
+    with locked(), open(log, "w") as sink, subprocess.Popen([*p.base, *args, str(context)], env=p.env, text=True,
                                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         for line in proc.stdout:
             sink.write(f"{time.monotonic() - t0:7.1f} {line}")
