@@ -35,9 +35,10 @@ from starlette.responses import Response
 from runtime import ImageError, ImageTooLarge
 from runtime.images import check_header, decode
 
-from .batcher import Batcher, QueueFull, WorkerDied
+from .batcher import QueueFull, WorkerDied
 from .budget import Budget, Charge, in_thread
 from .errors import ApiError
+from .models import ServedModel
 from .settings import BYTES_PER_PIXEL, ServeSettings
 
 T = TypeVar("T")
@@ -50,18 +51,18 @@ class Flow:
     def __init__(self, settings: ServeSettings, observe: Callable[[str, float], None]) -> None:
         self.settings = settings
         self.budget = Budget(settings.max_work_bytes)
-        self.batcher: Batcher | None = None  # set once the model has loaded
         self._renderers = ThreadPoolExecutor(settings.inference_workers, thread_name_prefix="render")
         self._observe = observe
 
     def close(self) -> None:
         self._renderers.shutdown(wait=False, cancel_futures=True)
 
-    async def run(self, data: bytes, name: str, render: Callable[[object], T], *, job: bool = False,
-                  request: Request | None = None) -> tuple[T, Charge]:
-        """``render(DepthResult)`` of the image ``data``, with its charge: the caller sends
-        what it rendered, then releases the charge (an ``Answer`` does). ``job``: wait for
-        room instead of 503. ``request``: its client leaving ends the flow (499)."""
+    async def run(self, data: bytes, name: str, render: Callable[[object], T], model: ServedModel, *,
+                  job: bool = False, request: Request | None = None) -> tuple[T, Charge]:
+        """``render(DepthResult)`` of the image ``data`` through ``model``, with its charge:
+        the caller sends what it rendered, then releases the charge (an ``Answer`` does).
+        Every model shares this flow's budget. ``job``: wait for room instead of 503.
+        ``request``: its client leaving ends the flow (499)."""
         s = self.settings
         try:
             pixels = check_header(data, name, s.max_pixels)
@@ -76,7 +77,7 @@ class Flow:
                     raise self.busy()
                 charge = Charge(self.budget, amount)
                 try:
-                    result = await _unless_gone(self._infer(data, name, charge, job), request)
+                    result = await _unless_gone(self._infer(data, name, charge, job, model), request)
                     del data
                     started = time.perf_counter()
                     rendered = await in_thread(self._renderers, render, result, charges=(charge,))
@@ -88,8 +89,8 @@ class Flow:
             raise ApiError(504, "timeout", f"no result within {deadline:g} s") from None
         return rendered, charge
 
-    async def _infer(self, data: bytes, name: str, charge: Charge, job: bool):
-        batcher = self.batcher
+    async def _infer(self, data: bytes, name: str, charge: Charge, job: bool, model: ServedModel):
+        batcher = model.batcher
         if batcher is None:
             raise ApiError(503, "loading", "the model is still loading", retry_after=self.settings.retry_after)
         try:

@@ -46,15 +46,31 @@ class Metrics:
         self.stream_connections = Gauge("midas_stream_connections", "Live WebSocket streams open", registry=r)
         self.stream_frames = Counter("midas_stream_frames_total", "Stream frames by outcome (sent, dropped_replaced, "
                                      "dropped_busy, error)", ["outcome"], registry=r)
+        self.model_info = Gauge("midas_model_info", "Each served model (value 1): its name (what model= asks "
+                                "for), id, output kind, engine, precision and input size",
+                                ["model", "id", "output", "engine", "precision", "input_size"], registry=r)
+        self.model_images = Counter("midas_model_images_total", "Images inferred, by model", ["model"], registry=r)
+        self.model_inference = Histogram("midas_model_inference_seconds", "Inference time per call, by model",
+                                         ["model"], registry=r, buckets=_STAGE_BUCKETS)
         self.stream_latency = Histogram("midas_stream_frame_seconds", "Frame arrival to heatmap sent", registry=r,
                                         buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 
-    def observe(self, name: str, value: float) -> None:
-        """The batcher's hook: batch_size, queue_seconds, decode_seconds, inference_seconds."""
+    def observe(self, name: str, value: float, model: str | None = None) -> None:
+        """The batchers' hook (``model``: whose): batch_size, queue_seconds, decode_seconds,
+        inference_seconds; and the flow's render_seconds."""
         if name == "batch_size":
             self.batch_size.observe(value)
-        else:
-            self.stage.labels(name.removesuffix("_seconds")).observe(value)
+            if model is not None:
+                self.model_images.labels(model).inc(value)
+            return
+        self.stage.labels(name.removesuffix("_seconds")).observe(value)
+        if name == "inference_seconds" and model is not None:
+            self.model_inference.labels(model).observe(value)
+
+    def describe(self, model: dict) -> None:
+        """A loaded model's ``midas_model_info`` line (serve.models.ServedModel.describe)."""
+        self.model_info.labels(model["name"], model["id"], model["output"], model["engine"], model["precision"],
+                               model["input_size"]).set(1)
 
 
 def printable_path(scope: dict) -> str:

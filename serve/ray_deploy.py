@@ -128,7 +128,7 @@ def build(settings, replicas: int = 2, autoscale: tuple[int, int] | None = None,
             if svc.load_error:
                 raise RuntimeError(f"model failed to load: {svc.load_error}")
             if not svc.alive():
-                raise RuntimeError(f"inference stopped: {svc.batcher.dead}")
+                raise RuntimeError(f"inference stopped: {svc.dead()}")
 
     return MidasIngress.bind(settings)
 

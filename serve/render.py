@@ -10,11 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 
-from runtime import MidasOnnxError
-from runtime.outputs import PNG_PARAMS, encode_heatmap, encode_png
+from runtime import MidasOnnxError, outputs, png, postprocess
 
 from .errors import ApiError
 
@@ -24,6 +24,7 @@ FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png
 DEPTH_FORMATS = {"depth16": "png16", "npy": "npy", "pfm": "pfm", "exr": "exr"}
 MAX_NESTING = 3  # [[x, y, d], ...] or [{"x":..}, ...]: two levels; one spare
 MAX_NUMBER_CHARS = 32
+DEFAULT_ALPHA = 0.5  # runtime.outputs.render's overlay weight (the CLI's)
 
 
 def choose_format(fmt: str | None, accept: str) -> str:
@@ -100,43 +101,69 @@ def parse_points(text: str | None, fmt: str, max_points: int):
         raise _bad(str(exc)) from None
 
 
-def _heatmap(result, cmap: int, with_overlay: bool, alpha: float) -> np.ndarray:
-    return result.overlay(alpha, cmap) if with_overlay else result.colorized(cmap)
+def model_entry(model) -> dict:
+    """Which model answered, and what its depth is (``serve.models.ServedModel``)."""
+    output = model.hm.info.description.output
+    return {"name": model.name, "id": model.hm.info.description.id, "output": output.kind,
+            "unit": output.unit or None}
 
 
-def summary(result, cmap: int, precision: str) -> dict:
+def _overlay(result, alpha: float) -> bytes:
+    """The overlay PNG at ``alpha``: the runtime's own at its default weight. Another weight is
+    blended here from the runtime's pieces until ``runtime.outputs.render`` takes ``alpha``
+    (asked of the runtime's owner; then this function is one call)."""
+    if alpha == DEFAULT_ALPHA:
+        return outputs.render(result, "overlay")
+    span = outputs.colour_range(result.output)
+    blend = postprocess.overlay(result.image, postprocess.colorize(result.depth, result.colormap, span), alpha)
+    data = outputs.encode_image(blend, "png", outputs.PNG_PARAMS["overlay"])
+    about = outputs.legend(result.output, result.colormap) if span is not None else None
+    return data if about is None else png.with_text(data, {outputs.LEGEND_TEXT_KEY: json.dumps(about)})
+
+
+def summary(result, cmap: int, model) -> dict:
+    """A JSON answer's (and a job entry's) body: size, which model and what its depth is, the
+    depth's range in its unit, and the heatmap PNG as the CLI writes it."""
+    result = replace(result, colormap=cmap)
     d = result.depth
-    return {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": precision,
-            "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
-            "heatmap_png_base64": base64.b64encode(encode_heatmap(d, cmap)).decode()}
+    body = {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": model.hm.info.precision,
+            "model": model_entry(model),
+            "depth": {"min": float(np.nanmin(d)), "max": float(np.nanmax(d)), "mean": float(np.nanmean(d))},
+            "heatmap_png_base64": base64.b64encode(outputs.render(result, "heatmap")).decode()}
+    if (about := outputs.legend(result.output, cmap)) is not None:
+        body["legend"] = about
+    return body
 
 
-def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, precision: str,
+def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, model,
            points=None) -> tuple[bytes, str]:
-    """The answer's body and content type (run in a render thread: serve.flow)."""
+    """The answer's body and content type (run in a render thread: serve.flow), encoded by
+    the runtime's one output encoding (``runtime.outputs.render``, ``depth_files.encode_depth``),
+    so a served answer has the bytes the CLI writes for the same image and options."""
     from runtime.depth_files import encode_depth
     from runtime.metric import align, metric_depth, metric_summary
 
+    result = replace(result, colormap=cmap)
     fit = None
     if points is not None:
         try:
-            fit = align(result.depth, points)
+            fit = align(result.depth, points, metric=result.output.metric)
         except MidasOnnxError as exc:
             raise _bad(str(exc)) from None
     if fmt in DEPTH_FORMATS:
         depth = result.depth if fit is None else metric_depth(result.depth, fit)
         try:
-            return encode_depth(depth, DEPTH_FORMATS[fmt]), FORMATS[fmt]
+            return encode_depth(depth, DEPTH_FORMATS[fmt], result.output), FORMATS[fmt]
         except MidasOnnxError as exc:
             raise ApiError(422, "format_unavailable", str(exc)) from None
     if fmt == "json":
-        body = summary(result, cmap, precision)
+        body = summary(result, cmap, model)
         if with_overlay:
-            body["overlay_png_base64"] = base64.b64encode(encode_png(_heatmap(result, cmap, True, alpha))).decode()
+            body["overlay_png_base64"] = base64.b64encode(_overlay(result, alpha)).decode()
         if fit is not None:
             body["alignment"] = fit.to_dict()
             body["metric_depth_m"] = metric_summary(result.depth, fit)
         return json.dumps(body).encode(), FORMATS["json"]
-    if not with_overlay:  # the shared indexed-PNG encoder: no full-size BGR heatmap is made
-        return encode_heatmap(result.depth, cmap), FORMATS["png"]
-    return encode_png(_heatmap(result, cmap, True, alpha), PNG_PARAMS["overlay"]), FORMATS["png"]
+    if with_overlay:
+        return _overlay(result, alpha), FORMATS["png"]
+    return outputs.render(result, "heatmap"), FORMATS["png"]

@@ -26,6 +26,8 @@ from .uploads import read_images
 
 Format = Literal["png", "json", "depth16", "npy", "pfm", "exr"]
 Colormap = Literal[tuple(sorted(COLORMAPS))]  # type: ignore[valid-type]
+ModelName = Annotated[str | None, Query(max_length=64, description="Which served model answers (/readyz lists "
+                                        "them; default: the first)")]
 
 
 @contextlib.contextmanager
@@ -47,7 +49,7 @@ def health_router(svc: Service, auth_on=lambda: False) -> APIRouter:
     async def healthz():
         """Alive: 200 while the inference workers run (or the model is still loading)."""
         if not svc.alive():
-            return envelope(503, "worker_died", f"inference stopped: {svc.batcher.dead}")  # type: ignore[union-attr]
+            return envelope(503, "worker_died", f"inference stopped: {svc.dead()}")
         return {"status": "ok"}
 
     @router.get("/readyz")
@@ -57,9 +59,11 @@ def health_router(svc: Service, auth_on=lambda: False) -> APIRouter:
             svc.require_ready()
         except ApiError as exc:
             return envelope(503, exc.code, exc.message, {"Retry-After": str(svc.settings.retry_after)})
-        info = svc.hm.info  # type: ignore[union-attr]
-        return JSONResponse({"ready": True, "model": svc.settings.model.name, "input_size": info.input_size_text,
-                             "precision": info.precision, "auth": auth_on()})
+        models = [m.describe() for m in svc.models]
+        first = models[0]  # the default model's, as before several could be served
+        return JSONResponse({"ready": True, "model": first["file"], "input_size": first["input_size"],
+                             "precision": first["precision"], "engine": first["engine"], "models": models,
+                             "default_model": first["name"], "auth": auth_on()})
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
@@ -97,19 +101,25 @@ def depth_router(svc: Service) -> APIRouter:
         alpha: Annotated[float, Query(ge=0.0, le=1.0, description="Heatmap weight in the overlay")] = 0.5,
         known_depths: Annotated[str | None, Query(max_length=settings.max_query_bytes,
                                                   description="JSON list of [x, y, depth_m]")] = None,
+        model: ModelName = None,
     ) -> Response:
         """One image (multipart field ``file`` or the raw body) -> heatmap PNG, JSON, or a depth
         file: ``depth16`` (16-bit PNG, normalised), ``npy``/``pfm`` (float32), ``exr``.
-        ``known_depths`` turns float depth into metres and adds the fit to the JSON."""
+        ``known_depths`` turns float depth into metres (a relative model's by scale and shift,
+        a metric model's by a scale) and adds the fit to the JSON. ``model`` (query or form
+        field): which of the server's models answers (default: the first)."""
         svc.require_ready()  # a service that cannot answer says so before reading the body
         fmt = choose_format(format, request.headers.get("accept", ""))
         cmap = colormap_id(colormap or settings.colormap)
         points = parse_points(known_depths, fmt, settings.max_known_points)
+        served = svc.models.pick(model)  # an unknown name is refused before the body is read
         with _working(svc):
-            (name, data), = await read_images(request, settings, svc.uploads, max_count=1)
-            answer = partial(render, fmt=fmt, cmap=cmap, with_overlay=overlay, alpha=alpha,
-                             precision=svc.hm.info.precision, points=points)  # type: ignore[union-attr]
-            (body, media_type), charge = await svc.flow.run(data, name, answer, request=request)
+            uploads = await read_images(request, settings, svc.uploads, max_count=1)
+            served = served if model else svc.models.pick(uploads.fields.get("model"))
+            (name, data), = uploads
+            answer = partial(render, fmt=fmt, cmap=cmap, with_overlay=overlay, alpha=alpha, model=served,
+                             points=points)
+            (body, media_type), charge = await svc.flow.run(data, name, answer, served, request=request)
             return Answer(body, media_type, settings.send_timeout, charge)
 
     return router
@@ -125,20 +135,24 @@ def jobs_router(svc: Service) -> APIRouter:
         return ApiError(503, "too_many_jobs", str(exc), retry_after=settings.retry_after)
 
     @router.post("/v1/jobs", status_code=202)
-    async def create_job(request: Request, colormap: Annotated[Colormap | None, Query()] = None) -> JSONResponse:
-        """Queue one or more images (multipart ``file`` fields, or the raw body); returns at once."""
+    async def create_job(request: Request, colormap: Annotated[Colormap | None, Query()] = None,
+                         model: ModelName = None) -> JSONResponse:
+        """Queue one or more images (multipart ``file`` fields, or the raw body); returns at
+        once. ``model`` (query or form field): which model runs them (default: the first)."""
         svc.require_ready()
         cmap = colormap_id(colormap or settings.colormap)
+        served = svc.models.pick(model)
         key = request.scope.get("midas.key_id") or "-"
         if refusal := await svc.jobs.call("refusal", key):
             raise refused(TooManyJobs(*refusal))  # before a byte of the body is read
         with _working(svc):
             uploads = await read_images(request, settings, svc.uploads, max_count=settings.max_images_per_job)
+        served = served if model else svc.models.pick(uploads.fields.get("model"))
         try:
             jid = await svc.jobs.create(len(uploads), sum(len(d) for _, d in uploads), key)
         except TooManyJobs as exc:
             raise refused(exc) from None
-        svc.spawn(svc.run_job(jid, uploads, cmap))
+        svc.spawn(svc.run_job(jid, list(uploads), cmap, served))
         return JSONResponse({"id": jid, "status": "queued", "url": f"/v1/jobs/{jid}"}, status_code=202,
                             headers={"Location": f"/v1/jobs/{jid}"})
 

@@ -1,7 +1,7 @@
-"""The service object the routes share: model, request flow, jobs, uploads, metrics, drain state.
+"""The service object the routes share: models, request flow, jobs, uploads, metrics, drain state.
 
-``start()`` loads the model in a background thread (``/readyz`` says when it is ready, or
-why it failed) and starts the inference workers; ``stop()`` ends them. ``drain()`` is what
+``start()`` loads the models in a background thread (``/readyz`` says when they are ready,
+or why one failed) and starts each one's inference workers; ``stop()`` ends them. ``drain()`` is what
 SIGTERM runs: ready turns false at once, new work is refused with 503 + Retry-After, and
 accepted work (requests, every image of accepted jobs, stream frames in flight) finishes,
 for at most ``drain_timeout``.
@@ -16,15 +16,12 @@ import time
 import uuid
 from functools import partial
 
-import numpy as np
-
-from runtime import DepthHeatmapper
-
 from .batcher import Batcher
 from .budget import Budget
 from .errors import ApiError
 from .flow import Flow
 from .jobs import Jobs, JobStore
+from .models import Models, ServedModel
 from .observe import Metrics
 from .render import summary
 from .settings import ServeSettings
@@ -35,8 +32,7 @@ log = logging.getLogger("midas_onnx.serve")
 class Service:
     def __init__(self, settings: ServeSettings, jobs: Jobs | None = None) -> None:
         self.settings = settings
-        self.hm: DepthHeatmapper | None = None
-        self.load_error: str | None = None
+        self.models = Models(settings)
         self.loaded = threading.Event()
         self.metrics = Metrics()
         self.flow = Flow(settings, self.metrics.observe)
@@ -47,15 +43,34 @@ class Service:
         self._tasks: set[asyncio.Task] = set()
 
     @property
+    def hm(self):
+        """The default model's session (None until it has loaded)."""
+        return self.models.default.hm
+
+    @property
     def batcher(self) -> Batcher | None:
-        return self.flow.batcher
+        """The default model's inference workers."""
+        return self.models.default.batcher
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the first model that failed to load did (named when there are several)."""
+        return next((self._named(m, m.load_error) for m in self.models if m.load_error), None)
+
+    def dead(self) -> str | None:
+        """Why a model's inference workers stopped (None while they all run or load)."""
+        return next((self._named(m, str(m.batcher.dead)) for m in self.models
+                     if m.batcher is not None and not m.batcher.alive()), None)
+
+    def _named(self, model: ServedModel, why: str) -> str:
+        return f"model {model.name}: {why}" if len(self.models.by_name) > 1 else why
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
         self.spawn(self._load_then_start())
         self.spawn(self._expire_jobs())
         self.spawn(self.jobs.keep_leases())
-        self.metrics.queue_depth.set_function(lambda: self.batcher.depth() if self.batcher else 0)
+        self.metrics.queue_depth.set_function(lambda: sum(m.batcher.depth() for m in self.models if m.batcher))
         self.metrics.jobs_bytes.set_function(lambda: self.jobs.stats["held"])
         self.metrics.work_bytes.set_function(lambda: self.flow.budget.held)
 
@@ -63,18 +78,21 @@ class Service:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.batcher:
-            await self.batcher.stop()
+        for model in self.models:
+            if model.batcher:
+                await model.batcher.stop()
         self.flow.close()
 
     async def _load_then_start(self) -> None:
         await asyncio.to_thread(self.load)
-        if self.hm is not None:
-            s = self.settings
-            batcher = Batcher(self.hm.predict_batch, s.max_batch, s.max_wait_ms / 1000, s.queue_size,
-                              workers=s.inference_workers, observe=self.metrics.observe)
-            batcher.start()
-            self.flow.batcher = batcher
+        for model in self.models:
+            if model.hm is not None:
+                self.serve_model(model)
+
+    def serve_model(self, model: ServedModel) -> None:
+        """Start a loaded model's inference workers and list it in /metrics."""
+        model.start(self.settings, partial(self.metrics.observe, model=model.name))
+        self.metrics.describe(model.describe())
 
     async def _expire_jobs(self) -> None:
         while True:
@@ -85,17 +103,10 @@ class Service:
                 log.warning("job store did not answer; retrying")
 
     def load(self) -> None:
-        """Open the model and run it once; only then is it served. Any failure ends as
-        /readyz 503 with the reason, logged once."""
-        s = self.settings
+        """Open each model and run it once (serve.models); only then is it served."""
         try:
-            hm = DepthHeatmapper(s.model, threads=s.inference_threads, colormap=s.colormap, max_pixels=s.max_pixels)
-            hm.predict(np.zeros((64, 64, 3), np.uint8)).heatmap  # warm-up: first run allocates
-            self.hm = hm
-        except Exception as exc:  # noqa: BLE001 - every failure must reach /readyz
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.load_error = detail[:500]
-            log.error("model failed to load: %s", self.load_error)
+            for model in self.models:
+                model.load(self.settings)
         finally:
             self.loaded.set()
 
@@ -120,32 +131,33 @@ class Service:
 
     # -- state -------------------------------------------------------------------------------
     def alive(self) -> bool:
-        return self.batcher is None or self.batcher.alive()
+        return self.dead() is None
 
     def ready(self) -> bool:
-        return self.hm is not None and self.batcher is not None and self.batcher.alive() and not self.draining
+        return all(m.ready() for m in self.models) and not self.draining
 
     def require_ready(self) -> None:
         """Where work is accepted: a service that cannot take it says why (503)."""
         retry = self.settings.retry_after
         if self.draining:
             raise ApiError(503, "draining", "the server is shutting down; retry on another instance", retry_after=retry)
-        if self.batcher is not None and not self.batcher.alive():
-            raise ApiError(503, "worker_died", f"inference stopped: {self.batcher.dead}")
+        if (dead := self.dead()) is not None:
+            raise ApiError(503, "worker_died", f"inference stopped: {dead}")
         if not self.ready():
             if self.load_error:
                 raise ApiError(503, "model_failed", f"model failed to load: {self.load_error}")
             raise ApiError(503, "loading", "the model is still loading", retry_after=retry)
 
     # -- jobs ----------------------------------------------------------------------------------
-    async def run_job(self, jid: str, uploads: list, cmap: int) -> None:
+    async def run_job(self, jid: str, uploads: list, cmap: int, model: ServedModel | None = None) -> None:
         """The job's images through the request flow, as many at a time as the workers take
         at once (workers x max_batch). Each waits for room (accepted work is never refused
         for load), has ``--job-timeout``, and ends as its own entry, a result or an error:
         one image's failure, even an unexpected one, never hides the others'. An image's
         upload is dropped as its entry is added, when the store gives its bytes back."""
         gate = asyncio.Semaphore(self.settings.max_batch * self.settings.inference_workers)
-        render = partial(summary, cmap=cmap, precision=self.hm.info.precision if self.hm else "")
+        model = model or self.models.default
+        render = partial(summary, cmap=cmap, model=model)
         failed = 0
 
         async def one(index: int) -> None:
@@ -154,7 +166,7 @@ class Service:
                 name, data = uploads[index]
                 uploads[index] = None
                 try:
-                    entry, charge = await self.flow.run(data, name, render, job=True)
+                    entry, charge = await self.flow.run(data, name, render, model, job=True)
                     charge.release()
                     entry = {"name": name, **entry}
                 except ApiError as exc:

@@ -16,6 +16,7 @@ This module imports neither OpenCV nor the runtime: ``apply_opencv_limit`` must 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
@@ -51,7 +52,22 @@ def _autoscale(value: str | None) -> str | None:
     return value
 
 
+def _model_entries(value: object) -> tuple[str, ...]:
+    """One model (a path) or several: ``PATH`` or ``NAME=PATH`` entries, as a sequence (flags,
+    Python) or comma-separated (the environment)."""
+    return _names(str(value) if isinstance(value, os.PathLike) else value)
+
+
+def _model_names(entries: tuple[str, ...]) -> tuple[str, ...]:
+    parse_models(entries)  # ValueError: refused
+    return entries
+
+
 Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
+Models = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_model_entries), AfterValidator(_model_names)]
+#: A served model's name: what ``model=`` asks for, /readyz lists and /metrics labels.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ENGINES = ("onnxruntime", "openvino", "auto")  # runtime.engine_choice's (this module imports no runtime)
 Keys = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
 
 
@@ -65,7 +81,15 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
 
     # -- the process -----------------------------------------------------------------------
-    model: Path = Field(description="ONNX model file.")
+    model: Models = Field(description="ONNX model file, or NAME=FILE. Repeatable: several models, each with "
+                          "its own session and the same limits; a request picks one with model=NAME (default: "
+                          "the first; NAME defaults to the file's name without .onnx).")
+    engine: Literal[ENGINES] = Field("onnxruntime", description="Inference engine of every model: "  # type: ignore[valid-type]
+                                     "onnxruntime, openvino (the openvino extra), or auto (measured once per "
+                                     "file and CPU, then cached).", **_flag("--engine", run_option=True))
+    input_size: Count | None = Field(None, description="For dynamic-size models: the size their resize rule "
+                                     "aims at instead of their own (a multiple of the model's).",
+                                     **_flag("--input-size", run_option=True))
     host: str = Field("127.0.0.1", description="Bind address. Beyond loopback, API keys are required "
                       "(or --insecure-no-auth).")
     port: int = Field(8000, ge=0, le=65535, description="Port.")
@@ -165,6 +189,11 @@ class ServeSettings(BaseSettings):
 
     # -- derived values ----------------------------------------------------------------------
     @property
+    def models(self) -> dict[str, Path]:
+        """name -> model file, in the order given (the first is the default)."""
+        return parse_models(self.model)
+
+    @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * MB)
 
@@ -247,6 +276,24 @@ def describe(exc: ValidationError, flags: set[str]) -> str:
     else:
         line = message
     return line + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
+
+
+def parse_models(entries: tuple[str, ...]) -> dict[str, Path]:
+    """``PATH`` or ``NAME=PATH`` entries -> {name: path}; ValueError for a bad or repeated name."""
+    models: dict[str, Path] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            name, path = Path(entry).name.removesuffix(".onnx"), entry
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(f"model name {name[:80]!r}: use letters, digits, '.', '_' or '-' (at most 64), "
+                             "as NAME=FILE")
+        if name in models:
+            raise ValueError(f"two models named {name!r}: name them, as NAME=FILE")
+        models[name] = Path(path)
+    if not models:
+        raise ValueError("no model given")
+    return models
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:

@@ -68,13 +68,14 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import HTMLResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from runtime.outputs import encode_image
-from runtime.postprocess import COLORMAPS, colormap_id
+from runtime.outputs import colour_range, encode_image
+from runtime.postprocess import COLORMAPS, colorize, colormap_id
 from runtime.steady import SteadyNormalizer
 
 from .access import AccessPolicy, bearer
 from .budget import Budget
 from .errors import ApiError
+from .models import ServedModel
 from .refusals import client_of
 from .service import Service
 
@@ -133,10 +134,14 @@ def stream_router(svc: Service) -> APIRouter:
             if cmap not in COLORMAPS:
                 return await _refuse(ws, policy, subprotocol, ApiError(
                     UNSUPPORTED, "bad_colormap", f"colormap must be one of {', '.join(sorted(COLORMAPS))}"))
+            try:
+                model = svc.models.pick(ws.query_params.get("model"))
+            except ApiError as exc:
+                return await _refuse(ws, policy, subprotocol, ApiError(UNSUPPORTED, exc.code, exc.message))
             await ws.accept(subprotocol)
             svc.metrics.stream_connections.inc()
             try:
-                await _Stream(svc, ws, policy, client, colormap_id(cmap)).run()
+                await _Stream(svc, ws, policy, client, colormap_id(cmap), model).run()
             finally:
                 svc.metrics.stream_connections.dec()
         finally:
@@ -195,8 +200,9 @@ class _Stream:
     """One connection: a receiver filling the one waiting slot, a sender computing frames
     and sending everything the server sends."""
 
-    def __init__(self, svc: Service, ws: WebSocket, policy: AccessPolicy, client: str, cmap: int) -> None:
-        self.svc, self.ws, self.policy, self.client, self.cmap = svc, ws, policy, client, cmap
+    def __init__(self, svc: Service, ws: WebSocket, policy: AccessPolicy, client: str, cmap: int,
+                 model: ServedModel) -> None:
+        self.svc, self.ws, self.policy, self.client, self.cmap, self.model = svc, ws, policy, client, cmap, model
         self.settings = svc.settings
         self.steady = SteadyNormalizer()
         self.received = self.dropped = self.bad = 0
@@ -276,7 +282,7 @@ class _Stream:
         self.svc.active += 1  # accepted work: a drain waits for it
         self.busy = True
         try:
-            (heat, cut, (h, w)), charge = await self.svc.flow.run(data, f"frame {index}", self._render)
+            (heat, cut, (h, w)), charge = await self.svc.flow.run(data, f"frame {index}", self._render, self.model)
         except ApiError as exc:
             if exc.code == "busy":  # no room (queue or work budget): this frame is dropped, not queued
                 self._drop("busy")
@@ -312,6 +318,11 @@ class _Stream:
             self.notices.popleft()
 
     def _render(self, result) -> tuple[bytes, bool, tuple[int, int]]:
+        """A relative model's colours steadied across frames; a metric model's span its fixed
+        range of metres (``runtime.outputs.colour_range``), steady by themselves, as the CLI's videos."""
+        span = colour_range(result.output)
+        if span is not None:
+            return encode_image(colorize(result.depth, self.cmap, span), "jpg"), False, result.depth.shape
         steady = self.steady.update(result.depth, result.image)
         return encode_image(steady.colorize(result.depth, self.cmap), "jpg"), steady.cut, result.depth.shape
 

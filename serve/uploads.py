@@ -24,6 +24,15 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class Uploads(list):
+    """The uploaded images as (name, bytes), and the multipart text fields that came with
+    them (``fields``: name -> its first value; a raw body has none)."""
+
+    def __init__(self, images=(), fields: dict[str, str] | None = None) -> None:
+        super().__init__(images)
+        self.fields = fields or {}
+
+
 def _capped(request: Request, limit: int) -> Request:
     """The same request, whose body stops being read the moment it passes ``limit`` bytes."""
     receive = request.receive
@@ -42,7 +51,7 @@ def _capped(request: Request, limit: int) -> Request:
 
 
 async def read_images(request: Request, settings: ServeSettings, slots: Budget,
-                      max_count: int) -> list[tuple[str, bytes]]:
+                      max_count: int) -> Uploads:
     """Uploaded images as (name, bytes): multipart ``file`` fields or the raw body, each
     body holding one of ``slots`` while it arrives (none free: 503 before a byte is read)."""
     limit = settings.max_body_bytes
@@ -74,16 +83,16 @@ async def read_images(request: Request, settings: ServeSettings, slots: Budget,
         slots.give()
 
 
-async def _raw(request: Request) -> list[tuple[str, bytes]]:
+async def _raw(request: Request) -> Uploads:
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
     if not body:
         raise ApiError(400, "empty_body", "no image in the request body")
-    return [("upload", bytes(body))]
+    return Uploads([("upload", bytes(body))])
 
 
-async def _multipart(request: Request, settings: ServeSettings, max_count: int) -> list[tuple[str, bytes]]:
+async def _multipart(request: Request, settings: ServeSettings, max_count: int) -> Uploads:
     try:
         form = await request.form(max_files=max_count, max_fields=settings.max_form_fields,
                                   max_part_size=settings.max_field_bytes)
@@ -95,6 +104,10 @@ async def _multipart(request: Request, settings: ServeSettings, max_count: int) 
         uploads = [v for k, v in form.multi_items() if k == "file" and hasattr(v, "read")]
         if not uploads:
             raise ApiError(400, "no_file", "multipart body has no 'file' field")
-        return [((u.filename or "upload")[:200], await u.read()) for u in uploads]
+        fields: dict[str, str] = {}
+        for k, v in form.multi_items():
+            if isinstance(v, str):
+                fields.setdefault(k, v)
+        return Uploads([((u.filename or "upload")[:200], await u.read()) for u in uploads], fields)
     finally:
         await form.close()

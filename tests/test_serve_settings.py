@@ -46,7 +46,7 @@ def other_value(name: str) -> tuple[str, object]:
     kind = _base(field.annotation)
     default = None if field.is_required() or field.default_factory else field.default
     special = {"host": ("10.1.2.3", "10.1.2.3"), "port": ("9001", 9001), "autoscale": ("1:3", "1:3"),
-               "address": ("ray://head:10001", "ray://head:10001"), "model": ("/m/x.onnx", "/m/x.onnx"),
+               "address": ("ray://head:10001", "ray://head:10001"), "model": ("/m/x.onnx", ("/m/x.onnx",)),
                "max_work_mb": ("4096", 4096.0)}
     if name in special:
         return special[name]
@@ -183,3 +183,18 @@ def test_every_option_is_in_the_docs():
     missing = [ServeSettings.flag_name(n) or ServeSettings.env_name(n) for n in ServeSettings.model_fields
                if f"`{ServeSettings.flag_name(n) or ServeSettings.env_name(n)}" not in page]
     assert missing == [], missing
+
+
+def test_engine_and_input_size_left_at_their_defaults_leave_the_environment_in_force(clean_env):
+    """--engine has a default of its own (common.run_options): taken as given, it would hide
+    MIDAS_ONNX_ENGINE."""
+    from midas_onnx.cli.serve_cmd import given_flags
+
+    clean_env.setenv("MIDAS_ONNX_ENGINE", "openvino")
+    clean_env.setenv("MIDAS_ONNX_INPUT_SIZE", "364")
+    for args, engine, size in ((["--model", "m.onnx"], "openvino", 364),
+                               (["--model", "m.onnx", "--engine", "onnxruntime", "--input-size", "252"],
+                                "onnxruntime", 252)):
+        context = command.make_context("serve", args)
+        settings = ServeSettings.load(**given_flags(context, context.params))
+        assert (settings.engine, settings.input_size) == (engine, size), args

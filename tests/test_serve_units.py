@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -20,6 +21,7 @@ from starlette.datastructures import Headers
 
 from runtime import images
 from runtime.heatmapper import DepthResult
+from runtime.model_description import MIDAS_SMALL
 from serve import ServeSettings, create_app
 from serve.access import AccessPolicy, key_bits
 from serve.batcher import Batcher, QueueFull
@@ -27,6 +29,7 @@ from serve.budget import Budget, Charge, in_thread
 from serve.buckets import MAX_NAMES, Buckets
 from serve.errors import ApiError
 from serve.refusals import RefusalThrottle, client_of
+from serve.settings import SettingsError
 from serve.render import choose_format, parse_points
 
 KEY = "units-key-Vb8Kq2Zt5Wn9Xc3Lm7Pd"
@@ -39,13 +42,14 @@ def anyio_backend():
 
 
 def settings(**given) -> ServeSettings:
-    return ServeSettings(model="stub.onnx", quiet=True, key_id_secret="s3cret", **given)
+    return ServeSettings(**({"model": "stub.onnx", "workers": 1, "max_wait_ms": 0.0} | given), quiet=True,
+                         key_id_secret="s3cret")
 
 
 class StubModel:
     """Depth is the image's grey level: instant, deterministic, no ONNX."""
 
-    info = SimpleNamespace(precision="stub", input_size_text="any")
+    info = SimpleNamespace(precision="stub", input_size_text="any", description=MIDAS_SMALL)
 
     def __init__(self) -> None:
         self.calls = 0
@@ -65,11 +69,9 @@ async def stub_app(client: str = "127.0.0.1", **given):
     """(httpx client over the app through an ASGI transport, Service) with a stub model."""
     app = create_app(settings(**given))
     svc = app.state.service
-    svc.hm = StubModel()
-    s = svc.settings
-    batcher = Batcher(svc.hm.predict_batch, s.max_batch, 0.0, s.queue_size, workers=1, observe=svc.metrics.observe)
-    batcher.start()
-    svc.flow.batcher = batcher
+    for model in svc.models:  # each its own stub and workers, as each its own session
+        model.hm = StubModel()
+        svc.serve_model(model)
     transport = httpx.ASGITransport(app=app, client=(client, 50000))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
@@ -467,7 +469,7 @@ async def test_a_stream_whose_client_does_not_read_ends_and_its_receiver_never_s
         ws = StalledSocket([{"type": "websocket.receive", "bytes": png()}] +
                            [{"type": "websocket.receive", "text": "hello"}] * 5)
         async with asyncio.timeout(10):  # the send timeout, then the close given up on
-            await _Stream(svc, ws, policy, "127.0.0.1", cv2.COLORMAP_INFERNO).run()
+            await _Stream(svc, ws, policy, "127.0.0.1", cv2.COLORMAP_INFERNO, svc.models.default).run()
         assert ws.inbox.empty()  # every message received while the sender was stuck
         assert svc.active == 0 and svc.flow.budget.held == 0 and svc.batcher.places.held == 0
 
@@ -493,3 +495,77 @@ def test_format_from_accept():
     assert choose_format(None, "application/json, image/png") == "png"
     assert choose_format("npy", "application/json") == "npy"
 
+
+
+# -- several models ---------------------------------------------------------------------------------
+TWO = {"model": ("near=a.onnx", "far=b.onnx")}
+
+
+async def test_a_request_picks_its_model_by_query_or_form_field_default_the_first():
+    async with stub_app(**TWO) as (http, svc):
+        near, far = (svc.models.by_name[n].hm for n in ("near", "far"))
+        picked = []
+        for query, form in (("", None), ("&model=far", None), ("", {"model": "far"}), ("&model=near", None)):
+            if form is None:
+                r = await http.post("/v1/depth?format=json" + query, content=png(), headers=PNG)
+            else:
+                r = await http.post("/v1/depth?format=json", files={"file": ("a.png", png(), "image/png")}, data=form)
+            assert r.status_code == 200, r.text
+            picked.append(r.json()["model"]["name"])
+        assert picked == ["near", "far", "far", "near"]
+        assert (near.calls, far.calls) == (2, 2)  # each model its own session
+        r = await http.post("/v1/jobs?model=far", content=png(), headers=PNG)
+        assert r.status_code == 202
+        for _ in range(200):
+            job = (await http.get(r.json()["url"])).json()
+            if job["status"] == "done":
+                break
+            await asyncio.sleep(0.02)
+        assert job["results"][0]["model"]["name"] == "far" and far.calls == 3
+
+
+@pytest.mark.parametrize("where", ["query", "form", "job"])
+async def test_an_unknown_model_is_one_envelope_naming_the_choices(where):
+    async with stub_app(**TWO) as (http, svc):
+        if where == "query":
+            r = await http.post("/v1/depth?model=nope", content=png(), headers=PNG)
+        elif where == "form":
+            r = await http.post("/v1/depth", files={"file": ("a.png", png(), "image/png")}, data={"model": "nope"})
+        else:
+            r = await http.post("/v1/jobs?model=nope", content=png(), headers=PNG)
+        assert r.status_code == 422, r.text
+        error = r.json()["error"]
+        assert error["code"] == "bad_model" and "'nope'" in error["message"] and "near, far" in error["message"]
+        assert sum(m.hm.calls for m in svc.models) == 0 and svc.flow.budget.held == 0
+
+
+async def test_every_model_shares_the_one_budget_and_has_the_same_limits():
+    async with stub_app(**TWO, queue_size=3) as (http, svc):
+        assert [m.batcher.places.limit for m in svc.models] == [3, 3]
+        held = svc.flow.budget.limit - 1000  # all but a little, as if another request held it
+        assert svc.flow.budget.try_take(held)
+        for name in ("near", "far"):
+            r = await http.post(f"/v1/depth?model={name}", content=png(), headers=PNG)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "busy", (name, r.text)
+        svc.flow.budget.give(held)
+
+
+async def test_readyz_and_metrics_list_each_model():
+    async with stub_app(**TWO) as (http, svc):
+        await http.post("/v1/depth?model=far", content=png(), headers=PNG)
+        ready = (await http.get("/readyz")).json()
+        assert [m["name"] for m in ready["models"]] == ["near", "far"] and ready["default_model"] == "near"
+        assert {m["file"] for m in ready["models"]} == {"a.onnx", "b.onnx"}
+        assert all(m["id"] == MIDAS_SMALL.id and m["precision"] == "stub" for m in ready["models"])
+        text = (await http.get("/metrics")).text
+        assert 'midas_model_images_total{model="far"} 1.0' in text
+        assert 'midas_model_info{' in text and 'model="near"' in text and 'model="far"' in text
+
+
+def test_model_names_are_checked_in_the_settings():
+    assert settings(model=("x/midas_small.int8.onnx",)).models == {"midas_small.int8": Path("x/midas_small.int8.onnx")}
+    assert list(settings(model="a=x.onnx,b=y.onnx").models) == ["a", "b"]  # the environment's form
+    for bad, says in ((("a=x.onnx", "a=y.onnx"), "two models named 'a'"), (("b d=x.onnx",), "model name 'b d'")):
+        with pytest.raises(SettingsError) as caught:
+            ServeSettings.load(model=bad)
+        assert says in str(caught.value) and "\n" not in str(caught.value)

@@ -1,7 +1,9 @@
 """``midas-onnx serve``: one flag per ``serve.ServeSettings`` field (``--x-y`` for the field
 ``x_y``), built from the fields themselves, so every setting has its flag and its
 environment variable (``MIDAS_ONNX_X_Y``) and pydantic is the one parser of both: click
-only reads a flag's text as its type, the settings check its range."""
+only reads a flag's text as its type, the settings check its range. ``--engine`` and
+``--input-size`` are the options every command that runs a model has (``common.run_options``);
+given only by their default, they leave the environment's value in force."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import typing
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
-from .common import MODEL_HELP, default_model, require_extra
+from .common import MODEL_HELP, default_model, require_extra, run_options
 
 try:
     from serve.settings import ServeSettings, SettingsError
@@ -34,11 +37,11 @@ def _base(annotation):
 
 def _option(name: str, field) -> click.Option | None:
     flag = ServeSettings.flag_name(name)
-    if flag is None:
-        return None
+    if flag is None or (field.json_schema_extra or {}).get("run_option"):
+        return None  # environment only, or one of common.run_options
     kind = _base(field.annotation)
     default = "" if field.is_required() or field.default_factory or field.default is None else f" [{field.default}]"
-    help_text = f"{MODEL_HELP if name == 'model' else field.description}{default} Env: {ServeSettings.env_name(name)}."
+    help_text = f"{field.description + MODEL_HELP.removeprefix('Model file.') if name == 'model' else field.description}{default} Env: {ServeSettings.env_name(name)}."
     if kind is bool:
         return click.Option([f"{flag}/--no-{flag[2:]}"], default=None, help=help_text)
     if typing.get_origin(kind) is tuple:
@@ -49,12 +52,19 @@ def _option(name: str, field) -> click.Option | None:
     return click.Option([flag, name], type=types_[kind], default=None, help=help_text)
 
 
+def given_flags(context: click.Context, flags: dict) -> dict:
+    """The flags the user gave; None for the rest (an option left at its default, such as
+    ``--engine``'s, must not hide the environment's value)."""
+    return {k: (None if v == () or context.get_parameter_source(k) is ParameterSource.DEFAULT else v)
+            for k, v in flags.items()}
+
+
 def _run(**flags) -> None:
     """Serve depth heatmaps over HTTP, with an upload page at / and the API under /v1."""
     require_extra("serve", "fastapi", "uvicorn", "multipart", "prometheus_client", "pydantic_settings")
-    flags = {k: (None if v == () else v) for k, v in flags.items()}
+    flags = given_flags(click.get_current_context(), flags)
     if flags.get("model") is None and ServeSettings.env_name("model") not in os.environ:
-        flags["model"] = default_model(None)
+        flags["model"] = (str(default_model(None)),)
     try:
         settings = ServeSettings.load(**flags)
     except SettingsError as exc:
@@ -74,8 +84,9 @@ def _run(**flags) -> None:
         raise click.ClickException(str(exc)) from None
     if refusal:
         raise click.ClickException(refusal)
-    if not settings.model.is_file():
-        raise click.ClickException(missing_model_message(settings.model))
+    for path in settings.models.values():
+        if not path.is_file():
+            raise click.ClickException(missing_model_message(path))
     prepare_process()
     if settings.ray:
         from serve.ray_deploy import run_on_ray
@@ -91,5 +102,6 @@ if ServeSettings is None:
     command = click.Command("serve", callback=lambda: require_extra("serve", "pydantic_settings"),
                             help=_run.__doc__)
 else:
-    command = click.Command("serve", callback=_run, help=_run.__doc__, params=[
-        option for name, field in ServeSettings.model_fields.items() if (option := _option(name, field))])
+    command = click.command("serve", help=_run.__doc__, params=[
+        option for name, field in ServeSettings.model_fields.items() if (option := _option(name, field))])(
+        run_options(_run))
