@@ -29,8 +29,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from .image_bytes import MAX_STEPS, CutShort, StepsSpent, ifd_entries, ifd_value, jpeg_segments
+from .image_bytes import Steps as _Steps
+
 HEAD_BYTES = 256 * 1024
-MAX_STEPS = 512
 # FocalPlaneResolutionUnit -> millimetres per unit (1 is "no absolute unit": unusable)
 UNIT_MM = {2: 25.4, 3: 10.0, 4: 1.0, 5: 0.001}
 _EXIF_HEADER = b"Exif\x00\x00"
@@ -67,20 +69,6 @@ class Camera:
     orientation: int = 1
 
 
-class _Spent(Exception):
-    """The step budget ran out: stop walking, keep what was found."""
-
-
-class _Steps:
-    def __init__(self) -> None:
-        self.left = MAX_STEPS
-
-    def take(self) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise _Spent
-
-
 def read_head(path: str | Path) -> bytes:
     """The first ``HEAD_BYTES`` of a file (empty if it cannot be read: no EXIF, not an error)."""
     try:
@@ -98,7 +86,7 @@ def camera(data: bytes | bytearray | memoryview) -> Camera | None:
     try:
         block = exif_block(head, steps)
         return None if block is None else _read_tiff(block, steps)
-    except (_Spent, struct.error, IndexError, ValueError):
+    except (StepsSpent, struct.error, IndexError, ValueError):
         return None
 
 
@@ -121,28 +109,15 @@ def exif_block(head: bytes, steps: _Steps | None = None) -> bytes | None:
 
 
 def _jpeg_app1(head: bytes, steps: _Steps) -> bytes | None:
-    """The first APP1 segment holding EXIF, looked for up to the image data."""
-    pos = 2
-    while pos + 4 <= len(head):
-        steps.take()
-        if head[pos] != 0xFF:
-            return None
-        marker = head[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
-            pos += 2
-            continue
-        if marker in (0xDA, 0xD9):  # image data, or the end: no EXIF before it
-            return None
-        length = struct.unpack_from(">H", head, pos + 2)[0]
-        if length < 2:
-            return None
-        body = head[pos + 4:pos + 2 + length]
-        if marker == 0xE1 and body.startswith(_EXIF_HEADER):
-            return body
-        pos += 2 + length
+    """The first APP1 segment holding EXIF, looked for up to the image data (or the end)."""
+    try:
+        for marker, body, size in jpeg_segments(head, steps):
+            if marker in (0xDA, 0xD9) or size < 0:  # image data, the end, or a broken length: no EXIF
+                return None
+            if marker == 0xE1 and (segment := head[body:body + size]).startswith(_EXIF_HEADER):
+                return segment
+    except ValueError:  # no marker where one must be
+        return None
     return None
 
 
@@ -176,13 +151,13 @@ def _read_tiff(block: bytes, steps: _Steps) -> Camera | None:
     found: dict[str, float] = {}
     try:
         pointer = _read_ifd(block, first, order, found, steps)
-    except _Spent:  # what was read before the budget ran out still counts
+    except StepsSpent:  # what was read before the budget ran out still counts
         return _camera(found)
     if pointer is not None and pointer != first:
         exif: dict[str, float] = {}
         try:
             _read_ifd(block, pointer, order, exif, steps)
-        except _Spent:
+        except StepsSpent:
             pass
         found.update(exif)
     return _camera(found)
@@ -193,37 +168,21 @@ def _read_ifd(block: bytes, offset: int, order: str, found: dict, steps: _Steps)
     offset if this IFD points to one. Entries past the block's end are not read."""
     if not 8 <= offset <= len(block) - 2:
         return None
-    count = struct.unpack_from(order + "H", block, offset)[0]
-    count = min(count, (len(block) - offset - 2) // 12)
     pointer = None
-    for k in range(count):
-        steps.take()
-        pos = offset + 2 + 12 * k
-        tag, kind, values = struct.unpack_from(order + "HHI", block, pos)
-        if values != 1 or (tag not in _TAGS and tag != _EXIF_IFD):
-            continue
-        if tag == _EXIF_IFD:
-            if kind in (4, 13):  # LONG, or IFD
-                pointer = struct.unpack_from(order + "I", block, pos + 8)[0]
-            continue
-        name, kinds = _TAGS[tag]
-        if kind in kinds:
-            value = _value(block, pos + 8, kind, order)
-            if value is not None:
-                found[name] = value
+    try:
+        for entry in ifd_entries(block, offset, order, steps):
+            if entry.count != 1:
+                continue
+            if entry.tag == _EXIF_IFD:
+                if entry.type in (4, 13):  # LONG, or IFD
+                    pointer = ifd_value(block, entry, order)
+            elif entry.tag in _TAGS and entry.type in _TAGS[entry.tag][1]:
+                value = ifd_value(block, entry, order)
+                if value is not None:
+                    found[_TAGS[entry.tag][0]] = value
+    except CutShort:  # entries past the block's end are not read
+        pass
     return pointer
-
-
-def _value(block: bytes, at: int, kind: int, order: str) -> float | None:
-    if kind == 3:
-        return struct.unpack_from(order + "H", block, at)[0]
-    if kind == 4:
-        return struct.unpack_from(order + "I", block, at)[0]
-    offset = struct.unpack_from(order + "I", block, at)[0]  # RATIONAL: two LONGs elsewhere, past the header
-    if not 8 <= offset <= len(block) - 8:
-        return None
-    top, bottom = struct.unpack_from(order + "II", block, offset)
-    return top / bottom if bottom else None
 
 
 def _camera(found: dict) -> Camera | None:

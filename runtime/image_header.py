@@ -25,17 +25,14 @@ import re
 import struct
 from typing import Callable, NamedTuple
 
+from .image_bytes import MAX_STEPS, CutShort, HeaderError, Steps, StepsSpent, ifd_entries, ifd_value, jpeg_segments
+
 # Formats decode accepts, by name, in the order ``header_size`` tries their signatures.
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WebP", "PNM/PAM", "Sun raster", "JPEG 2000", "AVIF")
 # Formats whose header is read only to refuse them by name: their pixels are floating-point
 # radiance or data (not a photo's 8/16-bit values), which the model's input is not.
 FLOAT_FORMATS = ("Radiance HDR", "PFM", "float TIFF")
-MAX_STEPS = 512  # segments, IFD entries and boxes one walk may visit, all levels together
 HEAD_BYTES = 256 * 1024  # boxes holding the size are looked for only this near the start
-
-
-class HeaderError(ValueError):
-    """The signature is known but the header is cut short, inconsistent or too long to walk."""
 
 
 class Header(NamedTuple):
@@ -49,64 +46,41 @@ def header_size(data: bytes | bytearray | memoryview) -> Header | None:
     """What the header declares; None when no known signature matches. Raises
     ``HeaderError`` for a known signature with a broken, ambiguous or endless header."""
     head = bytes(data[:16])
-    for test, reader in _READERS:
+    for test, reader, name in _READERS:
         if test(head):
             try:
-                fmt, width, height, *tile = reader(data, _Steps())
-            except (struct.error, IndexError, ValueError) as exc:
-                if isinstance(exc, HeaderError):
-                    raise
-                raise HeaderError(f"{reader.__name__.removeprefix('_')}: header is cut short or malformed") from None
+                fmt, width, height, *tile = reader(data, Steps())
+            except HeaderError:
+                raise
+            except StepsSpent:
+                raise HeaderError(f"{name}: more than {MAX_STEPS} segments or boxes before the image size; "
+                                  "refused") from None
+            except (struct.error, IndexError, ValueError):
+                raise HeaderError(f"{name}: header is cut short or malformed") from None
             return Header(fmt, width, height, max(width * height, tile[0] * tile[1] if tile else 0))
     return None
-
-
-class _Steps:
-    """The walk's one budget: every segment, entry or box visited takes a step."""
-
-    def __init__(self) -> None:
-        self.left = MAX_STEPS
-
-    def take(self, what: str) -> None:
-        self.left -= 1
-        if self.left < 0:
-            raise HeaderError(f"{what}: more than {MAX_STEPS} segments or boxes before the image size; refused")
 
 
 def _u16(data, pos: int, fmt: str = ">H") -> int:
     return struct.unpack_from(fmt, data, pos)[0]
 
 
-def _jpeg(data, steps: _Steps) -> tuple[str, int, int]:
-    pos, n = 2, len(data)
-    while pos + 4 <= n:
-        steps.take("jpeg")
-        if data[pos] != 0xFF:
-            raise HeaderError("jpeg: no marker where one was expected")
-        marker = data[pos + 1]
-        if marker == 0xFF:
-            pos += 1
-            continue
-        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
-            pos += 2
-            continue
+def _jpeg(data, steps: Steps) -> tuple[str, int, int]:
+    for marker, body, _ in jpeg_segments(data, steps):
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-            height, width = struct.unpack_from(">HH", data, pos + 5)
+            height, width = struct.unpack_from(">HH", data, body + 1)
             return "JPEG", width, height
-        if marker == 0xDA:
-            break  # scan data before any frame header
-        pos += 2 + _u16(data, pos + 2)
-    raise HeaderError("jpeg: no frame header (SOF) before the image data")
+    raise HeaderError("jpeg: no frame header (SOF) before the image data")  # the scan, or the end, came first
 
 
-def _png(data, steps: _Steps) -> tuple[str, int, int]:
+def _png(data, steps: Steps) -> tuple[str, int, int]:
     if bytes(data[12:16]) != b"IHDR":
         raise HeaderError("png: first chunk is not IHDR")
     width, height = struct.unpack_from(">II", data, 16)
     return "PNG", width, height
 
 
-def _gif(data, steps: _Steps) -> tuple[str, int, int]:
+def _gif(data, steps: Steps) -> tuple[str, int, int]:
     width, height, flags = struct.unpack_from("<HHB", data, 6)
     after = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the global colour table
     if data[after] not in (0x21, 0x2C, 0x3B):
@@ -114,7 +88,7 @@ def _gif(data, steps: _Steps) -> tuple[str, int, int]:
     return "GIF", width, height
 
 
-def _bmp(data, steps: _Steps) -> tuple[str, int, int]:
+def _bmp(data, steps: Steps) -> tuple[str, int, int]:
     dib = struct.unpack_from("<I", data, 14)[0]
     if dib == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
         width, height = struct.unpack_from("<HH", data, 18)
@@ -127,39 +101,32 @@ def _bmp(data, steps: _Steps) -> tuple[str, int, int]:
 _TIFF_TAGS = {256: "width", 257: "length", 322: "tile width", 323: "tile length", 339: "sample format"}
 
 
-def _tiff(data, steps: _Steps) -> tuple[str, int, int, int, int]:
+def _tiff(data, steps: Steps) -> tuple[str, int, int, int, int]:
     """The first image's size and tile size, each tag at most once (libtiff reads the first
     of a repeated tag, another reader the last: a file declaring both is refused)."""
-    end = "<" if bytes(data[:2]) == b"II" else ">"
-    big = _u16(data, 2, end + "H") == 43
-    offset = struct.unpack_from(end + ("Q" if big else "I"), data, 8 if big else 4)[0]
-    count = struct.unpack_from(end + ("Q" if big else "H"), data, offset)[0]
-    entry_size, first = (20, offset + 8) if big else (12, offset + 2)
+    order = "<" if bytes(data[:2]) == b"II" else ">"
+    big = _u16(data, 2, order + "H") == 43
+    offset = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)[0]
     found: dict[int, int] = {}
-    for k in range(count):
-        steps.take("tiff")
-        pos = first + k * entry_size
-        tag, typ = struct.unpack_from(end + "HH", data, pos)
-        if tag not in _TIFF_TAGS:
+    for entry in ifd_entries(data, offset, order, steps, big):
+        if entry.tag not in _TIFF_TAGS:
             continue
-        if tag in found:
-            raise HeaderError(f"tiff: the image {_TIFF_TAGS[tag]} is declared twice; refused (decoders disagree "
-                              "on which one counts)")
-        code = {3: "H", 4: "I", 16: "Q"}.get(typ)
-        if code is None:
-            raise HeaderError(f"tiff: image {_TIFF_TAGS[tag]} tag of type {typ}")
-        values = struct.unpack_from(end + ("Q" if big else "I"), data, pos + 4)[0]
-        value_at = pos + (12 if big else 8)
-        if values * struct.calcsize(code) > (8 if big else 4):  # not inline: the first value at the offset
-            value_at = struct.unpack_from(end + ("Q" if big else "I"), data, value_at)[0]
-        found[tag] = struct.unpack_from(end + code, data, value_at)[0]
+        if entry.tag in found:
+            raise HeaderError(f"tiff: the image {_TIFF_TAGS[entry.tag]} is declared twice; refused (decoders "
+                              "disagree on which one counts)")
+        if entry.type not in (3, 4, 16):  # SHORT, LONG, LONG8
+            raise HeaderError(f"tiff: image {_TIFF_TAGS[entry.tag]} tag of type {entry.type}")
+        value = ifd_value(data, entry, order, big)
+        if value is None:
+            raise CutShort(f"tiff: image {_TIFF_TAGS[entry.tag]} value outside the file")
+        found[entry.tag] = value
     if 256 not in found or 257 not in found:
         raise HeaderError("tiff: first image has no width or length tag")
     fmt = "float TIFF" if found.get(339) == 3 else "TIFF"  # SampleFormat 3: IEEE floating point
     return fmt, found[256], found[257], found.get(322, 0), found.get(323, 0)
 
 
-def _webp(data, steps: _Steps) -> tuple[str, int, int]:
+def _webp(data, steps: Steps) -> tuple[str, int, int]:
     chunk = bytes(data[12:16])
     if chunk == b"VP8 ":
         if bytes(data[23:26]) != b"\x9d\x01\x2a":
@@ -179,7 +146,7 @@ def _webp(data, steps: _Steps) -> tuple[str, int, int]:
 _TOKEN = re.compile(rb"(?:\s|#[^\n]*\n)*([^\s#]+)")
 
 
-def _pnm(data, steps: _Steps) -> tuple[str, int, int]:
+def _pnm(data, steps: Steps) -> tuple[str, int, int]:
     head = bytes(data[:4096])
     if head[:2] == b"P7":  # PAM: KEY VALUE lines up to ENDHDR
         fields = dict(re.findall(rb"^(WIDTH|HEIGHT)\s+(\d+)", head.split(b"ENDHDR")[0], re.M))
@@ -196,12 +163,12 @@ def _pnm(data, steps: _Steps) -> tuple[str, int, int]:
     return ("PFM" if head[1:2] in (b"F", b"f") else "PNM"), values[0], values[1]
 
 
-def _sun(data, steps: _Steps) -> tuple[str, int, int]:
+def _sun(data, steps: Steps) -> tuple[str, int, int]:
     width, height = struct.unpack_from(">II", data, 4)
     return "Sun raster", width, height
 
 
-def _hdr(data, steps: _Steps) -> tuple[str, int, int]:
+def _hdr(data, steps: Steps) -> tuple[str, int, int]:
     head = bytes(data[:8192])
     blank = head.find(b"\n\n")
     if blank < 0:
@@ -216,12 +183,12 @@ def _hdr(data, steps: _Steps) -> tuple[str, int, int]:
     return "Radiance HDR", first, second
 
 
-def _boxes(data, start: int, stop: int, steps: _Steps, what: str):
+def _boxes(data, start: int, stop: int, steps: Steps, what: str):
     """(type, payload start, box end) of ISO base media boxes between start and stop that
     begin within the first HEAD_BYTES, each a step of the walk."""
     pos = start
     while pos + 8 <= min(stop, HEAD_BYTES):
-        steps.take(what)
+        steps.take()
         size, kind = struct.unpack_from(">I4s", data, pos)
         head = 8
         if size == 1:
@@ -244,7 +211,7 @@ def _siz(data, at: int) -> tuple[int, int]:
     return xsiz - xo, ysiz - yo
 
 
-def _jp2(data, steps: _Steps) -> tuple[str, int, int]:
+def _jp2(data, steps: Steps) -> tuple[str, int, int]:
     """The codestream's size (SIZ: what the decoder allocates); in a JP2 file, its image
     header box (ihdr) must say the same."""
     if bytes(data[:4]) == b"\xff\x4f\xff\x51":  # raw codestream
@@ -267,7 +234,7 @@ def _jp2(data, steps: _Steps) -> tuple[str, int, int]:
     raise HeaderError("jpeg 2000: no image header box (ihdr) and codestream near the start")
 
 
-def _avif(data, steps: _Steps) -> tuple[str, int, int]:
+def _avif(data, steps: Steps) -> tuple[str, int, int]:
     """The largest image spatial extent ('ispe') in the meta box: the primary image, a grid's
     full size, or an auxiliary image, whichever is largest."""
     best: tuple[int, int] | None = None
@@ -292,16 +259,17 @@ def _is_pnm(h: bytes) -> bool:
     return h[:1] == b"P" and h[1:2] in b"1234567Ff" and h[2:3] in b" \t\r\n#"
 
 
-_READERS: tuple[tuple[Callable[[bytes], bool], Callable], ...] = (
-    (lambda h: h[:3] == b"\xff\xd8\xff", _jpeg),
-    (lambda h: h[:8] == b"\x89PNG\r\n\x1a\n", _png),
-    (lambda h: h[:6] in (b"GIF87a", b"GIF89a"), _gif),
-    (lambda h: h[:2] == b"BM", _bmp),
-    (lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff),
-    (lambda h: h[:4] == b"RIFF" and h[8:12] == b"WEBP", _webp),
-    (_is_pnm, _pnm),
-    (lambda h: h[:4] == b"\x59\xa6\x6a\x95", _sun),
-    (lambda h: h[:2] == b"#?", _hdr),
-    (lambda h: h[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or h[:4] == b"\xff\x4f\xff\x51", _jp2),
-    (lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"avif", b"avis", b"mif1", b"miaf"), _avif),
+# (signature test, reader, the format's name in its errors), in the order header_size tries them
+_READERS: tuple[tuple[Callable[[bytes], bool], Callable, str], ...] = (
+    (lambda h: h[:3] == b"\xff\xd8\xff", _jpeg, "jpeg"),
+    (lambda h: h[:8] == b"\x89PNG\r\n\x1a\n", _png, "png"),
+    (lambda h: h[:6] in (b"GIF87a", b"GIF89a"), _gif, "gif"),
+    (lambda h: h[:2] == b"BM", _bmp, "bmp"),
+    (lambda h: h[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), _tiff, "tiff"),
+    (lambda h: h[:4] == b"RIFF" and h[8:12] == b"WEBP", _webp, "webp"),
+    (_is_pnm, _pnm, "pnm"),
+    (lambda h: h[:4] == b"\x59\xa6\x6a\x95", _sun, "sun"),
+    (lambda h: h[:2] == b"#?", _hdr, "hdr"),
+    (lambda h: h[:12] == b"\x00\x00\x00\x0cjP  \r\n\x87\n" or h[:4] == b"\xff\x4f\xff\x51", _jp2, "jpeg 2000"),
+    (lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"avif", b"avis", b"mif1", b"miaf"), _avif, "avif"),
 )

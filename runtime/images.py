@@ -19,6 +19,7 @@ from typing import NamedTuple, Union
 import numpy as np
 
 from .errors import ImageError, ImageTooLarge
+from .image_bytes import jpeg_segments
 from .image_header import FLOAT_FORMATS, HeaderError, header_size
 from .image_header import FORMATS as HEADER_FORMATS
 
@@ -88,29 +89,29 @@ def jpeg_is_complete(data: bytes | bytearray | memoryview) -> bool:
     any segments between the scans of a progressive JPEG, until EOI. Data *after* EOI is
     allowed: phones append a video (Motion Photos), cameras pad with zeros, and the photo is
     complete. Thumbnails in the EXIF segment carry their own EOI, which is never mistaken
-    for the main image's: segments before the first scan are skipped by their lengths.
+    for the main image's: segments before the first scan are skipped by their lengths. The
+    walk has no step budget: each step moves on at least a byte of data its caller holds.
     """
-    pos, n = 2, len(data)
-    while pos + 4 <= n:  # header segments: FF xx LEN(2) payload
-        if data[pos] != 0xFF:
-            return False
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:
+    try:
+        for marker, body, size in jpeg_segments(data, None):
+            if marker == 0xD9:
+                return True
+            if marker == 0xDA:  # start of scan: entropy-coded data follows
+                return _scan_reaches_eoi(data, body + size)
+    except HeaderError:  # no marker where one must be
+        return False
+    return False
+
+
+def _scan_reaches_eoi(data: bytes | bytearray | memoryview, pos: int) -> bool:
+    """Whether the entropy-coded data from ``pos`` reaches EOI, segments between scans skipped."""
+    n = len(data)
+    while (m := _MARKER.search(data, pos)) is not None:
+        if data[m.start() + 1] == 0xD9:
             return True
-        length = int.from_bytes(data[pos + 2:pos + 4], "big")
-        pos += 2 + length
-        if marker == 0xDA:  # start of scan: entropy-coded data follows
-            while (m := _MARKER.search(data, pos)) is not None:
-                marker = data[m.start() + 1]
-                if marker == 0xD9:
-                    return True
-                if m.start() + 4 > n:
-                    return False
-                pos = m.start() + 2 + int.from_bytes(data[m.start() + 2:m.start() + 4], "big")
+        if m.start() + 4 > n:
             return False
+        pos = m.start() + 2 + int.from_bytes(data[m.start() + 2:m.start() + 4], "big")
     return False
 
 

@@ -204,3 +204,15 @@ def test_a_bad_max_pixels_variable_is_one_line_not_a_traceback(value):
         assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
         assert out.stderr.strip() == f"error: MIDAS_ONNX_MAX_PIXELS={value!r}: must be a whole number of pixels " \
                                      "above 0 (e.g. 100000000)", out.stderr
+
+
+@pytest.mark.parametrize("marker", [b"\xff\x01", b"\xff\xd0", b"\xff\xd7"], ids=["TEM", "RST0", "RST7"])
+def test_a_marker_without_a_length_before_the_scan_is_walked_past(marker):
+    """TEM and RSTn carry no length (libjpeg passes over them before the first scan and decodes
+    the file); the truncation check read one from the next marker's bytes, ran off the end and
+    refused a whole photo as a truncated JPEG."""
+    jpeg = encoded(".jpg")
+    data = jpeg[:2] + marker + jpeg[2:]
+    assert images.decode(data, "x").shape[:2] == (H, W)
+    with pytest.raises(ImageError, match="truncated JPEG"):  # the same file cut short still is
+        images.decode(data[:-100], "x")
