@@ -216,3 +216,16 @@ def test_a_marker_without_a_length_before_the_scan_is_walked_past(marker):
     assert images.decode(data, "x").shape[:2] == (H, W)
     with pytest.raises(ImageError, match="truncated JPEG"):  # the same file cut short still is
         images.decode(data[:-100], "x")
+
+
+def test_a_tiff_whose_directory_is_cut_short_is_refused_from_its_header():
+    """libtiff reads an IFD whole or not at all: a file ending inside its last entry, or whose
+    entry count claims one more than it holds, has no image for OpenCV, so its header (which
+    read the size tags before the cut) is refused too, before any decoding."""
+    whole = tiff([(256, 4, W), (257, 4, H), (258, 3, 8), (262, 3, 1), (277, 3, 1)])
+    assert header_size(whole)[1:3] == (W, H)
+    one_more = whole[:8] + struct.pack("<H", 6) + whole[10:]
+    for data in (whole[:-4 - 6], one_more):
+        assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is None
+        with pytest.raises(ImageError, match="tiff: header is cut short or malformed"):
+            images.check_header(data, "x", 1_000_000)
