@@ -498,10 +498,10 @@ def test_one_image_failing_unexpectedly_leaves_the_others_results(fixed_model, p
 
     real = serve.service.summary
 
-    def breaks_on_the_tall_one(result, cmap, precision):
+    def breaks_on_the_tall_one(result, cmap, model):
         if result.depth.shape == (120, 60):
             raise RuntimeError("summary exploded")
-        return real(result, cmap, precision)
+        return real(result, cmap, model)
 
     monkeypatch.setattr(serve.service, "summary", breaks_on_the_tall_one)
     files = [("file", (f"{k}.jpg", jpeg(photo_set["coffee"][:h, :w]), "image/jpeg"))
@@ -545,12 +545,14 @@ def test_a_job_image_upload_is_freed_when_its_entry_is_added(fixed_model, photo_
     real = serve.routes.read_images
 
     async def tracked(*args, **kwargs):
-        uploads = []
-        for name, data in await real(*args, **kwargs):
+        from serve.uploads import Uploads
+
+        got, uploads = await real(*args, **kwargs), []
+        for name, data in got:
             upload = Upload(data)
             upload.name = name
             uploads.append((name, upload))
-        return uploads
+        return Uploads(uploads, got.fields)
 
     monkeypatch.setattr(serve.routes, "read_images", tracked)
     settings = ServeSettings(model=fixed_model, threads=1, workers=1, max_batch=1, quiet=True)

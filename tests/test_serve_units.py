@@ -569,3 +569,27 @@ def test_model_names_are_checked_in_the_settings():
         with pytest.raises(SettingsError) as caught:
             ServeSettings.load(model=bad)
         assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_metric_models_stream_colours_are_its_fixed_metres_in_every_frame():
+    """The stream colours a metric model's frames over its fixed range (as the CLI's videos):
+    5 m is the same colour whether the frame also holds 15 m or not; a relative model's
+    colours follow each connection's steadied range instead."""
+    from runtime.images import load
+    from runtime.model_description import DA_V2_SMALL_METRIC_INDOOR
+    from runtime.outputs import colour_range
+    from runtime.postprocess import colorize
+    from serve.stream import _Stream
+
+    app = create_app(settings())
+    stream = _Stream(app.state.service, None, None, "127.0.0.1", cv2.COLORMAP_INFERNO,
+                     app.state.service.models.default)
+    photo = load(np.full((64, 64, 3), 90, np.uint8))
+    near, mixed = np.full((64, 64), 5.0, np.float32), np.full((64, 64), 5.0, np.float32)
+    mixed[:, 32:] = 15.0
+    output = DA_V2_SMALL_METRIC_INDOOR.output
+    want = colorize(near[:1, :1], cv2.COLORMAP_INFERNO, colour_range(output))[0, 0].astype(int)
+    for depth in (near, mixed):
+        jpeg, cut, _ = stream._render(DepthResult(depth, photo, output=output))
+        colour = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)[16, 8].astype(int)
+        assert np.abs(colour - want).max() <= 6 and not cut, (colour, want)
