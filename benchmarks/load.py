@@ -6,7 +6,10 @@
 ``ratio``: the server's images/s at 16 concurrent `ab` clients (a C client, so the client
 costs little CPU) sending the same 640x480 JPEG, against the `heatmap` CLI's images/s on
 copies of that photo, in the same run, with the CPU and its flags. ``levels``: throughput and
-p50/p95 latency at 1, 4 and 16 concurrent clients (async Python client); ``soak``: server RSS
+p50/p95 latency at 1, 4 and 16 concurrent clients (async Python client); ``--ray``: 2 Ray Serve
+replicas against the one process, in images/s and in CPU milliseconds per request spent by
+the serving processes (``replica_cpu_vs_one_process``: what the replica wrapper adds; CPU time
+moves far less than throughput when something else shares the machine); ``soak``: server RSS
 over a long run; ``overload``: 503 + Retry-After share against a small queue. Every loop is
 bounded in count and time, and only 127.0.0.1 is ever addressed. Run it under
 `flock -x /tmp/midas-cpu.lock` so nothing else shares the CPU.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
@@ -38,6 +42,20 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used: what a request costs it, a figure that
+    load from other processes changes far less than wall time or throughput."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ms_per_request(pids, run) -> tuple[dict, float]:
+    """(``run()``'s result, the CPU milliseconds ``pids`` spent on each of its requests)."""
+    before = sum(cpu_seconds(p) for p in pids)
+    result = run()
+    return result, round((sum(cpu_seconds(p) for p in pids) - before) * 1000 / max(1, result["requests"]), 2)
 
 
 def start(model: Path, *args: str, ready_s: float = 60) -> tuple[subprocess.Popen, str]:
@@ -149,7 +167,8 @@ def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2, ray_a
     out["one_process"] = {"ready_s": round(time.monotonic() - t0, 1)}
     try:
         ab(base, payload, 16, 64)
-        out["one_process"] |= {"ab_16": ab(base, payload, 16, count), "rss_mb": round(rss_mb(proc.pid), 1)}
+        one, cpu_ms = cpu_ms_per_request([proc.pid], lambda: ab(base, payload, 16, count))
+        out["one_process"] |= {"ab_16": one, "cpu_ms_per_request": cpu_ms, "rss_mb": round(rss_mb(proc.pid), 1)}
     finally:
         proc.terminate()
         proc.wait()
@@ -163,13 +182,18 @@ def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2, ray_a
                 pids.add(int(r.headers["x-midas-replica"]))
         ray_out = {"replicas": replicas, "args": list(ray_args), "ready_s": round(time.monotonic() - t0, 1)}
         ab(base, payload, 16, 64)
-        ray_out["ab_16"] = ab(base, payload, 16, count)
+        ray_out["ab_16"], ray_out["replica_cpu_ms_per_request"] = cpu_ms_per_request(
+            sorted(pids), lambda: ab(base, payload, 16, count))
         ray_out["rss_mb_per_replica"] = [round(rss_mb(p), 1) for p in sorted(pids)]
         out["ray"] = ray_out
     finally:
         proc.send_signal(2)
         proc.wait(timeout=120)
     out["ratio"] = round(out["ray"]["ab_16"]["per_s"] / out["one_process"]["ab_16"]["per_s"], 3)
+    # what a request costs the replicas over the one process (the wrapper's share; HAProxy and
+    # Ray's own processes not counted): a ratio a loaded machine moves far less than throughput
+    out["replica_cpu_vs_one_process"] = round(out["ray"]["replica_cpu_ms_per_request"]
+                                              / out["one_process"]["cpu_ms_per_request"], 3)
     return out
 
 
