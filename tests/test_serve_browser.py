@@ -32,13 +32,16 @@ def chromium(*more_flags: str):
 @pytest.mark.parametrize("key", [None, "page-test-key-0123456789"], ids=["open", "with-key"])
 def test_upload_page_shows_heatmap(fixed_model, photo_set, tmp_path, key):
     """Without keys the page just works; with keys it asks for one once and keeps it in the
-    tab's sessionStorage (not localStorage, not a cookie)."""
+    tab's sessionStorage (not localStorage, not a cookie). With two models the page offers
+    them (from /readyz) and the one picked answers."""
+    import httpx
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     photo = tmp_path / "coffee.jpg"
     cv2.imwrite(str(photo), photo_set["coffee"][:, :, ::-1])
-    with running_server(fixed_model, env={"MIDAS_ONNX_API_KEYS": key} if key else None) as base:
+    with running_server(fixed_model, "--model", f"other={fixed_model}",
+                        env={"MIDAS_ONNX_API_KEYS": key} if key else None) as base:
         browser = chromium()
         try:
             browser.get(base + "/")
@@ -53,6 +56,10 @@ def test_upload_page_shows_heatmap(fixed_model, photo_set, tmp_path, key):
                 assert browser.get_cookies() == []
             else:
                 assert not form.is_displayed()
+            picker = Select(browser.find_element(By.ID, "model"))
+            assert [o.get_attribute("value") for o in picker.options] == [fixed_model.stem, "other"]
+            assert browser.find_element(By.ID, "model-label").is_displayed()
+            picker.select_by_value("other")
             browser.find_element(By.ID, "pick").send_keys(str(photo))
             card = WebDriverWait(browser, 60).until(
                 lambda b: b.find_element(By.CSS_SELECTOR, ".card[data-state]"))
@@ -64,6 +71,8 @@ def test_upload_page_shows_heatmap(fixed_model, photo_set, tmp_path, key):
             assert card.find_element(By.CSS_SELECTOR, "a.download").get_attribute("download") == "coffee.heatmap.png"
             shot = tmp_path / "upload_page.png"
             assert browser.save_screenshot(str(shot))
+            metrics = httpx.get(base + "/metrics", headers={"authorization": f"Bearer {key}"} if key else None).text
+            assert 'midas_model_images_total{model="other"} 1.0' in metrics, metrics[-2000:]
         finally:
             browser.quit()
     image = cv2.imread(str(shot))
