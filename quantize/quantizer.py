@@ -6,16 +6,18 @@ import contextlib
 import io
 import json
 import logging
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
-from runtime.errors import ModelError
+from runtime.errors import MidasOnnxError, ModelError
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
 from runtime.metadata import PREFIX, ModelInfo, set_metadata
+from runtime.model_description import QuantRule
 from runtime.session import create_session
 
 from . import builtin_photos, layers, report
@@ -54,6 +56,7 @@ def quantize_model(
     report_layers: bool = False,
     target_delta: float | None = None,
     measure_layers: int = layers.DEFAULT_MEASURE,
+    input_size: int | None = None,
 ) -> QuantizeResult:
     """Quantize ``src`` to ``out`` and write ``<out>.report.json`` beside it.
 
@@ -68,13 +71,18 @@ def quantize_model(
     ``target_delta``: keep the most harmful layers in fp32 until the worst search photo's
     δ<1.25 against fp32 reaches it (static only). The evaluation photos are split by source
     photo: the search sees one half, the report's figures come from the other.
+    ``input_size``: calibrate, evaluate and time a dynamic-size model at this size of its
+    rule (``--input-size``: calibrate at the size you will run) instead of its default.
+
+    What is quantized comes from the model's description (``QuantRule``: op types, nodes
+    kept in float). onnxruntime's own failures become one ``ModelError`` naming the step.
     """
     src, out = Path(src), Path(out)
     rep_path = report_path_for(out)
     for path in (out, rep_path):
         if path.exists() and not force:
             raise ModelError(f"{path} exists; pass --force to overwrite it")
-    info, source_props = _check_source(src)
+    info, source_props = _check_source(src, input_size)
     sets = _images(config, info, calibration_dir, eval_dir)
     if target_delta is not None and (config.mode != "static" or not 0 < target_delta <= 1):
         raise ValueError("--target-delta needs static INT8 and a value in (0, 1]")
@@ -88,17 +96,19 @@ def quantize_model(
             stacklevel=2,
         )
     with tempfile.TemporaryDirectory(prefix="midas-quant-") as tmp:
-        pre, q_tmp, exclude = _quantize(src, Path(tmp), config, sets.calibration, progress)
-        diag = _diagnose(pre, q_tmp, sets.evaluation, threads, report_layers, target_delta, measure_layers)
-        _write_model(q_tmp, out, src, source_props, config, sets, diag)
+        pre, q_tmp, exclude = _quantize(src, Path(tmp), config, info, sets.calibration, progress)
+        diag = _diagnose(pre, q_tmp, sets.evaluation, threads, report_layers, target_delta, measure_layers,
+                         work_shape(info))
+        _write_model(q_tmp, out, src, source_props, config, info, sets, diag)
     result = _report(src, out, info, config, sets, exclude + diag.fallback_layers, diag, threads, latency_runs)
     write_atomic(rep_path, (json.dumps(result, indent=2) + "\n").encode())
     return QuantizeResult(out, rep_path, result)
 
 
-def _quantize(src: Path, tmp: Path, config: QuantConfig, calibration: PhotoSet,
+def _quantize(src: Path, tmp: Path, config: QuantConfig, info: ModelInfo, calibration: PhotoSet,
               progress: bool) -> tuple[Path, Path, list[str]]:
-    """(pre-processed fp32 model, quantized model, convs kept in float by role) in ``tmp``."""
+    """(pre-processed fp32 model, quantized model, nodes kept in float by role and by the
+    description's rule) in ``tmp``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_dynamic
 
@@ -106,13 +116,15 @@ def _quantize(src: Path, tmp: Path, config: QuantConfig, calibration: PhotoSet,
     # skip_symbolic_shape: onnxruntime's symbolic shape pass cannot follow the decoder's x2
     # Resize on dynamic sizes ("Incomplete symbolic shape inference"); onnx's own shape
     # inference and the graph optimisation still run.
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    exclude = keep_float_nodes(onnx.load(str(pre)), config.keep_float)
+    _step("onnxruntime's quant_pre_process", quant_pre_process, str(src), str(pre), skip_symbolic_shape=True)
+    rule = info.description.quantization
+    exclude = keep_float_nodes(onnx.load(str(pre)), config.keep_float, rule)
+    op_types = list(rule.op_types) or None  # None: every op type onnxruntime quantizes
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     if config.mode != "static":
-        quantize_dynamic(str(pre), str(q_out), per_channel=config.per_channel,
-                         weight_type=types[config.weight_type], nodes_to_exclude=exclude,
-                         reduce_range=config.reduce_range)
+        _step("onnxruntime's quantize_dynamic", quantize_dynamic, str(pre), str(q_out), per_channel=config.per_channel,
+              weight_type=types[config.weight_type], nodes_to_exclude=exclude, op_types_to_quantize=op_types,
+              reduce_range=config.reduce_range)
         return pre, q_out, exclude
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
@@ -122,11 +134,12 @@ def _quantize(src: Path, tmp: Path, config: QuantConfig, calibration: PhotoSet,
         try:
             from onnxruntime.quantization import quantize_static
 
-            quantize_static(
+            _step(
+                "onnxruntime's quantize_static", quantize_static,
                 str(pre), str(q_out), reader, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
                 activation_type=types[config.activation_type], weight_type=types[config.weight_type],
                 calibrate_method=methods[config.calibration], nodes_to_exclude=exclude,
-                reduce_range=config.reduce_range,
+                op_types_to_quantize=op_types, reduce_range=config.reduce_range,
                 extra_options={"CalibPercentile": config.percentile,
                                "CalibStridedMinMax": ImageCalibrationReader.STRIDE},
             )
@@ -150,7 +163,7 @@ class _Diagnosis:
 
 
 def _diagnose(pre: Path, q_tmp: Path, evaluation: PhotoSet, threads: int | None, report_layers: bool,
-              target_delta: float | None, measure: int) -> _Diagnosis:
+              target_delta: float | None, measure: int, hw: tuple[int, int]) -> _Diagnosis:
     """Layer table and fallback choice. With a target the evaluation photos are split by source:
     the table and the search use one half; the report's figures (and full INT8's on the same
     photos, for comparison) come from the other. The chosen model replaces ``q_tmp``."""
@@ -161,7 +174,7 @@ def _diagnose(pre: Path, q_tmp: Path, evaluation: PhotoSet, threads: int | None,
         return _Diagnosis(evaluation, "held out from calibration", table)
     search, held = evaluation.split_by_source()  # two sources at least: checked before calibrating
     table = layers.layer_report(pre, q_tmp, search, threads, measure)
-    fallback = layers.choose_fallback(pre, q_tmp, search, table["layers"], target_delta, threads)
+    fallback = layers.choose_fallback(pre, q_tmp, search, table["layers"], target_delta, hw, threads)
     fp32 = create_session(pre, threads=threads)
     fallback["full_int8_on_report_photos"] = report.fidelity(fp32, create_session(q_tmp, threads=threads),
                                                              held.inputs, held.names)
@@ -174,7 +187,7 @@ def _diagnose(pre: Path, q_tmp: Path, evaluation: PhotoSet, threads: int | None,
 
 
 def _write_model(q_tmp: Path, out: Path, src: Path, source_props: dict[str, str], config: QuantConfig,
-                 sets: "_ImageSets", diag: _Diagnosis) -> None:
+                 info: ModelInfo, sets: "_ImageSets", diag: _Diagnosis) -> None:
     """The quantized model with the source's metadata and its own provenance."""
     import onnx
 
@@ -187,6 +200,7 @@ def _write_model(q_tmp: Path, out: Path, src: Path, source_props: dict[str, str]
     props[PREFIX + "source_model_sha256"] = sha256_file(src)
     if config.mode == "static":
         props[PREFIX + "calibration"] = f"{len(sets.calibration)} images: {sets.calibration_source}"
+        props[PREFIX + "calibration_input_size"] = info.input_size_text if info.input_hw else str(info.description.input.size)
     if diag.fallback is not None:
         props[PREFIX + "fallback_layers"] = json.dumps(diag.fallback["layers"])
         props[PREFIX + "fallback_target_delta1"] = str(diag.fallback["target_worst_delta1"])
@@ -199,7 +213,7 @@ def _report(src: Path, out: Path, info: ModelInfo, config: QuantConfig, sets: "_
     """Sizes, fidelity on the photos nothing was chosen on, latency of both models, the CPU."""
     fp32 = create_session(src, threads=threads)
     int8 = create_session(out, threads=threads)
-    lat = report.latencies({"fp32": fp32, "int8": int8}, report.timing_shapes(info.input_hw), runs=latency_runs)
+    lat = report.latencies({"fp32": fp32, "int8": int8}, report.timing_shapes(info), runs=latency_runs)
     fidelity = report.fidelity(fp32, int8, diag.report_photos.inputs, diag.report_photos.names)
     fidelity["photos_from"] = diag.report_photos_from
     result = {
@@ -209,6 +223,7 @@ def _report(src: Path, out: Path, info: ModelInfo, config: QuantConfig, sets: "_
         "config": config.to_dict(),
         "kept_float_nodes": kept_float,
         "calibration_images": len(sets.calibration),
+        "input_size": info.input_size_text if info.input_hw else info.description.input.size,
         "calibration_source": sets.calibration_source,
         "calibration_photos": sorted(set(sets.calibration.sources)),
         "evaluation_source": sets.evaluation_source,
@@ -255,13 +270,14 @@ def speed_verdict(result: dict) -> str | None:
             "layers in the report.")
 
 
-def _check_source(src: Path) -> tuple[ModelInfo, dict[str, str]]:
+def _check_source(src: Path, input_size: int | None) -> tuple[ModelInfo, dict[str, str]]:
     """Only our fp32 exports: not foreign models, not already-quantized ones.
-    Returns the parsed info and the raw metadata, carried into the quantized file."""
+    Returns the parsed info (at ``input_size``, if given) and the raw metadata, carried into
+    the quantized file."""
     import onnx
 
     session = create_session(src, threads=1)
-    info = read_model_info(session, src)
+    info = read_model_info(session, src, input_size)
     if info.precision != "fp32":
         raise ModelError(f"{src} is already quantized ({info.precision}); quantize the fp32 export instead")
     ops = {n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
@@ -343,18 +359,41 @@ class _ImageSets:
     evaluation_source: str
 
 
-def keep_float_nodes(proto, roles: tuple[str, ...]) -> list[str]:
-    """Node names for the roles kept in fp32: "stem" = the first Conv, "head" = the last three
-    Convs (the output head). Found by position, so renamed nodes do not matter."""
-    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
+def keep_float_nodes(proto, roles: tuple[str, ...], rule: QuantRule = QuantRule()) -> list[str]:
+    """Node names kept in fp32: those of the roles asked for ("stem" = the first Conv, "head" =
+    the last three Convs, the output head: found by position, so renamed nodes do not matter;
+    "all" = every node of the op types the rule quantizes) and those the description's rule
+    keeps in float (``QuantRule.float_nodes``, patterns on node names)."""
+    work_types = rule.op_types or ("Conv",)
     if "all" in roles:
-        return convs
-    names: list[str] = []
+        return [n.name for n in proto.graph.node if n.op_type in work_types]
+    convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
+    names = [n.name for n in proto.graph.node
+             if n.op_type in work_types and any(re.search(p, n.name) for p in rule.float_nodes)]
     if "stem" in roles:
         names += convs[:1]
     if "head" in roles:
         names += convs[-3:]
-    return names
+    return list(dict.fromkeys(names))
+
+
+def work_shape(info: ModelInfo) -> tuple[int, int]:
+    """Where multiply-adds are counted: a fixed model's size, a dynamic one's size square."""
+    return info.input_hw or (info.description.input.size,) * 2
+
+
+def _step(what: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; whatever onnxruntime's quantization tools raise becomes one
+    ``ModelError`` line naming the step (their messages are tracebacks from deep in onnx or
+    numpy; the first line says it)."""
+    try:
+        return fn(*args, **kwargs)
+    except MidasOnnxError:
+        raise
+    except Exception as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = lines[0][:300] if lines else ""
+        raise ModelError(f"{what} failed: {type(exc).__name__}{': ' + detail if detail else ''}") from None
 
 
 def _photo_list(names: list[str], show: int = 6) -> str:
@@ -362,7 +401,7 @@ def _photo_list(names: list[str], show: int = 6) -> str:
 
 
 def _db(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}dB"
+    return "-" if value is None or value != value else f"{value:.1f}dB"  # NaN: no weights (a product of activations)
 
 
 def describe(result: dict) -> str:
@@ -389,20 +428,20 @@ def describe(result: dict) -> str:
     lines.append(f"  evaluation    {result['evaluation_source']}")
     if result.get("layers"):
         lt = result["layers"]
-        lines.append(f"  layers        {len(lt['layers'])} quantized convs on {lt['images']} photos ({lt['seconds']:.0f} s: "
+        lines.append(f"  layers        {len(lt['layers'])} quantized layers on {lt['images']} photos ({lt['seconds']:.0f} s: "
                      f"{_photo_list(lt['photos'])}); "
                      f"most harmful first (δ gain when kept in fp32, measured for the {lt['measured']} lowest-SQNR):")
-        lines.append(f"    {'rank':>4}  {'δ gain':>7}  {'act SQNR':>8}  {'w SQNR':>6}  {'role':<30} name")
+        lines.append(f"    {'rank':>4}  {'δ gain':>7}  {'act SQNR':>8}  {'w SQNR':>6}  {'role':<36} name")
         for row in lt["layers"][:10]:
             gain = row.get("delta1_gain_if_float")
             lines.append(f"    {row['rank']:>4}  {'' if gain is None else f'{gain:+.4f}':>7}  "
-                         f"{_db(row['activation_sqnr_db']):>9}  {_db(row['weight_sqnr_db']):>6}  {row['role']:<30} {row['name']}")
+                         f"{_db(row['activation_sqnr_db']):>9}  {_db(row['weight_sqnr_db']):>6}  {row['role']:<36} {row['name']}")
     if result.get("fallback"):
         fb = result["fallback"]
         full = fb["full_int8_on_report_photos"]
         lines.append(f"  fallback      target worst-photo δ<1.25 >= {fb['target_worst_delta1']} on the search photos "
                      f"({_photo_list(fb['search_photos'])}): {fb['reason']}; {len(fb['layers'])} layers kept in fp32 "
-                     f"({fb['int8_work_kept']:.1%} of the conv work left in INT8), search worst δ {fb['search_worst_delta1']:.4f}")
+                     f"({fb['int8_work_kept']:.1%} of the multiply-adds left in INT8), search worst δ {fb['search_worst_delta1']:.4f}")
         lines.append(f"                on the report photos: worst δ {f['worst_delta1']:.4f} with fallback, "
                      f"{full['worst_delta1']:.4f} full INT8")
     cpu = result["cpu"]

@@ -17,7 +17,8 @@ from typing import Callable
 import numpy as np
 
 from runtime.align import align_to
-from runtime.metadata import INPUT_NAME
+from runtime.metadata import INPUT_NAME, ModelInfo
+from runtime.preprocess import network_size
 
 VALID_FRACTION = 0.05
 
@@ -67,10 +68,17 @@ def fidelity(ref_session, test_session, inputs: list[np.ndarray], names: list[st
     return out
 
 
-def timing_shapes(input_hw: tuple[int, int] | None) -> list[tuple[int, int]]:
-    """Where to time: a fixed model at its size; a dynamic one at 256x256 (square photos) and
-    192x256 (what upstream's resize makes of a 4:3 landscape photo)."""
-    return [input_hw] if input_hw is not None else [(256, 256), (192, 256)]
+LANDSCAPE_PHOTO = (480, 640)  # (H, W) of the common 4:3 landscape photo timed beside the square
+
+
+def timing_shapes(info: ModelInfo) -> list[tuple[int, int]]:
+    """Where to time: a fixed model at its size; a dynamic one at its rule's size square (square
+    photos) and at what its rule makes of a 640x480 landscape photo (MiDaS small: 256x256 and
+    192x256; Depth Anything V2 Small: 518x518 and 518x686)."""
+    if info.input_hw is not None:
+        return [info.input_hw]
+    size = info.description.input.size
+    return [(size, size), network_size(*LANDSCAPE_PHOTO, info)]
 
 
 def timed(runners: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, runs: int, block: int = 5,

@@ -95,6 +95,21 @@ class OutputRule:
 
 
 @dataclass(frozen=True)
+class QuantRule:
+    """What static INT8 (``quantize/``) quantizes in this network, chosen by measurement on a
+    trained-like stand-in of it.
+
+    ``op_types``: the ONNX op types given QuantizeLinear/DequantizeLinear (onnxruntime's
+    ``op_types_to_quantize``); empty means onnxruntime's default, every op it can quantize
+    (MiDaS small: its convs, adds, resizes). ``float_nodes``: regular expressions of node
+    names (the exporter's, e.g. ``/attn/MatMul``) kept in float among those op types.
+    """
+
+    op_types: tuple[str, ...] = ()
+    float_nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ModelDescription:
     """Everything about one model; ``network`` holds the family's architecture arguments."""
 
@@ -109,6 +124,7 @@ class ModelDescription:
     output: OutputRule
     network: Mapping[str, Any] = field(default_factory=dict, hash=False)
     notes: str = ""
+    quantization: QuantRule = QuantRule()
 
     def with_input_size(self, size: int) -> "ModelDescription":
         """The same model run at another ``size`` (``--input-size``): fewer pixels, less work."""
@@ -125,8 +141,12 @@ class ModelDescription:
             data = json.loads(text)
             if not isinstance(data, dict):
                 raise TypeError("not a JSON object")
-            desc = cls(
-                **_known(cls, data, nested={"checkpoint": Checkpoint, "input": InputRule, "output": OutputRule}))
+            known = _known(cls, data, nested={"checkpoint": Checkpoint, "input": InputRule, "output": OutputRule,
+                                              "quantization": QuantRule})
+            if "quantization" not in known and known.get("id") in MODELS:
+                # written before the rule existed: the rule this release has for the same model
+                known["quantization"] = MODELS[known["id"]].quantization
+            desc = cls(**known)
         except (ValueError, TypeError, KeyError) as exc:
             raise DescriptionError(f"malformed model description: {exc}") from None
         desc.check()
@@ -217,6 +237,9 @@ DA_V2_SMALL = ModelDescription(
     output=OutputRule(kind="relative_inverse_depth", resize="bilinear_align_corners"),
     network=_DA_V2_SMALL_NETWORK,
     notes="2024; a ViT-S/14 (DINOv2) with a DPT head: sharper, slower (cost grows with the square of the tokens)",
+    # The matrix work in INT8; LayerNorm, Softmax, GELU, the adds and resizes in float (see
+    # docs/how-to/quantize.md for the measurement on the trained-like stand-in).
+    quantization=QuantRule(op_types=("MatMul", "Gemm", "Conv", "ConvTranspose")),
 )
 
 

@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from quantize import PRESETS, quantize_model
-from quantize.layers import activation_sqnr, keep_float, quantized_convs, role
+from quantize.layers import activation_sqnr, keep_float, quantized_nodes, role
 from quantize.photos import PhotoSet
 from quantize.report import outputs, scores, timed
 from runtime import DepthHeatmapper
@@ -27,7 +27,7 @@ from .conftest import write_crops
 
 
 def quantized_conv_names(path) -> set[str]:
-    return {n.name for n in quantized_convs(onnx.load(str(path)))}
+    return {n.name for n in quantized_nodes(onnx.load(str(path)))}
 
 
 def run(model, calib_dir, eval_dir, out, **kwargs):
@@ -69,7 +69,7 @@ def test_layer_report_names_ranks_and_measures_every_quantized_conv(with_layers,
     assert all(np.isfinite(r["weight_sqnr_db"]) and np.isfinite(r["activation_sqnr_db"]) for r in rows)
     roles = {r["role"].split(":")[0].split(" (")[0] for r in rows}
     assert roles == {"backbone stage 1", "backbone stage 2", "backbone stage 3", "backbone stage 4", "decoder", "head"}
-    assert "layers        97 quantized convs" in __import__("quantize").describe(report)
+    assert "layers        97 quantized layers" in __import__("quantize").describe(report)
     # The table's top gain is what that conv in fp32 really gives on these photos, computed
     # here from the written INT8 model and the fp32 model (the report's own temp files are gone).
     top = rows[0]
@@ -102,7 +102,7 @@ def test_streamed_sqnr_matches_onnxruntime_debugger(with_layers, fixed_model, ev
         modify_model_output_intermediate_tensors(str(path), str(tmp_path / f"{name}.onnx"), op_types_for_saving=["Conv"])
         acts.append(collect_activations(str(tmp_path / f"{name}.onnx"), ImageCalibrationReader(xs)))
     theirs = compute_activation_error(create_activation_matching(acts[1], acts[0]))
-    convs = {n.output[0]: n.name for n in quantized_convs(onnx.load(str(out)))}
+    convs = {n.output[0]: n.name for n in quantized_nodes(onnx.load(str(out)))}
     compared = [(ours[convs[y]], e["xmodel_err"]) for y, e in theirs.items() if y in convs and "xmodel_err" in e]
     assert len(compared) >= 60  # the convs whose output has its own Q/DQ pair
     # within 0.2 dB: the debugger runs the QDQ graph unoptimized, ours as deployed
@@ -132,7 +132,7 @@ def test_keep_float_runs_exactly_the_named_convs_in_fp32(with_layers, fixed_mode
     qdq, float_proto = onnx.load(str(out)), onnx.load(str(fixed_model))
     names = [r["name"] for r in report["layers"]["layers"][:3]]
     edited = keep_float(qdq, float_proto, names)
-    assert {n.name for n in quantized_convs(edited)} == quantized_conv_names(out) - set(names)
+    assert {n.name for n in quantized_nodes(edited)} == quantized_conv_names(out) - set(names)
     used = {i for n in edited.graph.node for i in n.input} | {o.name for o in edited.graph.output}
     assert all(any(o in used for o in n.output) for n in edited.graph.node)
     x = network_input(np.zeros((64, 64, 3), np.uint8), ModelInfo(input_hw=(256, 256)), "rgb")

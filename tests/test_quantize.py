@@ -327,3 +327,24 @@ def test_speed_verdict_names_the_cpu_features_or_stays_silent(speedups, flags, w
         assert verdict is None
     else:
         assert verdict.startswith("INT8 is not worth it here: " + want), verdict
+
+
+@pytest.mark.parametrize("step", ["quant_pre_process", "quantize_static", "quantize_dynamic"])
+def test_a_failure_inside_onnxruntime_quantization_is_one_line(tmp_path, fixed_model, calib_dir, eval_dir, monkeypatch,
+                                                               step):
+    """onnxruntime's quantization tools raise from deep in onnx or numpy; the command says which
+    step failed in one line and exits 1, without a traceback."""
+    import onnxruntime.quantization as ortq
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("[ONNXRuntimeError] : 1 : FAIL : something deep\n  File 'x.py', line 3\n    more")
+
+    monkeypatch.setattr(ortq, step, broken)
+    args = ["quantize", "--int8", str(fixed_model), "--calibration", str(calib_dir), "--eval", str(eval_dir),
+            "-o", str(tmp_path / "q.onnx"), "--threads", "2"] + (["--dynamic"] if step == "quantize_dynamic" else [])
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert error == [f"error: onnxruntime's {step} failed: RuntimeError: [ONNXRuntimeError] : 1 : FAIL : something deep"]
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and not (tmp_path / "q.onnx").exists()

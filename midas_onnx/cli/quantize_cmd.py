@@ -38,11 +38,14 @@ from .common import DEFAULT_MODEL, friendly_errors, require_extra
               help="Keep the most harmful layers in fp32 until the worst search photo's delta<1.25 against "
                    "fp32 reaches this (e.g. 0.97). The evaluation photos are split by source photo: the search "
                    "uses one half, the report the other. Static only.")
+@click.option("--input-size", type=click.IntRange(min=1), default=None,
+              help="Dynamic models: calibrate, evaluate and time at this size of the model's resize rule (the "
+                   "size you will run with heatmap --input-size). Default: the model's own.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads for the latency report.")
 @click.option("--force", is_flag=True, help="Overwrite the output model and report.")
 def command(model: Path, int8: bool, static: bool, calibration: Path | None, eval_dir: Path | None,
             method: str | None, weight_bits: str, keep_float: str, output: Path | None, report_layers: bool, measure_layers: int | None,
-            target_delta: float | None,
+            target_delta: float | None, input_size: int | None,
             threads: int | None, force: bool) -> None:
     """Write an INT8 version of MODEL and a fidelity/speed report against it (<out>.report.json).
 
@@ -78,6 +81,7 @@ def command(model: Path, int8: bool, static: bool, calibration: Path | None, eva
                 raise click.UsageError("--target-delta applies to static quantization only")
             result = quantize_model(model, output, config, calibration, eval_dir, force=force, threads=threads,
                                     progress=True, report_layers=report_layers, target_delta=target_delta,
+                                    input_size=input_size,
                                     **({} if measure_layers is None else {"measure_layers": measure_layers}))
     for message in result.report["unreadable_images"]:
         click.echo(f"warning: skipped {message}", err=True)
