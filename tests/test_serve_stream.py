@@ -310,3 +310,18 @@ def test_text_messages_do_not_keep_a_stream_open_and_bad_frames_close_it(setting
         with pytest.raises(InvalidStatus) as denied:  # counted against the client like refused requests
             connect(base + PATH)
         assert denied.value.response.status_code == 429
+
+
+def test_a_stream_picks_its_model_and_an_unknown_one_is_refused(settings):
+    """``?model=`` on the stream, as on /v1/depth: the named model computes its frames; an
+    unknown name closes the handshake with 1003 naming the server's models."""
+    one = settings.models[next(iter(settings.models))]
+    with stream_app(settings.replace(model=(str(one), f"other={one}"))) as (base, svc):
+        with connect(base + PATH + "?model=nope") as ws:
+            code, reason = closed_with(ws)
+            assert code == 1003 and "'nope'" in reason and "other" in reason, reason
+        with connect(base + PATH + "?model=other") as ws:
+            ws.send(jpg(frame(0)))
+            assert next_heatmap(ws)[0]["frame"] == 0
+        assert svc.metrics.model_images.labels("other")._value.get() == 1
+        assert svc.metrics.model_images.labels(one.name.removesuffix(".onnx"))._value.get() == 0
