@@ -128,7 +128,7 @@ def summary(result, cmap: int, model) -> dict:
     d = result.depth
     body = {"width": int(d.shape[1]), "height": int(d.shape[0]), "precision": model.hm.info.precision,
             "model": model_entry(model),
-            "depth": {"min": float(np.nanmin(d)), "max": float(np.nanmax(d)), "mean": float(np.nanmean(d))},
+            "depth": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean())},
             "heatmap_png_base64": base64.b64encode(outputs.render(result, "heatmap")).decode()}
     if (about := outputs.legend(result.output, cmap)) is not None:
         body["legend"] = about
