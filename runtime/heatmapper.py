@@ -59,7 +59,7 @@ class DepthResult:
         """The input as uint8 BGR (the input itself when it already is), made on first use."""
         return images.to_bgr8(self.source)
 
-    def overlay(self, alpha: float = 0.5, colormap: int | None = None) -> np.ndarray:
+    def overlay(self, alpha: float = postprocess.DEFAULT_ALPHA, colormap: int | None = None) -> np.ndarray:
         """The heatmap blended over the input image (uint8 BGR, the image's size).
 
         ``alpha`` is the heatmap's weight; ``colormap`` an OpenCV colormap id, None for the

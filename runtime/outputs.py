@@ -102,9 +102,10 @@ def legend(output: OutputRule, colormap: str | int) -> dict | None:
             "scale": "linear"}
 
 
-def render(result, kind: str, image_format: str = "png") -> bytes:
+def render(result, kind: str, image_format: str = "png", alpha: float = postprocess.DEFAULT_ALPHA) -> bytes:
     """One output of a ``DepthResult`` as file bytes: "heatmap", "overlay" (both in
-    ``image_format``) or "depth" (16-bit PNG, see ``depth_files``). The CLI, the server and
+    ``image_format``; ``alpha``, the heatmap's weight over the photo) or "depth" (16-bit PNG,
+    see ``depth_files``). The CLI, the server and
     bulk workers all encode their outputs here. A metric model's heatmap and overlay are
     coloured over its fixed range, and as PNGs say so (``legend``)."""
     output = getattr(result, "output", None)  # a DepthResult's; results without one are relative
@@ -114,8 +115,8 @@ def render(result, kind: str, image_format: str = "png") -> bytes:
     if kind == "heatmap":
         data = encode_heatmap(result.depth, result.colormap, image_format, span)
     elif kind == "overlay":
-        blend = result.overlay() if span is None else postprocess.overlay(
-            result.image, postprocess.colorize(result.depth, result.colormap, span))
+        blend = result.overlay(alpha) if span is None else postprocess.overlay(
+            result.image, postprocess.colorize(result.depth, result.colormap, span), alpha)
         data = encode_image(blend, image_format, PNG_PARAMS["overlay"])
     else:
         raise ValueError(f"unknown output kind {kind!r}; expected one of {', '.join(KINDS)}")

@@ -11,6 +11,7 @@ import numpy as np
 from .model_description import MIDAS_SMALL, OUTPUT_RESIZES
 
 DEFAULT_COLORMAP = "inferno"
+DEFAULT_ALPHA = 0.5  # an overlay's heatmap weight over the photo
 COLORMAPS: dict[str, int] = {
     name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
 }
@@ -171,7 +172,7 @@ def depth_png16(depth: np.ndarray) -> np.ndarray:
     return to_levels(depth, 65535, np.uint16)
 
 
-def overlay(image_bgr8: np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+def overlay(image_bgr8: np.ndarray, heatmap: np.ndarray, alpha: float = DEFAULT_ALPHA) -> np.ndarray:
     """Blend the heatmap over the input photo (``alpha`` is the heatmap's weight)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from runtime import MidasOnnxError, outputs, png, postprocess
+from runtime import MidasOnnxError, outputs, postprocess
 
 from .errors import ApiError
 
@@ -24,7 +24,7 @@ FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png
 DEPTH_FORMATS = {"depth16": "png16", "npy": "npy", "pfm": "pfm", "exr": "exr"}
 MAX_NESTING = 3  # [[x, y, d], ...] or [{"x":..}, ...]: two levels; one spare
 MAX_NUMBER_CHARS = 32
-DEFAULT_ALPHA = 0.5  # runtime.outputs.render's overlay weight (the CLI's)
+DEFAULT_ALPHA = postprocess.DEFAULT_ALPHA  # the CLI's overlay weight
 
 
 def choose_format(fmt: str | None, accept: str) -> str:
@@ -109,16 +109,8 @@ def model_entry(model) -> dict:
 
 
 def _overlay(result, alpha: float) -> bytes:
-    """The overlay PNG at ``alpha``: the runtime's own at its default weight. Another weight is
-    blended here from the runtime's pieces until ``runtime.outputs.render`` takes ``alpha``
-    (asked of the runtime's owner; then this function is one call)."""
-    if alpha == DEFAULT_ALPHA:
-        return outputs.render(result, "overlay")
-    span = outputs.colour_range(result.output)
-    blend = postprocess.overlay(result.image, postprocess.colorize(result.depth, result.colormap, span), alpha)
-    data = outputs.encode_image(blend, "png", outputs.PNG_PARAMS["overlay"])
-    about = outputs.legend(result.output, result.colormap) if span is not None else None
-    return data if about is None else png.with_text(data, {outputs.LEGEND_TEXT_KEY: json.dumps(about)})
+    """The overlay PNG at ``alpha``, as the CLI writes it."""
+    return outputs.render(result, "overlay", alpha=alpha)
 
 
 def summary(result, cmap: int, model) -> dict:
