@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench                       # or: midas-onnx bench
     python -m benchmarks.bench --quick               # CI-sized, under 2 minutes
+    python -m benchmarks.bench --models da           # Depth Anything V2 Small alone (<machine>-da.md)
 
 Variants are data (``Variant``), their runs interleaved so machine drift hits all alike.
 Writes ``bench-results/<machine>.md`` (the table), ``.json`` (raw figures) and ``.png``
@@ -29,11 +30,11 @@ from typing import Callable
 
 import numpy as np
 
+from quantize.report import LANDSCAPE_PHOTO
+
 REPO = Path(__file__).resolve().parent.parent
 MODELS = REPO / "models"
 Runner = Callable[[np.ndarray], np.ndarray]
-# Second size for dynamic models: what upstream's resize makes of a 640x480 photo.
-SECOND_SIZE = (192, 256)
 
 # Bars from the issue, checked as ratios from this run.
 BARS = {
@@ -47,6 +48,8 @@ BARS = {
     "cold_start_s_max": 1.5,
     "int8_paths_absrel_diff_max": 0.005,  # the same INT8 file on CPUs with and without VNNI
 }
+# Bars of the side-by-side table, per family, at the model's own input size, all cores.
+FAMILY_BARS = {"da": {"int8_vs_onnx_fp32_vnni": 1.5, "int8_vs_onnx_fp32_no_vnni": 1.35, "onnx_fp32_vs_torch_eager": 1.5}}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class Variant:
     engine: str  # "torch-eager", "torch-trace", "onnxruntime", "openvino"
     path: Path | None = None  # ONNX file for onnxruntime/openvino rows
     precision: str = "fp32"
-    dynamic: bool = False  # dynamic H/W: also timed at SECOND_SIZE
+    dynamic: bool = False  # dynamic H/W: also timed at the shape of a 640x480 photo
+    model: str = "midas-small"  # the description id (PyTorch rows build this network)
 
 
 @dataclass(frozen=True)
@@ -100,41 +104,27 @@ def machine() -> dict[str, str]:
 
 # --- runners -------------------------------------------------------------------------------
 def make_runner(v: Variant, threads: int, checkpoint: Path | None) -> Runner:
-    if v.engine == "onnxruntime":
+    if v.engine in ("onnxruntime", "openvino"):
+        from runtime.engine_choice import open_session
         from runtime.metadata import INPUT_NAME
-        from runtime.session import create_session
 
-        session = create_session(v.path, threads=threads)
+        # The runtime's own sessions: OpenVINO's pins f32 precision (on bf16 CPUs it would
+        # otherwise run "fp32" models in bf16, 19% max error measured).
+        session, _ = open_session(v.path, threads=threads, engine=v.engine)
         return lambda x: session.run(None, {INPUT_NAME: x})[0]
-    if v.engine == "openvino":
-        import openvino as ov
-
-        core = ov.Core()
-        requests: dict[tuple[int, ...], object] = {}
-
-        def infer(x: np.ndarray) -> np.ndarray:
-            # One compiled model per input shape: static shapes are OpenVINO's fast path, and
-            # a dynamic-size file is then timed like the fixed one. f32 precision: on bf16
-            # CPUs OpenVINO would otherwise run "fp32" models in bf16 (19% max error measured).
-            if x.shape not in requests:
-                model = core.read_model(str(v.path))
-                model.reshape({model.inputs[0]: ov.PartialShape(list(x.shape))})
-                compiled = core.compile_model(model, "CPU", {
-                    "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
-                requests[x.shape] = compiled.create_infer_request()
-            return requests[x.shape].infer({0: x})[0].copy()
-
-        return infer
     import torch
 
     torch.set_num_threads(threads)
-    model = _torch_model(checkpoint)
+    model = _torch_model(checkpoint, v.model)
     if v.engine == "torch-trace":
         import warnings
 
+        from runtime.model_description import describe
+
+        size = describe(v.model).input.size
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # deprecated in 2.x, still the TorchScript path asked for
-            model = torch.jit.trace(model, torch.zeros(1, 3, 256, 256), check_trace=False)
+            model = torch.jit.trace(model, torch.zeros(1, 3, size, size), check_trace=False)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -143,19 +133,19 @@ def make_runner(v: Variant, threads: int, checkpoint: Path | None) -> Runner:
     return run
 
 
-_TORCH_MODEL = None
+_TORCH_MODELS: dict[str, object] = {}
 
 
-def _torch_model(checkpoint: Path | None):
-    """The upstream-layout network with the checkpoint's weights (random if none is given:
-    latency does not depend on weight values; fidelity is then not reported)."""
-    global _TORCH_MODEL
-    if _TORCH_MODEL is None:
-        from export.checkpoint import build_model
-        from export.model import MidasNetSmall
+def _torch_model(checkpoint: Path | None, model_id: str):
+    """The upstream-layout network of ``model_id`` with the checkpoint's weights (random if
+    none is given: latency does not depend on weight values; fidelity is then not reported)."""
+    if model_id not in _TORCH_MODELS:
+        from export.checkpoint import build_model, new_network
+        from runtime.model_description import describe
 
-        _TORCH_MODEL = build_model(checkpoint)[0] if checkpoint else MidasNetSmall().eval()
-    return _TORCH_MODEL
+        description = describe(model_id)
+        _TORCH_MODELS[model_id] = build_model(checkpoint, description)[0] if checkpoint else new_network(description).eval()
+    return _TORCH_MODELS[model_id]
 
 
 def timed(runners: dict[str, Runner], x: np.ndarray, runs: int, **kwargs) -> dict[str, dict]:
@@ -167,13 +157,13 @@ def timed(runners: dict[str, Runner], x: np.ndarray, runs: int, **kwargs) -> dic
 
 
 # --- measurements --------------------------------------------------------------------------
-def measure_latency(variants, settings, checkpoint, photos_256, photo_second) -> tuple[dict, dict]:
-    """Per thread count: batch-1 latency and batch-4 throughput at 256x256, and batch-1
-    latency of dynamic models at ``SECOND_SIZE``."""
+def measure_latency(variants, settings, checkpoint, photos_square, photo_second) -> tuple[dict, dict]:
+    """Per thread count: batch-1 latency and batch-4 throughput at the model's size square,
+    and batch-1 latency of dynamic models at a 640x480 photo's network shape."""
     out: dict = {}
     second: dict = {}
-    x1 = photos_256[:1]
-    x4 = np.concatenate([photos_256] * 4)[:4]
+    x1 = photos_square[:1]
+    x4 = np.concatenate([photos_square] * 4)[:4]
     for threads in settings.threads:
         runners = {v.name: make_runner(v, threads, checkpoint) for v in variants}
         lat = timed(runners, x1, settings.runs)
@@ -281,6 +271,101 @@ def measure_end_to_end(onnx_variants, settings, workdir: Path) -> dict:
     return out
 
 
+# --- model families side by side ------------------------------------------------------------
+FAMILIES = {"midas": "midas-small", "da": "da-v2-small"}  # --models name -> model description id
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model's files for the side-by-side table: fp32 and static INT8 ONNX, the PyTorch weights."""
+
+    key: str
+    model: str  # description id
+    fp32: Path | None
+    int8: Path | None
+    checkpoint: Path | None
+
+
+def _models(text: str) -> list[str]:
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in models if m not in FAMILIES]
+    if bad or not models:
+        raise SystemExit(f"--models: choose among {', '.join(FAMILIES)} (comma-separated), got {text!r}")
+    return models
+
+
+def _family(args, key: str) -> Family | None:
+    paths = {"midas": (args.fp32, args.int8, args.checkpoint), "da": (args.da_fp32, args.da_int8, args.da_checkpoint)}
+    fp32, int8, checkpoint = (Path(p) if p else None for p in paths[key])
+    if fp32 is None or not fp32.is_file():
+        print(f"note: {key} side-by-side rows skipped: {fp32} not found", file=sys.stderr)
+        return None
+    return Family(key, FAMILIES[key], fp32, int8 if int8 and int8.is_file() else None, checkpoint)
+
+
+def family_sizes(description) -> tuple[int, ...]:
+    """The model's own input size and two smaller ones a CPU user picks for speed (about 70%
+    and half of the side: about half and a quarter of the work), multiples of its step
+    (Depth Anything V2 Small: 518, 364, 252)."""
+    size, step = description.input.size, description.input.multiple_of
+    return tuple(dict.fromkeys((size, step * round(size * 0.7 / step), step * max(1, size // 2 // step))))
+
+
+def family_variants(family: Family, args) -> list[Variant]:
+    """PyTorch eager (when installed), ONNX fp32 and static INT8 on onnxruntime, and OpenVINO on
+    the same files (when installed)."""
+    from runtime.heatmapper import read_model_info
+    from runtime.session import create_session
+
+    out = []
+    if all(importlib.util.find_spec(m) for m in ("torch", "timm")) and not args.no_torch:
+        out.append(Variant(f"{family.key}-pytorch-eager", "torch-eager", model=family.model))
+    for path in (family.fp32, family.int8):
+        if path is not None:
+            info = read_model_info(create_session(path, threads=1), path)
+            out.append(Variant(f"{family.key}-onnx-{info.precision}", "onnxruntime", path, info.precision, info.dynamic,
+                               family.model))
+    if importlib.util.find_spec("openvino") and not args.no_openvino:
+        out += [Variant(v.name.replace("-onnx-", "-openvino-"), "openvino", v.path, v.precision, v.dynamic, v.model)
+                for v in list(out) if v.engine == "onnxruntime"]
+    return out
+
+
+def measure_families(families: list[Family], settings: Settings, args) -> dict:
+    """Each family's variants at each of its sizes (square photos squashed to it, as a fixed
+    size would), batch 1, all cores: latency, and fidelity against its ONNX fp32 on the same
+    inputs; static INT8 per integer path at the smallest size (the AVX2-only one emulated)."""
+    from benchmarks.photos import load
+    from runtime.metadata import ModelInfo
+    from runtime.model_description import describe
+    from runtime.preprocess import network_input
+
+    threads = max(settings.threads)
+    photos = [p for p in load().values() if p.ndim == 3][: max(2, min(settings.photos, 4))]
+    rows, paths = [], {}
+    for family in families:
+        description = describe(family.model)
+        variants = family_variants(family, args)
+        runners = {v.name: make_runner(v, threads, family.checkpoint) for v in variants}
+        fp32 = next(v for v in variants if v.engine == "onnxruntime" and v.precision == "fp32")
+        int8 = next((v for v in variants if v.engine == "onnxruntime" and v.precision == "int8-static"), None)
+        for size in family_sizes(description):
+            info = ModelInfo(input_hw=(size, size), description=description)
+            xs = [network_input(p, info, "rgb") for p in photos]
+            lat = timed(runners, xs[0], settings.runs)
+            refs = [runners[fp32.name](x) for x in xs]
+            for v in variants:
+                same_weights = not v.engine.startswith("torch") or family.checkpoint is not None
+                fid = _scores([runners[v.name](x) for x in xs], refs) if same_weights else {}
+                rows.append({"model": description.title, "family": family.key, "variant": v.name, "engine": v.engine,
+                             "precision": v.precision, "size": size, **lat[v.name], **fid})
+        if int8 is not None:
+            small = min(family_sizes(description))
+            xs = [network_input(p, ModelInfo(input_hw=(small, small), description=description), "rgb") for p in photos[:2]]
+            paths[family.key] = {"size": small, **measure_int8_paths(int8, fp32, xs)}
+    return {"threads": threads, "rows": rows, "int8_paths": paths}
+
+
 # --- roofline ------------------------------------------------------------------------------
 def _one_node_rate(op: str, dtypes: tuple[int, int, int], threads: int, n: int, runs: int = 10,
                    warmup_s: float = 1.0) -> float:
@@ -335,23 +420,24 @@ def _time_once(fn) -> float:
     return time.perf_counter() - t
 
 
-def model_gflop(path: Path, hw: tuple[int, int] = (256, 256)) -> float:
-    """Multiply-adds x 2 of every Conv at batch 1 and ``hw``, from the graph's own shapes."""
+def model_gflop(path: Path, hw: tuple[int, int]) -> float:
+    """Multiply-adds x 2 of every conv and matrix product at batch 1 and ``hw``, from the
+    graph's own shapes."""
     import onnx
 
-    from quantize.layers import conv_work
+    from quantize.layers import multiply_adds
 
-    return 2 * sum(conv_work(onnx.load(str(path)), hw).values()) / 1e9
+    return 2 * sum(multiply_adds(onnx.load(str(path)), hw).values()) / 1e9
 
 
-def roofline(variants, latency: dict) -> dict:
+def roofline(variants, latency: dict, hw: tuple[int, int]) -> dict:
     """Each fp32 variant's latency against this machine's MatMul floor at the same threads,
     and static INT8 against the MatMulInteger floor. A floor at more threads is never taken
     below the one at fewer (more threads can always run as fewer)."""
     fp32 = [v for v in variants if v.engine == "onnxruntime" and v.precision == "fp32"]
     if not fp32 or not importlib.util.find_spec("onnx"):
         return {}
-    gflop = model_gflop(fp32[0].path)
+    gflop = model_gflop(fp32[0].path, hw)
     out: dict = {"model_gflop_256": gflop, "threads": {}}
     best = {"sgemm_gflops": 0.0, "int8_gops": 0.0}
     for threads in sorted(latency, key=int):
@@ -386,15 +472,14 @@ def _op_group(node: str, op: str) -> str:
     return "adds and other"
 
 
-def op_profile(path: Path, fp32_path: Path, threads: int, hw: tuple[int, int] = (256, 256),
-               runs: int = 20) -> dict:
+def op_profile(path: Path, fp32_path: Path, threads: int, hw: tuple[int, int], runs: int = 20) -> dict:
     """Where a model's time goes: onnxruntime's profiler, ms per run by group (pointwise,
     depthwise, stem, decoder convs, decoder resize, quantize/layout) and by op type, beside
     each conv group's GOP. Each node's time is its median over the runs, so the first (cold)
     runs do not count."""
     import onnx
 
-    from quantize.layers import conv_work
+    from quantize.layers import multiply_adds
     from runtime.metadata import INPUT_NAME
     from runtime.session import create_session
 
@@ -416,7 +501,7 @@ def op_profile(path: Path, fp32_path: Path, threads: int, hw: tuple[int, int] = 
         groups[_op_group(node, op)] = groups.get(_op_group(node, op), 0.0) + ms
         ops[op] = ops.get(op, 0.0) + ms
     gops: dict[str, float] = {}
-    for name, macs in conv_work(onnx.load(str(fp32_path)), hw).items():
+    for name, macs in multiply_adds(onnx.load(str(fp32_path)), hw).items():
         gops[_op_group(name, "Conv")] = gops.get(_op_group(name, "Conv"), 0.0) + 2 * macs / 1e9
     return {"threads": threads, "shape": "x".join(map(str, hw)), "runs": runs,
             "groups_ms": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
@@ -458,8 +543,6 @@ def bars(results: dict) -> list[dict]:
     from runtime.cpu import has_int8_dot_product
 
     vnni = has_int8_dot_product(results["machine"]["isa"].split())
-    all_threads = str(max(int(t) for t in results["latency"]))
-    lat = {n: r["median_ms"] for n, r in results["latency"][all_threads].items()}
     rows = []
 
     def add(name: str, value: float, target: float, cmp: str, judged: bool = True) -> None:
@@ -467,6 +550,11 @@ def bars(results: dict) -> list[dict]:
         rows.append({"bar": name, "value": round(value, 4), "target": f"{cmp} {target}" + ("" if judged else " (VNNI CPUs)"),
                      "met": met})
 
+    rows += _family_bars(results.get("families"), vnni, add)
+    if not results.get("latency"):
+        return rows
+    all_threads = str(max(int(t) for t in results["latency"]))
+    lat = {n: r["median_ms"] for n, r in results["latency"][all_threads].items()}
     if "pytorch-eager" in lat and "onnx-fp32" in lat:
         add("ONNX fp32 speed-up over PyTorch eager", lat["pytorch-eager"] / lat["onnx-fp32"], BARS["onnx_fp32_vs_torch_eager"], ">=")
     if "onnx-fp32" in lat and "onnx-int8-static" in lat:
@@ -495,16 +583,35 @@ def bars(results: dict) -> list[dict]:
     return rows
 
 
-def markdown(results: dict) -> str:
-    m = results["machine"]
-    lines = [f"# midas-onnx benchmark: {m['cpu']}, {m['cores']} cores, {m['date']}", "",
-             f"CPU flags that decide INT8 speed: {m['isa'] or 'none of AVX2, AVX-512, VNNI, ARM dot-product'}",
-             "Versions: " + ", ".join(f"{k[2:]} {v}" for k, v in m.items() if k.startswith("v_")),
-             f"Settings: {results['settings']}", ""]
+def _family_bars(families: dict | None, vnni: bool, add) -> list[dict]:
+    """Each family's bars at its own input size: static INT8 over ONNX fp32 (the target of
+    this CPU's kind: VNNI or not), ONNX fp32 over PyTorch eager. ``add`` appends to the rows."""
+    if not families:
+        return []
+    from runtime.model_description import describe
+
+    for key, targets in FAMILY_BARS.items():
+        model = FAMILIES[key]
+        size = describe(model).input.size
+        lat = {r["variant"].removeprefix(f"{key}-"): r["median_ms"] for r in families["rows"]
+               if r["family"] == key and r["size"] == size}
+        title = describe(model).title
+        if "onnx-fp32" in lat and "onnx-int8-static" in lat:
+            target = targets["int8_vs_onnx_fp32_vnni" if vnni else "int8_vs_onnx_fp32_no_vnni"]
+            add(f"{title}: static INT8 speed-up over ONNX fp32 at {size} ({'VNNI' if vnni else 'no VNNI'} CPU)",
+                lat["onnx-fp32"] / lat["onnx-int8-static"], target, ">=")
+        if "pytorch-eager" in lat and "onnx-fp32" in lat:
+            add(f"{title}: ONNX fp32 speed-up over PyTorch eager at {size}", lat["pytorch-eager"] / lat["onnx-fp32"],
+                targets["onnx_fp32_vs_torch_eager"], ">=")
+    return []
+
+
+def _midas_lines(results: dict) -> list[str]:
+    lines: list[str] = []
     threads = sorted(results["latency"], key=int)
     head = "| variant | size MB | " + " | ".join(f"{t} thr median ms | {t} thr p95 | {t} thr b4 img/s" for t in threads)
     head += " | AbsRel vs fp32 | δ<1.25 | cold start s | peak RSS MB |"
-    lines += ["## Models at 256x256", "", head, "|" + "---|" * (head.count("|") - 1)]
+    lines += [f"## Models at {results['shape']}", "", head, "|" + "---|" * (head.count("|") - 1)]
     for v in results["variants"]:
         n = v["name"]
         cells = [n, f"{v['size_mb']:.1f}" if v["size_mb"] else "-"]
@@ -517,8 +624,8 @@ def markdown(results: dict) -> str:
         cells += [f"{c['cold_start_s']:.2f}", f"{c['peak_rss_mb']:.0f}"] if c else ["-", "-"]
         lines.append("| " + " | ".join(cells) + " |")
     if results.get("latency_second_size"):
-        h, w = SECOND_SIZE
-        lines += ["", f"## Dynamic-size models at {h}x{w} (a 640x480 photo after upstream's resize), batch 1", "",
+        lines += ["", f"## Dynamic-size models at {results['second_shape']} (a 640x480 photo after "
+                  "upstream's resize), batch 1", "",
                   "| variant | threads | median ms | p95 ms |", "|---|---|---|---|"]
         for t, rows in sorted(results["latency_second_size"].items(), key=lambda kv: int(kv[0])):
             for n, r in rows.items():
@@ -538,19 +645,47 @@ def markdown(results: dict) -> str:
                 lines.append(f"| {size} | {n} | {r['network_shape']} | {r['inference_images_per_s']:.1f} | "
                              f"{r['loop_images_per_s']:.1f} | {r['cli_images_per_s']:.1f} | {r['cli_vs_inference']:.2f} | "
                              f"{r['cli_wall_images_per_s']:.1f} |")
+    return lines
+
+
+def _family_lines(families: dict) -> list[str]:
+    lines = ["", f"## Model families side by side at their input sizes (batch 1, {families['threads']} threads; "
+             "square photos at each size)", "",
+             "| model | variant | input size | median ms | p95 ms | runs | AbsRel vs ONNX fp32 | δ<1.25 | δ<1.25 worst |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in families["rows"]:
+        fid = [f"{r['absrel']:.4f}", f"{r['delta1']:.4f}", f"{r['worst_delta1']:.4f}"] if "absrel" in r else ["n/a"] * 3
+        lines.append(f"| {r['model']} | {r['variant']} | {r['size']} | {r['median_ms']:.1f} | {r['p95_ms']:.1f} | "
+                     f"{r['runs']} | " + " | ".join(fid) + " |")
+    for key, p in families.get("int8_paths", {}).items():
+        lines += _int8_path_lines(p, f"{key} at {p['size']}x{p['size']}")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [f"# midas-onnx benchmark: {m['cpu']}, {m['cores']} cores, {m['date']}", "",
+             f"CPU flags that decide INT8 speed: {m['isa'] or 'none of AVX2, AVX-512, VNNI, ARM dot-product'}",
+             "Versions: " + ", ".join(f"{k[2:]} {v}" for k, v in m.items() if k.startswith("v_")),
+             f"Settings: {results['settings']}", ""]
+    if results.get("latency"):
+        lines += _midas_lines(results)
+    if results.get("families"):
+        lines += _family_lines(results["families"])
     lines += ["", "## Bars (ratios from this run, all cores)", "", "| bar | value | target | met |", "|---|---|---|---|"]
     for b in results["bars"]:
         met = "not judged here" if b["met"] is None else ("yes" if b["met"] else "**no**")
         lines.append(f"| {b['bar']} | {b['value']} | {b['target']} | {met} |")
-    if results["fidelity"] and all(v is None for k, v in results["fidelity"].items() if k.startswith("pytorch")):
+    if results.get("fidelity") and all(v is None for k, v in results["fidelity"].items() if k.startswith("pytorch")):
         lines += ["", "PyTorch rows ran random weights (no --checkpoint): latency only."]
     if results.get("weights_note"):
         lines += ["", results["weights_note"]]
     return "\n".join(lines) + "\n"
 
 
-def _int8_path_lines(p: dict) -> list[str]:
-    lines = ["", f"## Static INT8 fidelity against fp32 per integer path (file layout {p['layout']})", "",
+def _int8_path_lines(p: dict, what: str = "") -> list[str]:
+    lines = ["", f"## Static INT8 fidelity against fp32 per integer path{' (' + what + ')' if what else ''} "
+             f"(file layout {p['layout']})", "",
              "| integer path | AbsRel mean | δ<1.25 mean | δ<1.25 worst | max difference from this CPU |",
              "|---|---|---|---|---|"]
     here = p["this_cpu"]
@@ -600,15 +735,27 @@ def chart(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    t = str(max(int(k) for k in results["latency"]))
-    names = [v["name"] for v in results["variants"] if v["name"] in results["latency"][t]]
-    med = [results["latency"][t][n]["median_ms"] for n in names]
+    if results.get("latency"):
+        t = str(max(int(k) for k in results["latency"]))
+        names = [v["name"] for v in results["variants"] if v["name"] in results["latency"][t]]
+        med = [results["latency"][t][n]["median_ms"] for n in names]
+        where = f"at {results['shape']}"
+        fid_of = {n: results["fidelity"].get(n) for n in names}
+    else:  # the side-by-side rows at each family's own size
+        fam = results["families"]
+        t = str(fam["threads"])
+        top = {r["family"]: max(x["size"] for x in fam["rows"] if x["family"] == r["family"]) for r in fam["rows"]}
+        rows = [r for r in fam["rows"] if r["size"] == top[r["family"]]]
+        names = [f"{r['variant']} {r['size']}" for r in rows]
+        med = [r["median_ms"] for r in rows]
+        where = "at each model's input size"
+        fid_of = {f"{r['variant']} {r['size']}": r if "delta1" in r else None for r in rows}
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    bars_ = axes[0].barh(names, med, color=["#c0504d" if n.startswith("pytorch") else "#4f81bd" for n in names])
+    bars_ = axes[0].barh(names, med, color=["#c0504d" if "pytorch" in n else "#4f81bd" for n in names])
     axes[0].bar_label(bars_, fmt="%.0f ms", padding=3)
-    axes[0].set_xlabel(f"median latency at 256x256, batch 1, {t} threads (lower is better)")
+    axes[0].set_xlabel(f"median latency {where}, batch 1, {t} threads (lower is better)")
     axes[0].invert_yaxis()
-    fid = [(n, results["fidelity"].get(n)) for n in names]
+    fid = [(n, fid_of.get(n)) for n in names]
     fid = [(n, f["delta1"]) for n, f in fid if f]
     if fid:
         b2 = axes[1].barh([n for n, _ in fid], [d for _, d in fid], color="#9bbb59")
@@ -647,38 +794,62 @@ def discover(args) -> list[Variant]:
 
 
 def run(args) -> dict:
+    """The selected parts (``--models``): MiDaS small's full tables, and the families side by
+    side at their input sizes (Depth Anything V2 Small beside MiDaS small)."""
+    settings = QUICK if args.quick else FULL
+    models = _models(args.models)
+    t0 = time.perf_counter()
+    results: dict = {"machine": machine(), "settings": asdict(settings), "quick": args.quick, "models": models,
+                     "command": "python -m benchmarks.bench " + " ".join(args.argv)}
+    if "midas" in models:
+        run_midas(args, settings, results)
+    families = [f for f in (_family(args, key) for key in models) if f is not None]
+    if families:
+        print(f"model families at their input sizes ({', '.join(f.key for f in families)}) ...", file=sys.stderr)
+        results["families"] = measure_families(families, settings, args)
+    if not results.get("latency") and not results.get("families"):
+        raise SystemExit(f"no ONNX model found for {', '.join(models)}; run `midas-onnx export` first")
+    results["bars"] = bars(results)
+    results["elapsed_s"] = time.perf_counter() - t0
+    return results
+
+
+def run_midas(args, settings: Settings, results: dict) -> None:
+    """MiDaS small's variants: latency at its size and at a 640x480 photo's shape, roofline,
+    profile, fidelity, INT8 per integer path, end to end, cold start."""
     import cv2
 
     from benchmarks.photos import load
     from runtime.metadata import ModelInfo
     from runtime.preprocess import network_input
 
-    settings = QUICK if args.quick else FULL
     variants = discover(args)
     if not any(v.engine == "onnxruntime" for v in variants):
-        raise SystemExit(f"no ONNX model found ({args.fp32}); run `midas-onnx export` first")
+        print(f"note: MiDaS small skipped: no ONNX model found ({args.fp32})", file=sys.stderr)
+        return
     checkpoint = Path(args.checkpoint) if args.checkpoint else None
-    info = ModelInfo(input_hw=(256, 256))
+    description = _description(next(v.path for v in variants if v.engine == "onnxruntime"))
+    size = description.input.size
+    info = ModelInfo(input_hw=(size, size), description=description)
     photos = [p for p in load().values() if p.ndim == 3]
     inputs = [network_input(p, info, "rgb") for p in photos]
-    x256 = np.concatenate(inputs[:4])
-    second = cv2.resize(photos[0], (640, 480), interpolation=cv2.INTER_AREA)
-    x_second = network_input(second, ModelInfo(input_hw=None), "rgb")
-    assert x_second.shape[2:] == SECOND_SIZE
-    t0 = time.perf_counter()
-    results: dict = {"machine": machine(), "settings": asdict(settings), "quick": args.quick,
-                     "variants": [{"name": v.name, "engine": v.engine, "precision": v.precision,
-                                   "path": str(v.path) if v.path else None,
-                                   "size_mb": v.path.stat().st_size / 1e6 if v.path else None} for v in variants]}
+    x_square = np.concatenate(inputs[:4])
+    second = cv2.resize(photos[0], LANDSCAPE_PHOTO[::-1], interpolation=cv2.INTER_AREA)
+    x_second = network_input(second, ModelInfo(input_hw=None, description=description), "rgb")
+    results["shape"], results["second_shape"] = f"{size}x{size}", "x".join(map(str, x_second.shape[2:]))
+    results["variants"] = [{"name": v.name, "engine": v.engine, "precision": v.precision,
+                            "path": str(v.path) if v.path else None,
+                            "size_mb": v.path.stat().st_size / 1e6 if v.path else None} for v in variants]
     print(f"latency ({len(variants)} variants, threads {settings.threads}) ...", file=sys.stderr)
-    results["latency"], results["latency_second_size"] = measure_latency(variants, settings, checkpoint, x256, x_second)
+    results["latency"], results["latency_second_size"] = measure_latency(variants, settings, checkpoint, x_square,
+                                                                         x_second)
     print("roofline ...", file=sys.stderr)
-    results["roofline"] = roofline(variants, results["latency"])
+    results["roofline"] = roofline(variants, results["latency"], (size, size))
     int8 = next((v for v in variants if v.engine == "onnxruntime" and v.precision == "int8-static"), None)
     fp32 = next((v for v in variants if v.engine == "onnxruntime" and v.precision == "fp32"), None)
     if int8 and fp32 and importlib.util.find_spec("onnx"):
         print("profile ...", file=sys.stderr)
-        results["op_profile"] = op_profile(int8.path, fp32.path, max(settings.threads))
+        results["op_profile"] = op_profile(int8.path, fp32.path, max(settings.threads), (size, size))
     print("fidelity ...", file=sys.stderr)
     results["fidelity"] = measure_fidelity(variants, checkpoint, inputs[: max(2, settings.photos)])
     print("INT8 fidelity per integer path ...", file=sys.stderr)
@@ -691,8 +862,6 @@ def run(args) -> dict:
             print("cold start and memory ...", file=sys.stderr)
             photo = next(Path(tmp).glob("photos_*/*.jpg"))
             results["cold_start"] = measure_cold_start(ort_variants, photo)
-    results["bars"] = bars(results)
-    results["elapsed_s"] = time.perf_counter() - t0
     from runtime.session import create_session
 
     meta = dict(create_session(ort_variants[0].path, threads=1).get_modelmeta().custom_metadata_map)
@@ -700,7 +869,13 @@ def run(args) -> dict:
         results["weights_note"] = (f"Weights: ONNX models from checkpoint sha256 "
                                    f"{meta.get('midas_onnx.checkpoint_sha256', '?')[:12]}; fidelity of INT8 "
                                    "is only meaningful for the official weights.")
-    return results
+
+
+def _description(path: Path):
+    from runtime.heatmapper import read_model_info
+    from runtime.session import create_session
+
+    return read_model_info(create_session(path, threads=1), Path(path)).description
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -712,6 +887,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fixed", default=str(MODELS / "midas_small_256.onnx"),
                         help="fixed 256x256 fp32 (`export --size 256x256 -o models/midas_small_256.onnx`)")
     parser.add_argument("--checkpoint", help="weights for the PyTorch rows (default: found in ../shared/weights)")
+    parser.add_argument("--models", default="midas,da",
+                        help="which parts to run, comma-separated: midas (MiDaS small's full tables and its rows "
+                             "side by side), da (Depth Anything V2 Small side by side at 518, 364, 252)")
+    parser.add_argument("--da-fp32", default=str(MODELS / "da_v2_small.onnx"),
+                        help="Depth Anything V2 Small fp32 (`export --model da-v2-small`)")
+    parser.add_argument("--da-int8", default=str(MODELS / "da_v2_small.int8.onnx"),
+                        help="its static INT8 (`quantize --int8 models/da_v2_small.onnx`)")
+    parser.add_argument("--da-checkpoint", help="the weights the DA files were exported from, for the PyTorch row's "
+                                                "fidelity (without: random weights, latency only)")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (< 2 minutes)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch rows")
     parser.add_argument("--no-openvino", action="store_true", help="skip the OpenVINO rows")
@@ -719,6 +903,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="folder for <machine>.md/.json/.png (default: ./bench-results; the figures the "
                              "README quotes are kept in benchmarks/results/)")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.checkpoint is None and importlib.util.find_spec("torch"):
         from export.checkpoint import find_real_weights
 
@@ -727,7 +912,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = results["machine"]["slug"] + ("-quick" if args.quick else "")
+    part = "" if "midas" in results["models"] else "-" + "-".join(results["models"])  # e.g. a DA-only run: its own file
+    stem = results["machine"]["slug"] + part + ("-quick" if args.quick else "")
     text = markdown(results)
     (out / f"{stem}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -8,7 +8,8 @@ The docs build calls ``markdown()`` and ``figure()`` through ``docs/hooks.py``, 
 shows the results files as they are at build time. Every section names the CPU, the date
 and the command that produced its file. Files are recognised by their shape:
 
-- ``benchmarks.bench`` (``machine``, ``latency``, ...): models side by side, end to end, bars;
+- ``benchmarks.bench`` (``machine``, ``latency`` and/or ``families``, ...): models side by side, the
+  model families at their input sizes, end to end, bars;
 - ``benchmarks.bulk_bench`` (``runs`` with ``bulk_all_s``): ``bulk`` against ``heatmap``;
 - ``benchmarks.live_bench --json`` (rows with ``offered_fps``): live pipe throughput and latency;
 - anything else: its scalar fields, each list of rows and each section (flattened), as
@@ -51,7 +52,7 @@ class Result:
 
 
 def _kind(data: dict) -> str:
-    if isinstance(data.get("machine"), dict) and "latency" in data:
+    if isinstance(data.get("machine"), dict) and ("latency" in data or "families" in data):
         return "bench"
     runs = data.get("runs")
     if isinstance(runs, list) and runs and isinstance(runs[0], dict) and "bulk_all_s" in runs[0]:
@@ -157,6 +158,34 @@ def _bench(r: Result) -> list[str]:
         lines += [f"Versions: {versions}.", ""]
     if d.get("weights_note"):
         lines += [d["weights_note"], ""]
+    if d.get("latency"):
+        lines += _bench_midas(d)
+    if d.get("families"):
+        lines += _families(d["families"])
+    bars = d.get("bars") or []
+    if bars:
+        rows = [[b["bar"], b["value"], b["target"], "not judged here" if b["met"] is None else _f(bool(b["met"]))]
+                for b in bars]
+        lines += ["### Bars (ratios from this run, all cores)", ""] + _table(["bar", "value", "target", "met"], rows)
+    return lines
+
+
+def _families(f: dict) -> list[str]:
+    """The model families side by side at their input sizes, and INT8 per integer path for each."""
+    rows = [[r["model"], r["variant"], r["size"], _f(r["median_ms"]), _f(r["p95_ms"]), r["runs"],
+             _f(r.get("absrel"), ".4f"), _f(r.get("delta1"), ".4f"), _f(r.get("worst_delta1"), ".4f")] for r in f["rows"]]
+    lines = [f"### Model families at their input sizes (batch 1, {f['threads']} threads)", ""]
+    lines += _table(["model", "variant", "input size", "median ms", "p95 ms", "runs", "AbsRel vs ONNX fp32", "δ<1.25",
+                     "δ<1.25 worst"], rows)
+    for key, p in (f.get("int8_paths") or {}).items():
+        lines += _int8_paths(p, f"{key} at {p['size']}x{p['size']}")
+    return lines
+
+
+def _bench_midas(d: dict) -> list[str]:
+    """MiDaS small's variants: latency, second shape, INT8 paths, roofline, end to end."""
+    lines: list[str] = []
+    shape = d.get("shape", "256x256")  # results files written before the field: MiDaS small at 256
     threads = sorted(d["latency"], key=int)
     head = ["variant", "size MB"]
     for t in threads:
@@ -174,12 +203,13 @@ def _bench(r: Result) -> list[str]:
         row += [_f(fid.get("absrel"), ".4f"), _f(fid.get("delta1"), ".4f"),
                 _f(cold.get("cold_start_s"), ".2f"), _f(cold.get("peak_rss_mb"), ".0f")]
         rows.append(row)
-    lines += ["### Latency at 256x256 (batch 1) and batch-4 throughput", ""] + _table(head, rows)
+    lines += [f"### Latency at {shape} (batch 1) and batch-4 throughput", ""] + _table(head, rows)
     second = d.get("latency_second_size") or {}
     if second:
         rows = [[n, t, _f(x["median_ms"]), _f(x["p95_ms"])]
                 for t in sorted(second, key=int) for n, x in second[t].items()]
-        lines += ["### Dynamic-size models at 192x256 (a 640x480 photo after upstream's resize), batch 1", ""]
+        lines += [f"### Dynamic-size models at {d.get('second_shape', '192x256')} (a 640x480 photo after upstream's "
+                  "resize), batch 1", ""]
         lines += _table(["variant", "threads", "median ms", "p95 ms"], rows)
     paths = d.get("int8_paths")
     if paths:
@@ -188,7 +218,8 @@ def _bench(r: Result) -> list[str]:
     if roof:
         rows = [[t, _f(x["sgemm_gflops"]), _f(x["floor_ms"]), n, _f(d["latency"][t][n]["median_ms"]), _f(share, ".2f")]
                 for t, x in roof["threads"].items() for n, share in x["share_of_floor"].items()]
-        lines += [f"### Roofline: fp32 against this CPU's sgemm (model: {roof['model_gflop_256']:.2f} GFLOP at 256x256)", ""]
+        lines += [f"### Roofline: fp32 against this CPU's sgemm (model: {roof['model_gflop_256']:.2f} GFLOP at {shape})",
+                  ""]
         lines += _table(["threads", "sgemm GFLOP/s (onnxruntime MatMul 1024^3)", "floor ms", "variant", "median ms",
                          "share of floor"], rows)
     e2e = d.get("end_to_end") or {}
@@ -199,15 +230,10 @@ def _bench(r: Result) -> list[str]:
         lines += ["### End to end: JPEG photos -> heatmap PNGs (images/s)", ""]
         lines += _table(["photos", "variant", "network shape", "inference only (all cores)", "DepthHeatmapper loop",
                          "`heatmap` CLI", "CLI / inference", "CLI incl. start-up"], rows)
-    bars = d.get("bars") or []
-    if bars:
-        rows = [[b["bar"], b["value"], b["target"], "not judged here" if b["met"] is None else _f(bool(b["met"]))]
-                for b in bars]
-        lines += ["### Bars (ratios from this run, all cores)", ""] + _table(["bar", "value", "target", "met"], rows)
     return lines
 
 
-def _int8_paths(p: dict) -> list[str]:
+def _int8_paths(p: dict, what: str = "") -> list[str]:
     """Static INT8 fidelity on this CPU's integer path and on the AVX2-only one (emulated)."""
     rows = [[f"this CPU: {p['this_cpu']['path']}", _f(p["this_cpu"]["absrel"], ".4f"), _f(p["this_cpu"]["delta1"], ".4f"),
              _f(p["this_cpu"]["worst_delta1"], ".4f"), "-"]]
@@ -215,7 +241,8 @@ def _int8_paths(p: dict) -> list[str]:
     if isinstance(other, dict):
         rows.append([other["path"], _f(other["absrel"], ".4f"), _f(other["delta1"], ".4f"), _f(other["worst_delta1"], ".4f"),
                      f"{other['max_diff_of_range_vs_this_cpu']:.1e} of range"])
-    lines = [f"### Static INT8 fidelity against fp32 per integer path (file layout {p['layout']})", ""]
+    lines = [f"### Static INT8 fidelity against fp32 per integer path{' (' + what + ')' if what else ''} "
+             f"(file layout {p['layout']})", ""]
     lines += _table(["integer path", "AbsRel mean", "δ<1.25 mean", "δ<1.25 worst", "max difference from this CPU"], rows)
     if isinstance(other, str):
         lines += [f"AVX2-only path: {other}.", ""]

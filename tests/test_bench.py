@@ -11,7 +11,8 @@ from benchmarks import bench
 def test_quick_benchmark_writes_results(tmp_path, fixed_model, dynamic_model, dynamic_int8, recipe_checkpoint):
     results = bench.main(["--quick", "--fp32", str(dynamic_model), "--int8", str(dynamic_int8.model_path),
                           "--fixed", str(fixed_model), "--int8-dynamic", str(tmp_path / "absent.onnx"),
-                          "--no-openvino", "--checkpoint", str(recipe_checkpoint), "--out", str(tmp_path)])
+                          "--no-openvino", "--checkpoint", str(recipe_checkpoint), "--out", str(tmp_path),
+                          "--models", "midas"])
     stem = results["machine"]["slug"] + "-quick"
     md = (tmp_path / f"{stem}.md").read_text()
     raw = json.loads((tmp_path / f"{stem}.json").read_text())
