@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.errors import MidasOnnxError
+from runtime.errors import MidasOnnxError, one_line
 from runtime.files import temp_path_beside
 from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
 from runtime.model_description import MIDAS_SMALL, ModelDescription
@@ -149,16 +149,8 @@ def _trace_to_file(model: torch.nn.Module, path: Path, hw: tuple[int, int], dyna
 
 
 def _stage(what: str, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``; whatever it raises becomes one ``ExportError`` line naming the
-    stage (their own messages run to pages of C++ or graph dumps: the first line says it)."""
-    try:
-        return fn(*args, **kwargs)
-    except MidasOnnxError:
-        raise
-    except Exception as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        detail = lines[0][:300] if lines else ""
-        raise ExportError(f"{what} failed: {type(exc).__name__}{': ' + detail if detail else ''}") from None
+    """``fn(*args, **kwargs)``, anything it raises one ``ExportError`` line (``runtime.errors.one_line``)."""
+    return one_line(what, ExportError, fn, *args, **kwargs)
 
 
 def check_parity(

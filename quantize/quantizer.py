@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
-from runtime.errors import MidasOnnxError, ModelError
+from runtime.errors import ModelError, one_line
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
 from runtime.metadata import PREFIX, ModelInfo, set_metadata
@@ -383,17 +383,8 @@ def work_shape(info: ModelInfo) -> tuple[int, int]:
 
 
 def _step(what: str, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``; whatever onnxruntime's quantization tools raise becomes one
-    ``ModelError`` line naming the step (their messages are tracebacks from deep in onnx or
-    numpy; the first line says it)."""
-    try:
-        return fn(*args, **kwargs)
-    except MidasOnnxError:
-        raise
-    except Exception as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        detail = lines[0][:300] if lines else ""
-        raise ModelError(f"{what} failed: {type(exc).__name__}{': ' + detail if detail else ''}") from None
+    """``fn(*args, **kwargs)``, anything it raises one ``ModelError`` line (``runtime.errors.one_line``)."""
+    return one_line(what, ModelError, fn, *args, **kwargs)
 
 
 def _photo_list(names: list[str], show: int = 6) -> str:
