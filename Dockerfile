@@ -97,7 +97,7 @@ RUN pip install --no-deps /tmp/wheels/*.whl && pip check
 COPY pyproject.toml *.pt *.pth /checkpoint/
 WORKDIR /export
 RUN --mount=type=cache,target=/cache,id=midas-onnx-checkpoints,sharing=locked \
-    official="$(python3 -c 'import sys; from runtime.model_description import describe; \
+    official="$(python3 -c 'import sys; from runtime.model.model_description import describe; \
 print(describe(sys.argv[1]).checkpoint.filename)' "$MODEL")" \
  && ckpt="/checkpoint/${CHECKPOINT:-$official}" \
  && if [ -n "$CHECKPOINT" ] && [ ! -f "$ckpt" ]; then \

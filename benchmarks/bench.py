@@ -86,7 +86,7 @@ PATH_SLUG = {"vnni": "vnni", "avx2-u8s8": "avx2", "arm-dot": "armdot", "other": 
 
 
 def machine() -> dict[str, str]:
-    from runtime.cpu import cpu_name, int8_flags, int8_path
+    from runtime.model.cpu import cpu_name, int8_flags, int8_path
 
     cpu = cpu_name()
     isa = int8_flags()
@@ -105,8 +105,8 @@ def machine() -> dict[str, str]:
 # --- runners -------------------------------------------------------------------------------
 def make_runner(v: Variant, threads: int, checkpoint: Path | None) -> Runner:
     if v.engine in ("onnxruntime", "openvino"):
-        from runtime.engine_choice import open_session
-        from runtime.metadata import INPUT_NAME
+        from runtime.model.engine_choice import open_session
+        from runtime.model.metadata import INPUT_NAME
 
         # The runtime's own sessions: OpenVINO's pins f32 precision (on bf16 CPUs it would
         # otherwise run "fp32" models in bf16, 19% max error measured).
@@ -119,7 +119,7 @@ def make_runner(v: Variant, threads: int, checkpoint: Path | None) -> Runner:
     if v.engine == "torch-trace":
         import warnings
 
-        from runtime.model_description import describe
+        from runtime.model.model_description import describe
 
         size = describe(v.model).input.size
         with torch.no_grad(), warnings.catch_warnings():
@@ -141,7 +141,7 @@ def _torch_model(checkpoint: Path | None, model_id: str):
     none is given: latency does not depend on weight values; fidelity is then not reported)."""
     if model_id not in _TORCH_MODELS:
         from export.checkpoint import build_model, new_network
-        from runtime.model_description import describe
+        from runtime.model.model_description import describe
 
         description = describe(model_id)
         _TORCH_MODELS[model_id] = build_model(checkpoint, description)[0] if checkpoint else new_network(description).eval()
@@ -210,8 +210,8 @@ def measure_int8_paths(int8: Variant | None, fp32: Variant | None, inputs: list[
     the AVX2-only path too (emulated with qemu-user: benchmarks/emulated_cpu.py), so one run
     shows a fidelity regression on either kind. None without both models."""
     from benchmarks.emulated_cpu import EMULATED_CPU, emulator, run_emulated
-    from runtime.cpu import int8_layout, int8_path
-    from runtime.session import create_session
+    from runtime.model.cpu import int8_layout, int8_path
+    from runtime.model.session import create_session
 
     if int8 is None or fp32 is None:
         return None
@@ -241,7 +241,7 @@ def measure_end_to_end(onnx_variants, settings, workdir: Path) -> dict:
     cores in one session: the CLI's target is a share of that."""
     from benchmarks.photos import write
     from runtime import DepthHeatmapper
-    from runtime.outputs import render
+    from runtime.outputs.render import render
 
     out: dict = {}
     for w, h in settings.sizes:
@@ -315,7 +315,7 @@ def family_variants(family: Family, args) -> list[Variant]:
     """PyTorch eager (when installed), ONNX fp32 and static INT8 on onnxruntime, and OpenVINO on
     the same files (when installed)."""
     from runtime.heatmapper import read_model_info
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     out = []
     if all(importlib.util.find_spec(m) for m in ("torch", "timm")) and not args.no_torch:
@@ -336,9 +336,9 @@ def measure_families(families: list[Family], settings: Settings, args) -> dict:
     size would), batch 1, all cores: latency, and fidelity against its ONNX fp32 on the same
     inputs; static INT8 per integer path at the smallest size (the AVX2-only one emulated)."""
     from benchmarks.photos import load
-    from runtime.metadata import ModelInfo
-    from runtime.model_description import describe
-    from runtime.preprocess import network_input
+    from runtime.model.metadata import ModelInfo
+    from runtime.model.model_description import describe
+    from runtime.model.preprocess import network_input
 
     threads = max(settings.threads)
     photos = [p for p in load().values() if p.ndim == 3][: max(2, min(settings.photos, 4))]
@@ -375,7 +375,7 @@ def _one_node_rate(op: str, dtypes: tuple[int, int, int], threads: int, n: int, 
     import onnx
     from onnx import helper
 
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     a_type, b_type, c_type = dtypes
     graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], op,
@@ -480,8 +480,8 @@ def op_profile(path: Path, fp32_path: Path, threads: int, hw: tuple[int, int], r
     import onnx
 
     from quantize.layers import multiply_adds
-    from runtime.metadata import INPUT_NAME
-    from runtime.session import create_session
+    from runtime.model.metadata import INPUT_NAME
+    from runtime.model.session import create_session
 
     x = np.random.default_rng(0).standard_normal((1, 3, *hw)).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="midas-profile-") as tmp:
@@ -540,7 +540,7 @@ def measure_cold_start(onnx_variants, photo: Path) -> dict:
 def bars(results: dict) -> list[dict]:
     """The issue's targets as ratios from this run. A target that only holds on CPUs with an
     INT8 dot-product instruction (VNNI) is shown, but not judged, elsewhere (met = None)."""
-    from runtime.cpu import has_int8_dot_product
+    from runtime.model.cpu import has_int8_dot_product
 
     vnni = has_int8_dot_product(results["machine"]["isa"].split())
     rows = []
@@ -588,7 +588,7 @@ def _family_bars(families: dict | None, vnni: bool, add) -> list[dict]:
     this CPU's kind: VNNI or not), ONNX fp32 over PyTorch eager. ``add`` appends to the rows."""
     if not families:
         return []
-    from runtime.model_description import describe
+    from runtime.model.model_description import describe
 
     for key, targets in FAMILY_BARS.items():
         model = FAMILIES[key]
@@ -773,7 +773,7 @@ def chart(results: dict, path: Path) -> None:
 # --- main ----------------------------------------------------------------------------------
 def discover(args) -> list[Variant]:
     from runtime.heatmapper import read_model_info
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     variants: list[Variant] = []
     have_torch = all(importlib.util.find_spec(m) for m in ("torch", "timm"))
@@ -820,8 +820,8 @@ def run_midas(args, settings: Settings, results: dict) -> None:
     import cv2
 
     from benchmarks.photos import load
-    from runtime.metadata import ModelInfo
-    from runtime.preprocess import network_input
+    from runtime.model.metadata import ModelInfo
+    from runtime.model.preprocess import network_input
 
     variants = discover(args)
     if not any(v.engine == "onnxruntime" for v in variants):
@@ -862,7 +862,7 @@ def run_midas(args, settings: Settings, results: dict) -> None:
             print("cold start and memory ...", file=sys.stderr)
             photo = next(Path(tmp).glob("photos_*/*.jpg"))
             results["cold_start"] = measure_cold_start(ort_variants, photo)
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     meta = dict(create_session(ort_variants[0].path, threads=1).get_modelmeta().custom_metadata_map)
     if checkpoint is None:
@@ -873,7 +873,7 @@ def run_midas(args, settings: Settings, results: dict) -> None:
 
 def _description(path: Path):
     from runtime.heatmapper import read_model_info
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     return read_model_info(create_session(path, threads=1), Path(path)).description
 

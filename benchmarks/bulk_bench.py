@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     with tempfile.TemporaryDirectory(prefix="midas-bulk-bench-") as tmp:
         tmp = Path(tmp)

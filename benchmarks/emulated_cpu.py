@@ -71,8 +71,8 @@ def _cpu_features() -> dict[str, bool]:
 
 def _worker(model: str, src: str, dst: str, threads: str) -> None:
     """Inside the emulator: run every input and save the outputs with the features seen."""
-    from runtime.metadata import INPUT_NAME
-    from runtime.session import create_session
+    from runtime.model.metadata import INPUT_NAME
+    from runtime.model.session import create_session
 
     session = create_session(model, threads=int(threads))
     with np.load(src) as data:

@@ -101,7 +101,7 @@ def make_model(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from runtime.metadata import ModelInfo, set_metadata
+    from runtime.model.metadata import ModelInfo, set_metadata
 
     graph = helper.make_graph(
         [helper.make_node("ReduceMean", ["image"], ["depth"], axes=[1], keepdims=0)], "engine_scale",
@@ -276,7 +276,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the input trees here between runs")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    from runtime.cpu import cpu_name
+    from runtime.model.cpu import cpu_name
 
     ints = [lambda text: [int(v) for v in text.split(",") if int(v) > 0]][0]
     work = args.workdir or Path(tempfile.mkdtemp(prefix="midas-engine-scale-"))

@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.cpu import cpu_name, int8_flags
-from runtime.engine_choice import measure, open_session, typical_shape
-from runtime.metadata import INPUT_NAME
+from runtime.model.cpu import cpu_name, int8_flags
+from runtime.model.engine_choice import measure, open_session, typical_shape
+from runtime.model.metadata import INPUT_NAME
 
 BARS = {"auto_vs_onnxruntime_max": 1.02, "auto_vs_fastest_max": 1.05, "heatmap_vs_inference_min": 0.85}
 ENGINES = ("onnxruntime", "openvino")

@@ -196,7 +196,7 @@ def main() -> None:
     args.attackers_nice = IDLE if args.attackers_nice == "idle" else int(args.attackers_nice)
     import skimage.data
 
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     photo = cv2.imencode(".jpg", cv2.resize(skimage.data.astronaut()[:, :, ::-1], (640, 480)))[1].tobytes()
     kinds = [k for part in args.attack.split(",") for k in [part.split(":")[0]] * int(part.split(":")[1])]

@@ -25,9 +25,9 @@ import numpy as np
 from quantize import builtin_photos
 from quantize.report import compare, summary
 from runtime import DepthHeatmapper
-from runtime.cpu import cpu_name, int8_flags
-from runtime.metadata import INPUT_NAME
-from runtime.preprocess import network_size
+from runtime.model.cpu import cpu_name, int8_flags
+from runtime.model.metadata import INPUT_NAME
+from runtime.model.preprocess import network_size
 
 PHOTO = (480, 640)  # (height, width) the latency is measured at
 

@@ -5,7 +5,7 @@
 
 The bound: the decoded uint8 image (3 bytes a pixel), the full-size outputs (float32 depth,
 4 bytes; BGR heatmap, 3 bytes) and a small constant. ``--output file`` measures what
-``midas-onnx heatmap`` holds instead: the heatmap PNG's bytes (``runtime.outputs.render``,
+``midas-onnx heatmap`` holds instead: the heatmap PNG's bytes (``runtime.outputs.render.render``,
 written from the levels block by block: at most 1 byte a pixel) in place of the BGR heatmap. Runs in a fresh process: the model is
 loaded and warmed up on a small image, the kernel's peak-RSS mark is reset
 (``/proc/self/clear_refs``), then the photo goes through ``predict`` from its file, and the
@@ -29,7 +29,7 @@ CHILD = """
 import json, sys, time
 import numpy as np
 from runtime import DepthHeatmapper
-from runtime.outputs import render
+from runtime.outputs.render import render
 
 def status(key):
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(key)) * 1024

@@ -1,6 +1,6 @@
 """Live pipe throughput and latency: raw 640x480 bgr24 frames offered at a fixed rate on a
-pipe (as ``ffmpeg -re ... -f rawvideo -`` or a camera would), through ``runtime.live``
-(newest frame wins), inference, steady colours (``runtime.steady``) and a raw bgr24 sink into
+pipe (as ``ffmpeg -re ... -f rawvideo -`` or a camera would), through ``runtime.inputs.live``
+(newest frame wins), inference, steady colours (``runtime.depth.steady``) and a raw bgr24 sink into
 the next program in the pipe (``cat`` to /dev/null).
 
     python -m benchmarks.live_bench [models/midas_small.int8.onnx] [--seconds 10] [--rates 30,120]
@@ -62,8 +62,8 @@ def run(model: str, fps: float, seconds: float, threads: int | None) -> dict:
     import cv2
 
     from runtime import DepthHeatmapper
-    from runtime.live import RawSink, open_source, run_live
-    from runtime.steady import SteadyNormalizer
+    from runtime.inputs.live import RawSink, open_source, run_live
+    from runtime.depth.steady import SteadyNormalizer
 
     hm, steady = DepthHeatmapper(model, threads=threads), SteadyNormalizer()
     for _ in range(3):
@@ -229,7 +229,7 @@ def main() -> None:
     if args.emit:
         emit(*args.emit)
         return
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     cpu = f"{cpu_name()} ({' '.join(int8_flags())})"
     if args.ws:

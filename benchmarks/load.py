@@ -139,7 +139,7 @@ def ab(base: str, payload: bytes, clients: int, count: int) -> dict:
 
 def ratio(model: Path, payload: bytes, count: int, server_args: list[str]) -> dict:
     """Server images/s at 16 `ab` clients over the CLI's images/s on the same photo."""
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     proc, base = start(model, *server_args)
     try:
@@ -159,7 +159,7 @@ def ray_vs_one(model: Path, payload: bytes, count: int, replicas: int = 2, ray_a
     time (launch to /readyz 200 from every replica) and RSS per replica. ``ray_args``
     (``--server-arg``) go to the Ray server only, e.g. ``--max-batch 1`` to measure its
     replicas without our batching."""
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     out: dict = {"cpu": cpu_name(), "cpu_flags": int8_flags()}
     t0 = time.monotonic()

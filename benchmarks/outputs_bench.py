@@ -10,7 +10,7 @@
 2. The pipeline ``midas-onnx heatmap`` runs (read + decode -> predict -> render heatmap ->
    write atomically), on 2 whole-image worker threads over one shared DepthHeatmapper with
    a 1-thread session, in images/s per size; "before" renders the heatmap as before
-   (``colorize`` + OpenCV's 3-channel PNG), "after" through ``runtime.outputs.render``. The
+   (``colorize`` + OpenCV's 3-channel PNG), "after" through ``runtime.outputs.render.render``. The
    ratios large/640x480 are the ones issue 20 judges (1080p >= 0.8, 12 MP >= 0.2).
    ``--cv2-threads 2,1`` also runs it with OpenCV held to one thread per process (its
    resize and colormap otherwise start their own threads beside the two workers).
@@ -50,17 +50,18 @@ def best_ms(fn: Callable[[], object], runs: int) -> float:
 
 def old_heatmap_png(result) -> bytes:
     """The heatmap file as written before: colorize, then OpenCV's 3-channel PNG."""
-    from runtime.outputs import PNG_PARAMS, encode_png
-    from runtime.postprocess import colorize
+    from runtime.outputs.render import PNG_PARAMS, encode_png
+    from runtime.outputs.postprocess import colorize
 
     return encode_png(colorize(result.depth, result.colormap), PNG_PARAMS["heatmap"])
 
 
 def stages(hm, photo: Path, runs: int) -> dict[str, float]:
     """Milliseconds per stage for one photo on one core (``hm`` has a 1-thread session)."""
-    from runtime import images, postprocess
-    from runtime.outputs import encode_heatmap, encode_image
-    from runtime.preprocess import network_input
+    from runtime.inputs import images
+    from runtime.outputs import postprocess
+    from runtime.outputs.render import encode_heatmap, encode_image
+    from runtime.model.preprocess import network_input
 
     data = photo.read_bytes()
     src = images.load(images.decode(data))
@@ -110,8 +111,8 @@ def reduced_decode_fidelity(hm, photo: Path) -> dict[str, tuple[float, float, fl
     """What libjpeg's reduced-scale decoding (DCT scaling by 1/2, 1/4, 1/8) would change in
     the depth if the network input were made from it: (max and mean |difference| over the
     depth range, share of heatmap pixels whose level changes) against the full decode."""
-    from runtime import postprocess
-    from runtime.preprocess import preprocess
+    from runtime.outputs import postprocess
+    from runtime.model.preprocess import preprocess
 
     data = np.frombuffer(photo.read_bytes(), np.uint8)
     full = cv2.imdecode(data, cv2.IMREAD_COLOR)
@@ -142,7 +143,7 @@ def pipeline_rounds(hm, photos: dict, counts: dict, root: Path, rounds: int,
     """Median images/s per (mode, OpenCV threads) and size over ``rounds`` rounds, each
     running every size and setting in turn, so a slow spell on a shared machine lands on all
     sizes, not on one."""
-    from runtime.outputs import render
+    from runtime.outputs.render import render
 
     modes = {"before": old_heatmap_png, "after": lambda r: render(r, "heatmap")}
     seen: dict[str, dict[str, list[float]]] = {}
@@ -161,7 +162,7 @@ def pipeline_rounds(hm, photos: dict, counts: dict, root: Path, rounds: int,
 def run(model: str, quick: bool, rounds: int = 3, cv2_threads: tuple[int, ...] = (), stages_too: bool = True) -> None:
     from benchmarks.photos import write
     from runtime import DepthHeatmapper
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     print(f"CPU: {cpu_name()}; INT8 flags: {' '.join(int8_flags())}; model {model}")
     counts = {(640, 480): 24, (1920, 1080): 12, (4032, 3024): 6} if quick else \

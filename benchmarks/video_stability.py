@@ -2,9 +2,9 @@
 
 - ``frame``: each frame's own min/max (`--normalize frame`);
 - ``video-old``: robust percentiles smoothed over time, each frame's scale and shift left as
-  the network gives them (``runtime.postprocess.SteadyRange``);
+  the network gives them (``runtime.outputs.postprocess.SteadyRange``);
 - ``video``: each frame aligned to a running reference by a robust scale-and-shift fit, then
-  the smoothed range (``runtime.steady.SteadyNormalizer``; `--normalize video`).
+  the smoothed range (``runtime.depth.steady.SteadyNormalizer``; `--normalize video`).
 
     python -m benchmarks.video_stability models/midas_small.int8.onnx [--frames 60]
 
@@ -94,8 +94,8 @@ def content_changes(frames: int, cut_at: int | None = None, pan: int = 0) -> lis
 def colour_ranges(depths: list[np.ndarray], mode: str, images: list[np.ndarray] | None = None):
     """Per frame: (depth as coloured, (lo, hi) in its units, restarted here). ``video`` colours
     the aligned depth (the same heatmap as ``SteadyFrame.colorize`` on the network depth)."""
-    from runtime.postprocess import SteadyRange, depth_range
-    from runtime.steady import SteadyNormalizer
+    from runtime.outputs.postprocess import SteadyRange, depth_range
+    from runtime.depth.steady import SteadyNormalizer
 
     if mode == "frame":
         return [(d, depth_range(d), False) for d in depths]
@@ -117,7 +117,7 @@ def stability(depths: list[np.ndarray], mode: str, images: list[np.ndarray] | No
     """Biggest jump of the mean level, range drift, flicker (and cut figures) for one mode."""
     import cv2
 
-    from runtime.postprocess import colorize, to_levels
+    from runtime.outputs.postprocess import colorize, to_levels
 
     coloured = colour_ranges(depths, mode, images)
     levels = [to_levels(d, 255, np.uint8, r) for d, r, _ in coloured]
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=60)
     args = parser.parse_args()
     from runtime import DepthHeatmapper
-    from runtime.cpu import cpu_name, int8_flags
+    from runtime.model.cpu import cpu_name, int8_flags
 
     hm = DepthHeatmapper(args.model)
     print(f"{args.model} ({hm.info.precision}), {args.frames} frames at {SIZE[0]}x{SIZE[1]}; "

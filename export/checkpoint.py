@@ -11,7 +11,7 @@ import torch
 
 from runtime.errors import MidasOnnxError
 from runtime.files import sha256_file
-from runtime.model_description import MIDAS_SMALL, ModelDescription, describe
+from runtime.model.model_description import MIDAS_SMALL, ModelDescription, describe
 
 # Where tests and benchmarks look for the real MiDaS small weights (first match wins).
 WEIGHTS_ENV = "MIDAS_SMALL_WEIGHTS"

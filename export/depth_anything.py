@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runtime.model_description import ModelDescription
+from runtime.model.model_description import ModelDescription
 
 from .blocks import FusionBlock
 

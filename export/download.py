@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runtime.files import sha256_file
-from runtime.model_description import Checkpoint, ModelDescription
+from runtime.model.model_description import Checkpoint, ModelDescription
 
 from .checkpoint import CheckpointError
 

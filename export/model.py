@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from runtime.model_description import MIDAS_SMALL
+from runtime.model.model_description import MIDAS_SMALL
 
 from .blocks import FusionBlock
 

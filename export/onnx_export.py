@@ -36,8 +36,8 @@ import torch
 
 from runtime.errors import MidasOnnxError, one_line
 from runtime.files import temp_path_beside
-from runtime.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
-from runtime.model_description import MIDAS_SMALL, ModelDescription
+from runtime.model.metadata import INPUT_NAME, OUTPUT_NAME, ModelInfo, set_metadata
+from runtime.model.model_description import MIDAS_SMALL, ModelDescription
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def check_parity(
     Checked in the order that makes failures readable (as optimum's ``_run_validation``):
     output names, then shapes, then values. Every result is logged with its max difference.
     """
-    from runtime.session import create_session
+    from runtime.model.session import create_session
 
     session = create_session(onnx_path)
     names = [o.name for o in session.get_outputs()]

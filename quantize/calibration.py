@@ -10,9 +10,9 @@ from onnxruntime.quantization import CalibrationDataReader
 from tqdm import tqdm
 
 from runtime.errors import ImageError, MidasOnnxError
-from runtime.metadata import INPUT_NAME, ModelInfo
-from runtime.outputs import IMAGE_EXTENSIONS
-from runtime.preprocess import network_input
+from runtime.model.metadata import INPUT_NAME, ModelInfo
+from runtime.outputs.render import IMAGE_EXTENSIONS
+from runtime.model.preprocess import network_input
 
 from .photos import PhotoSet, empty
 

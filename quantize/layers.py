@@ -34,8 +34,8 @@ import time
 
 import numpy as np
 
-from runtime.metadata import INPUT_NAME
-from runtime.session import create_session
+from runtime.model.metadata import INPUT_NAME
+from runtime.model.session import create_session
 
 from . import report
 from .photos import PhotoSet

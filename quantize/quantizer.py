@@ -12,13 +12,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
+from runtime.model.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
 from runtime.errors import ModelError, one_line
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
-from runtime.metadata import PREFIX, ModelInfo, set_metadata
-from runtime.model_description import QuantRule
-from runtime.session import create_session
+from runtime.model.metadata import PREFIX, ModelInfo, set_metadata
+from runtime.model.model_description import QuantRule
+from runtime.model.session import create_session
 
 from . import builtin_photos, layers, report
 from .calibration import MIN_RECOMMENDED, CalibrationError, ImageCalibrationReader, list_images, load_inputs

@@ -3,7 +3,7 @@ function and the one timer of quantize/ (the layer report, the fallback search a
 benchmark use these).
 
 Depth from MiDaS is relative (unknown scale and shift), so the INT8 output is first aligned
-to the fp32 output with the project's one least-squares fit (``runtime.align``), as MiDaS's
+to the fp32 output with the project's one least-squares fit (``runtime.depth.align``), as MiDaS's
 own evaluation aligns predictions to ground truth; then AbsRel = mean |aligned - ref| / ref
 and delta1 = share of pixels with max(aligned/ref, ref/aligned) < 1.25, over pixels where ref
 is above 5% of its max (inverse depth near zero is the far sky, where ratios mean nothing).
@@ -16,9 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from runtime.align import align_to
-from runtime.metadata import INPUT_NAME, ModelInfo
-from runtime.preprocess import network_size
+from runtime.depth.align import align_to
+from runtime.model.metadata import INPUT_NAME, ModelInfo
+from runtime.model.preprocess import network_size
 
 VALID_FRACTION = 0.05
 

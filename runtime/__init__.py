@@ -10,9 +10,9 @@ file carries its model's description, which sets the pre- and post-processing.
 
 from .errors import ImageError, ImageTooLarge, MidasOnnxError, ModelError
 from .heatmapper import DepthHeatmapper, DepthResult, read_model_info
-from .metadata import ModelInfo
-from .model_description import MODELS, ModelDescription
-from .postprocess import COLORMAPS
+from .model.metadata import ModelInfo
+from .model.model_description import MODELS, ModelDescription
+from .outputs.postprocess import COLORMAPS
 
 __all__ = [
     "COLORMAPS",

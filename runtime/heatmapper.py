@@ -13,12 +13,13 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from . import images, postprocess
+from .inputs import images
+from .outputs import postprocess
 from .errors import ModelError
-from .metadata import INPUT_NAME, PREFIX, ModelInfo, parse_size
-from .model_description import MIDAS_SMALL, OutputRule
-from .preprocess import network_input, network_size
-from .engine_choice import TYPICAL_PHOTO, open_session
+from .model.metadata import INPUT_NAME, PREFIX, ModelInfo, parse_size
+from .model.model_description import MIDAS_SMALL, OutputRule
+from .model.preprocess import network_input, network_size
+from .model.engine_choice import TYPICAL_PHOTO, open_session
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class DepthResult:
         (larger is nearer, unknown scale and shift) or, for metric models, metres.
     heatmap: uint8 HxWx3 BGR, the depth through the colormap (near is bright for inferno),
         made on first use, so a caller that wants only the depth or another colormap never
-        pays for it. Heatmap *files* need no such array: ``runtime.outputs.render`` writes
+        pays for it. Heatmap *files* need no such array: ``runtime.outputs.render.render`` writes
         the PNG from the depth's 8-bit levels and the colormap's palette, block by block.
     source: the input's pixels as given or decoded (not copied; for overlays).
     output: the model's output rule (kind, unit, range), from its description.
@@ -105,7 +106,7 @@ class DepthHeatmapper:
         memory_arena: onnxruntime's CPU arena. Off by default: with dynamic models it grows
             with every new input shape, and with fixed ones it measured no faster.
         engine: the inference engine: "onnxruntime", "openvino" (the ``openvino`` extra) or
-            "auto" (measured once per file and CPU, then cached: ``runtime.engine_choice``);
+            "auto" (measured once per file and CPU, then cached: ``runtime.model.engine_choice``);
             ``engine_choice`` says which one runs and why.
     """
 

@@ -1,6 +1,6 @@
 """The one request flow, for an HTTP request, a job image and a stream frame alike:
 
-1. **cost**: the pixels its header declares (``runtime.images.check_header``: bounded
+1. **cost**: the pixels its header declares (``runtime.inputs.images.check_header``: bounded
    work, refuses bombs, floating-point files and unknown formats before anything is held);
 2. **charge**: its body plus ``BYTES_PER_PIXEL`` a pixel against the work budget
    (``--max-work-mb``); a request that does not fit gets 503 busy at once, a job image
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from runtime import ImageError, ImageTooLarge
-from runtime.images import check_header, decode
+from runtime.inputs.images import check_header, decode
 
 from .batcher import QueueFull, WorkerDied
 from .budget import Budget, Charge, in_thread

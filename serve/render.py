@@ -14,11 +14,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from runtime import MidasOnnxError, outputs, postprocess
+from runtime import MidasOnnxError
+from runtime.outputs import postprocess, render as outputs
 
 from .errors import ApiError
 
-# ?format= -> content type; depth16/npy/pfm/exr are depth files (runtime.depth_files).
+# ?format= -> content type; depth16/npy/pfm/exr are depth files (runtime.outputs.depth_files).
 FORMATS = {"png": "image/png", "json": "application/json", "depth16": "image/png", "npy": "application/x-npy",
            "pfm": "image/x-portable-floatmap", "exr": "image/x-exr"}
 DEPTH_FORMATS = {"depth16": "png16", "npy": "npy", "pfm": "pfm", "exr": "exr"}
@@ -77,7 +78,7 @@ def _constant(name: str) -> float:
 def parse_points(text: str | None, fmt: str, max_points: int):
     if text is None:
         return None
-    from runtime.metric import as_points
+    from runtime.depth.metric import as_points
 
     if fmt in ("png", "depth16"):
         raise ApiError(422, "bad_format", "known_depths gives metres: ask for format=json, npy, pfm or exr")
@@ -130,10 +131,10 @@ def summary(result, cmap: int, model) -> dict:
 def render(result, fmt: str, cmap: int, with_overlay: bool, alpha: float, model,
            points=None) -> tuple[bytes, str]:
     """The answer's body and content type (run in a render thread: serve.flow), encoded by
-    the runtime's one output encoding (``runtime.outputs.render``, ``depth_files.encode_depth``),
+    the runtime's one output encoding (``runtime.outputs.render.render``, ``depth_files.encode_depth``),
     so a served answer has the bytes the CLI writes for the same image and options."""
-    from runtime.depth_files import encode_depth
-    from runtime.metric import align, metric_depth, metric_summary
+    from runtime.outputs.depth_files import encode_depth
+    from runtime.depth.metric import align, metric_depth, metric_summary
 
     result = replace(result, colormap=cmap)
     fit = None

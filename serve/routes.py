@@ -15,7 +15,7 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runtime.postprocess import COLORMAPS, colormap_id
+from runtime.outputs.postprocess import COLORMAPS, colormap_id
 
 from .errors import ApiError, envelope
 from .flow import Answer

@@ -67,7 +67,7 @@ Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
 Models = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_model_entries), AfterValidator(_model_names)]
 #: A served model's name: what ``model=`` asks for, /readyz lists and /metrics labels.
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ENGINES = ("onnxruntime", "openvino", "auto")  # runtime.engine_choice's (this module imports no runtime)
+ENGINES = ("onnxruntime", "openvino", "auto")  # runtime.model.engine_choice's (this module imports no runtime)
 Keys = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
 
 
@@ -310,7 +310,7 @@ def parse_autoscale(text: str) -> tuple[int, int]:
 def apply_opencv_limit(settings: ServeSettings) -> None:
     """Make OpenCV's own decoder limit (``OPENCV_IO_MAX_IMAGE_PIXELS``, read once when ``cv2``
     is imported) the service's ``max_pixels``, so each decoder refuses from its own header
-    what the service must not decode; the header reader (runtime.image_header) is then only
+    what the service must not decode; the header reader (runtime.inputs.image_header) is then only
     the cost estimate. Must run before anything imports ``cv2``; later, the limit in force is
     whatever the first import saw (tests that run the app inside their own process)."""
     if "cv2" not in sys.modules:

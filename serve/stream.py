@@ -18,7 +18,7 @@ newest wins; the replaced one is dropped and counted). Each frame goes through t
 one request flow like an HTTP request (serve.flow: charged, admitted before it is decoded,
 the same queue bound, the same ``--timeout``): a frame the full queue or the work budget
 cannot take is dropped and counted, not queued. Each connection has its own
-``runtime.steady.SteadyNormalizer``, so its colours stay steady from frame to frame
+``runtime.depth.steady.SteadyNormalizer``, so its colours stay steady from frame to frame
 (``?colormap=`` picks the map).
 
 Bounds: at most ``--max-streams`` (8) live connections, ``--max-streams-per-client`` (2)
@@ -68,9 +68,9 @@ from fastapi import APIRouter, WebSocket
 from fastapi.responses import HTMLResponse
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from runtime.outputs import colour_range, encode_image
-from runtime.postprocess import COLORMAPS, colorize, colormap_id
-from runtime.steady import SteadyNormalizer
+from runtime.outputs.render import colour_range, encode_image
+from runtime.outputs.postprocess import COLORMAPS, colorize, colormap_id
+from runtime.depth.steady import SteadyNormalizer
 
 from .access import AccessPolicy, bearer
 from .budget import Budget
@@ -319,7 +319,7 @@ class _Stream:
 
     def _render(self, result) -> tuple[bytes, bool, tuple[int, int]]:
         """A relative model's colours steadied across frames; a metric model's span its fixed
-        range of metres (``runtime.outputs.colour_range``), steady by themselves, as the CLI's videos."""
+        range of metres (``runtime.outputs.render.colour_range``), steady by themselves, as the CLI's videos."""
         span = colour_range(result.output)
         if span is not None:
             return encode_image(colorize(result.depth, self.cmap, span), "jpg"), False, result.depth.shape

@@ -184,7 +184,7 @@ def write_foreign_onnx(path: Path, op: str = "Identity", input_name: str = "x", 
 def _engines() -> list[str]:
     """The inference engines installed here: every test that checks numbers runs on each
     (CI installs the ``openvino`` extra, so both run there)."""
-    from runtime.openvino_session import available
+    from runtime.model.openvino_session import available
 
     return ["onnxruntime"] + (["openvino"] if available() else [])
 

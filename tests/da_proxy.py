@@ -57,7 +57,7 @@ def build(folder: Path) -> Path:
 
     from export.checkpoint import build_model
     from export.onnx_export import export_onnx
-    from runtime.model_description import DA_V2_SMALL
+    from runtime.model.model_description import DA_V2_SMALL
 
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = folder / "da_proxy.pt"

@@ -1,9 +1,9 @@
-"""The one scale-and-shift fit (runtime.align) against numpy's general least squares."""
+"""The one scale-and-shift fit (runtime.depth.align) against numpy's general least squares."""
 
 import numpy as np
 import pytest
 
-from runtime.align import align_to, fit_scale_shift
+from runtime.depth.align import align_to, fit_scale_shift
 
 
 def test_fit_matches_numpy_lstsq_on_noisy_data():

@@ -41,6 +41,6 @@ def test_engine_choices_are_the_runtimes():
     """--engine's choices are written out in the CLI (so --help imports no onnxruntime): the
     same as the runtime's."""
     from midas_onnx.cli.common import ENGINES
-    from runtime.engine_choice import ENGINES as RUNTIME_ENGINES
+    from runtime.model.engine_choice import ENGINES as RUNTIME_ENGINES
 
     assert ENGINES == RUNTIME_ENGINES

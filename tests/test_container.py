@@ -36,7 +36,7 @@ import pytest
 
 from midas_onnx import __version__
 from midas_onnx.cli.export_cmd import default_output
-from runtime.model_description import DEFAULT_MODEL_ID
+from runtime.model.model_description import DEFAULT_MODEL_ID
 
 from .conftest import REPO
 from .container_tools import Podman, base_image, build, podman

@@ -24,7 +24,7 @@ from export.depth_anything import upstream_pos_embed
 from midas_onnx.cli import main
 from runtime import DepthHeatmapper, ModelError
 from runtime.files import sha256_file
-from runtime.model_description import DA_V2_SMALL, DA_V2_SMALL_METRIC_INDOOR, DA_V2_SMALL_METRIC_OUTDOOR, MODELS
+from runtime.model.model_description import DA_V2_SMALL, DA_V2_SMALL_METRIC_INDOOR, DA_V2_SMALL_METRIC_OUTDOOR, MODELS
 
 from .conftest import FIXTURES, REPO
 
@@ -158,7 +158,7 @@ def test_whole_pipeline_matches_upstream_infer_image(da_model, golden, engine):
 def test_resize_back_is_upstreams_bilinear_align_corners(golden):
     """The network output back at the photo's size as upstream's ``F.interpolate(bilinear,
     align_corners=True)``: equal to float32 rounding (align_corners=False would be 2e-2 off)."""
-    from runtime.postprocess import resize_depth
+    from runtime.outputs.postprocess import resize_depth
 
     for i in range(4):
         want = golden[f"depth_{i}"]
@@ -172,7 +172,7 @@ def test_network_input_matches_upstream_image2tensor(da_model, golden, float_cop
     equals upstream's to the bit, in RGB and in BGR order alike. Read row by row (what
     large photos get; here the shrunk fourth photo), one value in 10^5 is one float32 ulp
     off: the bicubic passes run in the other order."""
-    from runtime import preprocess
+    from runtime.model import preprocess
 
     if float_copy == "row by row":
         monkeypatch.setattr(preprocess, "_FLOAT_COPY_BYTES", 0)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from runtime import DepthHeatmapper
-from runtime.depth_files import DepthFormatError, check_format, encode_depth, pfm_bytes, read_pfm
-from runtime.metric import AlignmentError, align, metric_depth
-from runtime.pointcloud import Intrinsics, PointCloudError, ply_bytes
+from runtime.outputs.depth_files import DepthFormatError, check_format, encode_depth, pfm_bytes, read_pfm
+from runtime.depth.metric import AlignmentError, align, metric_depth
+from runtime.outputs.pointcloud import Intrinsics, PointCloudError, ply_bytes
 
 
 def run_cli(*args: str) -> SimpleNamespace:
@@ -249,7 +249,7 @@ def test_encoding_modules_import_one_way():
     import subprocess
     import sys
 
-    code = ("import sys, runtime.png as p; assert 'runtime.depth_files' not in sys.modules and 'runtime.outputs' not "
-            "in sys.modules; import runtime.depth_files; assert 'runtime.outputs' not in sys.modules")
+    code = ("import sys, runtime.outputs.png as p; assert 'runtime.outputs.depth_files' not in sys.modules and 'runtime.outputs.render' not "
+            "in sys.modules; import runtime.outputs.depth_files; assert 'runtime.outputs.render' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime import png, postprocess
-from runtime.outputs import (IMAGE_FORMATS, PNG_PARAMS, encode_heatmap, encode_png, output_suffixes,
+from runtime.outputs import png, postprocess
+from runtime.outputs.render import (IMAGE_FORMATS, PNG_PARAMS, encode_heatmap, encode_png, output_suffixes,
                              render)
 
 from .conftest import photos

@@ -196,7 +196,7 @@ def test_errors_of_inputs_sent_as_bytes_name_the_input(hm, tmp_path):
     from bytes: their errors name the input, never "image"."""
     import numpy as np
 
-    from runtime.depth_files import pfm_bytes
+    from runtime.outputs.depth_files import pfm_bytes
     from runtime.engine import Item, Store
     from runtime.engine.process import process
 

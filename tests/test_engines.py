@@ -14,8 +14,8 @@ import pytest
 from quantize import PRESETS, quantize_model
 from quantize.report import compare
 from runtime import DepthHeatmapper, ModelError
-from runtime import engine_choice, openvino_session
-from runtime.engine_choice import MARGIN, open_session, pick
+from runtime.model import engine_choice, openvino_session
+from runtime.model.engine_choice import MARGIN, open_session, pick
 from tests.proxy_model import proxy_model  # noqa: F401  (session fixture)
 
 pytestmark = pytest.mark.skipif(not openvino_session.available(), reason="OpenVINO not installed (the openvino extra)")

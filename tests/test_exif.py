@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from runtime import exif
-from runtime.exif import MAX_STEPS, Camera, camera
-from runtime.pointcloud import Intrinsics
+from runtime.inputs import exif
+from runtime.inputs.exif import MAX_STEPS, Camera, camera
+from runtime.outputs.pointcloud import Intrinsics
 
 from .test_engine import cli
 

@@ -17,9 +17,9 @@ from export.onnx_export import ExportError, check_parity, export_onnx, parity_in
 from midas_onnx.cli import main
 from runtime import ModelInfo
 from runtime.files import sha256_file
-from runtime.model_description import MIDAS_SMALL
-from runtime.preprocess import network_input
-from runtime.session import create_session
+from runtime.model.model_description import MIDAS_SMALL
+from runtime.model.preprocess import network_input
+from runtime.model.session import create_session
 
 from .conftest import FIXTURES, random_state_dict, write_foreign_onnx
 
@@ -350,9 +350,9 @@ def test_cli_export_stage_failures_are_one_line(tmp_path, random_checkpoint, mon
 def test_cli_export_parity_run_failure_is_one_line(tmp_path, random_checkpoint, monkeypatch):
     """An exported graph that onnxruntime cannot run at a checked shape (say, a size frozen
     in the trace) ends the export in one line, and nothing is written."""
-    import runtime.session
+    import runtime.model.session
 
-    real = runtime.session.create_session
+    real = runtime.model.session.create_session
 
     class Refusing:
         def __init__(self, session):
@@ -364,7 +364,7 @@ def test_cli_export_parity_run_failure_is_one_line(tmp_path, random_checkpoint, 
         def run(self, *args):
             raise RuntimeError("[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : Got invalid dimensions for input\nIndex: 2")
 
-    monkeypatch.setattr(runtime.session, "create_session", lambda *a, **k: Refusing(real(*a, **k)))
+    monkeypatch.setattr(runtime.model.session, "create_session", lambda *a, **k: Refusing(real(*a, **k)))
     out = tmp_path / "m.onnx"
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(random_checkpoint), "-o", str(out), "--size", "64x64"])
     assert result.exit_code == 1, result.output

@@ -15,8 +15,8 @@ import pytest
 
 from benchmarks.hostile_load import png_bomb  # the 99 MP file, made row by row
 from runtime import ImageError, ImageTooLarge
-from runtime import images
-from runtime.image_header import MAX_STEPS, header_size
+from runtime.inputs import images
+from runtime.inputs.image_header import MAX_STEPS, header_size
 
 from .conftest import REPO
 

@@ -24,9 +24,9 @@ from quantize import PRESETS, builtin_photos, describe, quantize_model
 from quantize.layers import quantized_nodes
 from quantize.report import compare, outputs, summary
 from runtime.heatmapper import read_model_info
-from runtime.metadata import ModelInfo
-from runtime.preprocess import network_input
-from runtime.session import create_session
+from runtime.model.metadata import ModelInfo
+from runtime.model.preprocess import network_input
+from runtime.model.session import create_session
 from tests.da_proxy import SIZE, da_proxy_model  # noqa: F401  (session fixture)
 
 # Never fed a DequantizeLinear: they read the float residual stream and the float bias adds.

@@ -19,9 +19,9 @@ from quantize.layers import activation_sqnr, keep_float, quantized_nodes, role
 from quantize.photos import PhotoSet
 from quantize.report import outputs, scores, timed
 from runtime import DepthHeatmapper
-from runtime.metadata import INPUT_NAME, ModelInfo
-from runtime.preprocess import network_input
-from runtime.session import create_session
+from runtime.model.metadata import INPUT_NAME, ModelInfo
+from runtime.model.preprocess import network_input
+from runtime.model.session import create_session
 
 from .conftest import write_crops
 

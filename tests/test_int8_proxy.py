@@ -18,8 +18,8 @@ from benchmarks.emulated_cpu import emulator, run_emulated
 from quantize import PRESETS, builtin_photos, quantize_model
 from quantize.report import compare, outputs, summary
 from runtime.heatmapper import read_model_info
-from runtime.preprocess import network_input
-from runtime.session import create_session
+from runtime.model.preprocess import network_input
+from runtime.model.session import create_session
 from tests.proxy_model import proxy_model  # noqa: F401  (session fixture)
 
 from .test_int8_diagnostics import quantized_conv_names

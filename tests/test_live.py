@@ -1,4 +1,4 @@
-"""Live input (runtime.live): raw frames on a pipe, an MJPEG stream over HTTP, a file; the
+"""Live input (runtime.inputs.live): raw frames on a pipe, an MJPEG stream over HTTP, a file; the
 newest frame wins so latency stays bounded; stops and the summary. No camera device exists
 on this machine or in CI: ``camera:N`` goes through the same ``CaptureSource`` as the HTTP
 stream tested here (OpenCV's VideoCapture), and only its refusal is tested directly."""
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.live import (
+from runtime.inputs.live import (
     FrameSource,
     LatencyStats,
     LiveError,
@@ -71,7 +71,7 @@ def test_pipe_faster_than_inference_drops_stale_frames_and_latency_stays_bounded
     frame wins, stale ones are dropped and counted, the latency of the last frames is no
     larger than that of the first ones, and the heatmaps reach the next program whole."""
     from runtime import DepthHeatmapper
-    from runtime.steady import SteadyNormalizer
+    from runtime.depth.steady import SteadyNormalizer
 
     hm, steady = DepthHeatmapper(proxy_model, threads=2), SteadyNormalizer()
     hm.predict(np.zeros((H, W, 3), np.uint8))  # warm up outside the timed run
@@ -146,7 +146,7 @@ def test_mjpeg_stream_over_http():
 
 def test_stream_credentials_never_reach_a_file_name_an_error_or_the_summary():
     from runtime.engine.live import live_name
-    from runtime.live import redact
+    from runtime.inputs.live import redact
 
     url = "rtsp://admin:s3cret@cam.local:554/live/main?token=abc123"
     assert redact(url) == "rtsp://cam.local:554/live/main?..."
@@ -265,7 +265,7 @@ def test_latency_percentiles_within_one_percent():
 
 CTRL_C = textwrap.dedent("""
     import sys
-    from runtime.live import open_source, run_live
+    from runtime.inputs.live import open_source, run_live
     processed = []
     summary = run_live(open_source("-", "8x4"), lambda f: (processed.append(f.index), print("frame", flush=True)))
     print(summary.text(), flush=True)
@@ -290,7 +290,7 @@ def test_ctrl_c_ends_a_live_run_cleanly_with_a_summary():
 
 
 def test_reader_iterates_every_frame_of_a_lossless_source_and_only_the_newest_of_a_live_one():
-    from runtime.live import LiveReader
+    from runtime.inputs.live import LiveReader
 
     with LiveReader(RawSource(_raw(30), 8, 4), drop=False) as reader:
         assert [int(f.image[0, 0, 0]) for f in reader.frames()] == list(range(30))

@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
-import runtime.metric as metric
-from runtime.align import fit_scale_shift
-from runtime.metric import MAX_PAIRS, MAX_POINTS, AlignmentError, align, metric_depth
+import runtime.depth.metric as metric
+from runtime.depth.align import fit_scale_shift
+from runtime.depth.metric import MAX_PAIRS, MAX_POINTS, AlignmentError, align, metric_depth
 
 
 def scene(n: int, wrong: float, seed: int = 0):
@@ -29,7 +29,7 @@ def scene(n: int, wrong: float, seed: int = 0):
 @pytest.fixture()
 def work(monkeypatch):
     """What align computes: the pairs it tries (``pairs``) and the least-squares fits it makes
-    (``fits``, sizes; runtime.align's, the project's one fit)."""
+    (``fits``, sizes; runtime.depth.align's, the project's one fit)."""
     calls: dict[str, list] = {"pairs": [], "fits": []}
     real_pairs, real_fit = metric._pairs, metric.fit_scale_shift
     monkeypatch.setattr(metric, "_pairs", lambda n: calls["pairs"].append(p := real_pairs(n)) or p)
@@ -137,7 +137,7 @@ def test_the_residual_is_finite_at_the_largest_distances_accepted():
 def test_a_csv_with_a_byte_order_mark_or_latin1_bytes(tmp_path):
     """A spreadsheet's UTF-8 byte-order mark hid the x column; Latin-1 bytes were a
     UnicodeDecodeError traceback (issue 33)."""
-    from runtime.metric import read_points
+    from runtime.depth.metric import read_points
 
     bom = tmp_path / "bom.csv"
     bom.write_bytes("x,y,depth_m\n1,2,3.5\n".encode("utf-8-sig"))

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 
 from runtime import DepthHeatmapper
-from runtime.depth_files import encode_depth, read_pfm
-from runtime.model_description import DA_V2_SMALL, DA_V2_SMALL_METRIC_INDOOR, MIDAS_SMALL, OutputRule
-from runtime.outputs import colour_range, legend
-from runtime.postprocess import colorize, colormap_id, palette
+from runtime.outputs.depth_files import encode_depth, read_pfm
+from runtime.model.model_description import DA_V2_SMALL, DA_V2_SMALL_METRIC_INDOOR, MIDAS_SMALL, OutputRule
+from runtime.outputs.render import colour_range, legend
+from runtime.outputs.postprocess import colorize, colormap_id, palette
 
 from .test_engine import cli
 
@@ -52,7 +52,7 @@ def da_file(tmp_path_factory, kind: str = "metric"):
         if kind == "relative":
             import onnx
 
-            from runtime.metadata import PREFIX, set_metadata
+            from runtime.model.metadata import PREFIX, set_metadata
 
             model = onnx.load(str(_FILES["metric"]))
             set_metadata(model, {PREFIX + "description": DA_V2_SMALL.to_json(), PREFIX + "model": DA_V2_SMALL.name})
@@ -281,7 +281,7 @@ def test_bad_input_size_is_one_line(metric_model, room, tmp_path):
 def test_png_text_chunks_are_read_by_a_png_reader():
     """``png.with_text`` keeps the PNG valid (OpenCV decodes it, PIL reads the chunk) and
     refuses keywords PNG does not allow."""
-    from runtime.png import encode_png, with_text
+    from runtime.outputs.png import encode_png, with_text
 
     image = np.arange(12, dtype=np.uint8).reshape(3, 4)
     data = with_text(encode_png(image), {"midas-onnx:test": "{\"a\": 1}"})

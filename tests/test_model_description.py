@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from runtime import DepthHeatmapper, ModelError, ModelInfo
-from runtime.model_description import (DA_V2_SMALL, DA_V2_SMALL_METRIC_OUTDOOR, MIDAS_SMALL, MODELS,
+from runtime.model.model_description import (DA_V2_SMALL, DA_V2_SMALL_METRIC_OUTDOOR, MIDAS_SMALL, MODELS,
                                        ModelDescription, describe)
-from runtime.preprocess import network_size
+from runtime.model.preprocess import network_size
 
 
 def test_every_description_round_trips_through_json():

@@ -15,10 +15,10 @@ from quantize import PRESETS, QuantConfig, builtin_photos, describe, quantize_mo
 from quantize.quantizer import speed_verdict
 from quantize.calibration import CalibrationError
 from runtime import DepthHeatmapper, ModelError, ModelInfo
-from runtime.cpu import cpu_name, int8_flags, int8_layout, int8_path, layout_on_cpu
+from runtime.model.cpu import cpu_name, int8_flags, int8_layout, int8_path, layout_on_cpu
 from runtime.files import sha256_file
-from runtime.metadata import set_metadata
-from runtime.session import create_session
+from runtime.model.metadata import set_metadata
+from runtime.model.session import create_session
 
 from .conftest import write_foreign_onnx
 

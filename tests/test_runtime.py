@@ -14,7 +14,7 @@ import pytest
 
 from runtime import DepthHeatmapper, ImageError, ImageTooLarge, ModelError
 from runtime.heatmapper import DepthResult
-from runtime.postprocess import COLORMAPS
+from runtime.outputs.postprocess import COLORMAPS
 
 from .conftest import FIXTURES, REPO, write_foreign_onnx
 
@@ -100,7 +100,7 @@ def test_upstream_pipeline_golden(dynamic_model, engine):
 
 
 def test_dynamic_network_sizes_follow_upstream(hm_dyn):
-    from runtime.preprocess import network_size
+    from runtime.model.preprocess import network_size
 
     info = hm_dyn.info
     assert network_size(480, 640, info) == (192, 256)
@@ -290,7 +290,7 @@ def test_resize_matches_upstreams_float64_opencv_resize(src_hw, dst_hw):
     """Upstream: cv2.resize(img / 255.0, INTER_CUBIC) in float64. Ours reads only the taps'
     rows and columns from the uint8/uint16 pixels; it must agree to float32 rounding, where
     OpenCV's own float32 path is off by ~2e-5 on some of these scales."""
-    from runtime.preprocess import resize_bicubic
+    from runtime.model.preprocess import resize_bicubic
 
     rng = np.random.default_rng(sum(src_hw))
     for image, top in [(rng.integers(0, 256, (*src_hw, 3), dtype=np.uint8), 255.0),
@@ -307,7 +307,7 @@ def test_network_input_matches_upstreams_transform(hm_dyn, float_copy, monkeypat
     normalises in float64 and casts once; so does the runtime, and the inputs are equal to
     the bit, from RGB and from BGR pixels alike, whether the photo is converted to float
     whole (small photos) or read row by row (large ones)."""
-    from runtime import preprocess
+    from runtime.model import preprocess
 
     path = FIXTURES / "midas_small_pipeline_golden_seed0.npz"
     if not path.is_file():

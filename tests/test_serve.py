@@ -158,7 +158,7 @@ def test_depth_json_depth16_overlay_colormap(server, photo_set, expected):
 
     ov = httpx.post(server + "/v1/depth?overlay=true&colormap=turbo&alpha=0.3", content=data,
                     headers={"content-type": "image/jpeg"})
-    from runtime.postprocess import colorize, overlay
+    from runtime.outputs.postprocess import colorize, overlay
 
     expected_overlay = overlay(want.image, colorize(want.depth, cv2.COLORMAP_TURBO), 0.3)
     np.testing.assert_array_equal(decode_png(ov.content), expected_overlay)

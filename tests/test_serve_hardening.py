@@ -258,7 +258,7 @@ def failing_model(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from runtime.metadata import ModelInfo, set_metadata
+    from runtime.model.metadata import ModelInfo, set_metadata
 
     shape = helper.make_tensor("shape", TensorProto.INT64, [1], [7])
     graph = helper.make_graph([helper.make_node("Reshape", ["image", "shape"], ["depth"])], "g",
@@ -288,7 +288,7 @@ def test_every_load_failure_ends_as_readyz_503_with_the_reason(tmp_path, fixed_m
 
 
 def test_each_result_is_colorized_once(fixed_model, photo_set, monkeypatch):
-    import runtime.postprocess as postprocess
+    import runtime.outputs.postprocess as postprocess
 
     calls = []
     real = postprocess.colorize
@@ -313,7 +313,7 @@ def test_each_result_is_colorized_once(fixed_model, photo_set, monkeypatch):
 
 def test_depth_files_and_known_depths_over_http(fixed_model, photo_set, tmp_path):
     from runtime import DepthHeatmapper
-    from runtime.depth_files import read_pfm
+    from runtime.outputs.depth_files import read_pfm
 
     data = jpeg(photo_set["coffee"])
     rel = DepthHeatmapper(fixed_model).predict(data).depth

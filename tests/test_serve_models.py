@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.model_description import DA_V2_SMALL, DA_V2_SMALL_METRIC_INDOOR
+from runtime.model.model_description import DA_V2_SMALL, DA_V2_SMALL_METRIC_INDOOR
 
 from .test_engine import cli
 from .test_metric_outputs import SIZE, da_file, png_text

@@ -104,7 +104,7 @@ from serve.settings import ServeSettings, apply_opencv_limit
 if sys.argv[1] == "apply":
     apply_opencv_limit(ServeSettings(model="x.onnx", max_pixels=10000, max_work_mb=100))
 import cv2, numpy as np
-from runtime import images
+from runtime.inputs import images
 images.check_header = lambda data, name, max_pixels: 1  # as if the header reader were fooled
 png = cv2.imencode(".png", np.zeros((200, 200, 3), np.uint8))[1].tobytes()
 try:

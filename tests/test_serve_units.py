@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from starlette.datastructures import Headers
 
-from runtime import images
+from runtime.inputs import images
 from runtime.heatmapper import DepthResult
-from runtime.model_description import MIDAS_SMALL
+from runtime.model.model_description import MIDAS_SMALL
 from serve import ServeSettings, create_app
 from serve.access import AccessPolicy, key_bits
 from serve.batcher import Batcher, QueueFull
@@ -575,10 +575,10 @@ def test_a_metric_models_stream_colours_are_its_fixed_metres_in_every_frame():
     """The stream colours a metric model's frames over its fixed range (as the CLI's videos):
     5 m is the same colour whether the frame also holds 15 m or not; a relative model's
     colours follow each connection's steadied range instead."""
-    from runtime.images import load
-    from runtime.model_description import DA_V2_SMALL_METRIC_INDOOR
-    from runtime.outputs import colour_range
-    from runtime.postprocess import colorize
+    from runtime.inputs.images import load
+    from runtime.model.model_description import DA_V2_SMALL_METRIC_INDOOR
+    from runtime.outputs.render import colour_range
+    from runtime.outputs.postprocess import colorize
     from serve.stream import _Stream
 
     app = create_app(settings())

@@ -1,4 +1,4 @@
-"""Steady video colours (runtime.steady): each frame aligned to a running reference by a
+"""Steady video colours (runtime.depth.steady): each frame aligned to a running reference by a
 robust scale-and-shift fit, a smoothed range, and a restart at scene cuts. Measured on the
 trained-like proxy network (``tests/proxy_model.py``; NOT MiDaS): the untrained recipe
 network is chaotic under sensor noise and cannot show steadiness."""
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from runtime import DepthHeatmapper
-from runtime.align import fit_scale_shift
-from runtime.postprocess import colorize
-from runtime.steady import SteadyNormalizer, robust_fit
+from runtime.depth.align import fit_scale_shift
+from runtime.outputs.postprocess import colorize
+from runtime.depth.steady import SteadyNormalizer, robust_fit
 from tests.proxy_model import proxy_model  # noqa: F401  (session fixture)
 
 FRAMES = 30

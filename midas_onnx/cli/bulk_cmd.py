@@ -48,7 +48,7 @@ def command(inputs: tuple[str, ...], output: str, model: str | None, input_size:
     require_extra("ray", "ray")
     from bulk import BulkSettings, run
     from runtime.errors import MidasOnnxError
-    from runtime.session import missing_model_message
+    from runtime.model.session import missing_model_message
 
     model_path = default_model(Path(model) if model else None)
     if not model_path.is_file():

@@ -15,7 +15,7 @@ DEFAULT_MODEL = Path("models") / "midas_small.onnx"  # what `export` writes: fp3
 DEFAULT_INT8 = Path("models") / "midas_small.int8.onnx"  # what `quantize --int8` makes of it
 MODEL_HELP = (f"Model file. Default: {DEFAULT_INT8} (made by `quantize --int8`) if it exists, "
               f"else {DEFAULT_MODEL} (made by `export`).")
-# runtime.engine_choice.ENGINES, written out so that --help imports no onnxruntime (tests/test_cli.py
+# runtime.model.engine_choice.ENGINES, written out so that --help imports no onnxruntime (tests/test_cli.py
 # checks they agree)
 ENGINES = ("onnxruntime", "openvino", "auto")
 RUN_OPTIONS = [

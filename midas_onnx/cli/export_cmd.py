@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from runtime.model_description import DEFAULT_MODEL_ID, MODELS
+from runtime.model.model_description import DEFAULT_MODEL_ID, MODELS
 
 from .common import DEFAULT_MODEL, friendly_errors, require_extra
 
@@ -46,8 +46,8 @@ def command(model_id: str, checkpoint: Path | None, hub: bool, output: Path | No
     or if onnxruntime and PyTorch differ by more than 1e-4 relative on any checked input.
     """
     require_extra("export", "torch", "timm", "onnx", "onnxslim")
-    from runtime.metadata import parse_size
-    from runtime.model_description import describe
+    from runtime.model.metadata import parse_size
+    from runtime.model.model_description import describe
 
     logging.basicConfig(level=logging.WARNING)
     if hub and checkpoint:

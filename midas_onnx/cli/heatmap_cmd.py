@@ -59,7 +59,8 @@ def command(inputs: tuple[str, ...], outdir: str | None, model: Path | None, inp
       ffmpeg -i in.mp4 -f rawvideo -pix_fmt bgr24 - | midas-onnx heatmap - --size 640x480 \\
         --stdout | ffmpeg -f rawvideo -pix_fmt bgr24 -s 640x480 -i - out.mp4
     """
-    from runtime import DepthHeatmapper, images
+    from runtime import DepthHeatmapper
+    from runtime.inputs import images
     from runtime.engine import Job, LocalRunner
     from runtime.engine.live import is_live
 

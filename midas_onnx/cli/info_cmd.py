@@ -13,7 +13,7 @@ from .common import friendly_errors
 def _int8_here(metadata: dict[str, str]) -> dict | None:
     """For a quantized file: its integer layout and what it means on this CPU's integer path
     (a file with 8-bit weights is less faithful on x86 CPUs without VNNI than where it was made)."""
-    from runtime.cpu import PATH_TEXT, cpu_name, int8_layout, int8_path, layout_on_cpu
+    from runtime.model.cpu import PATH_TEXT, cpu_name, int8_layout, int8_path, layout_on_cpu
 
     if "quantization" not in metadata:
         return None
@@ -33,9 +33,9 @@ def _int8_here(metadata: dict[str, str]) -> dict | None:
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads, for --engine auto's measurement.")
 def command(model: Path, as_json: bool, engine: str, threads: int | None) -> None:
     """Show MODEL's midas-onnx metadata, inputs/outputs, file size and sha256."""
-    from runtime.engine_choice import open_session
+    from runtime.model.engine_choice import open_session
     from runtime.files import sha256_file
-    from runtime.metadata import PREFIX
+    from runtime.model.metadata import PREFIX
 
     with friendly_errors():
         session, choice = open_session(model, threads, engine)

@@ -65,7 +65,7 @@ def make_spec(*, colormap, image_format, save_depth, known_depths, save_ply, ply
     """The ``OutputSpec``; options that cannot go together are a usage error (status 2)."""
     from runtime.engine import OutputSpec, OutputSpecError
     from runtime.errors import MidasOnnxError
-    from runtime.metric import read_points
+    from runtime.depth.metric import read_points
 
     try:
         return OutputSpec.make(colormap=colormap, depth=save_depth, overlay=overlay, ply=save_ply, ply_step=ply_step,

@@ -11,7 +11,7 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the full descriptions as JSON.")
 def command(as_json: bool) -> None:
     """List the models `export --model` builds: licence, size, input and output."""
-    from runtime.model_description import MODELS, NOT_OFFERED
+    from runtime.model.model_description import MODELS, NOT_OFFERED
 
     if as_json:
         click.echo(json.dumps({"models": [json.loads(d.to_json()) for d in MODELS.values()],

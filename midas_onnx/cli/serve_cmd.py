@@ -74,7 +74,7 @@ def _run(**flags) -> None:
     from serve.settings import apply_opencv_limit
 
     apply_opencv_limit(settings)  # before anything below imports cv2
-    from runtime.session import missing_model_message
+    from runtime.model.session import missing_model_message
     from serve.access import bind_refusal
     from serve.lifecycle import prepare_process
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from ..outputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ..outputs.render import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from .store import StoreError, _arrow_fs, _reason, is_uri
 
 KNOWN = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS

@@ -25,8 +25,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from ..errors import MidasOnnxError
 from ..files import TEMP_NAME, sha256_file
-from ..model_description import ModelDescription
-from ..outputs import legend
+from ..model.model_description import ModelDescription
+from ..outputs.render import legend
 from .inputs import Inputs, discover
 from .journal import JOB_FILE, Journal, JobError, job_changes, read_job, settings_digest, state_folder
 from .lock import OutputLock

@@ -2,7 +2,7 @@
 pipeline as a video file: predict, steady colours, then raw frames to a pipe and/or a
 heatmap video written as it comes.
 
-Live means bounded latency: ``runtime.live`` reads on its own thread and keeps only the
+Live means bounded latency: ``runtime.inputs.live`` reads on its own thread and keeps only the
 newest frame, so when inference falls behind, stale frames are dropped (and counted),
 never queued.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import MidasOnnxError
-from ..live import STREAM_SCHEMES, LiveSummary, RawSink, open_source, redact, run_live
+from ..inputs.live import STREAM_SCHEMES, LiveSummary, RawSink, open_source, redact, run_live
 from .spec import OutputSpec
 from .video import VideoWriters
 

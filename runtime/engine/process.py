@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import exif, images
+from ..inputs import exif, images
 from ..errors import ImageError, MidasOnnxError
 from .plan import Item, make_row
 from .spec import OutputSpec

@@ -11,15 +11,15 @@ import json
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from ..depth_files import FORMATS as DEPTH_FORMATS
-from ..depth_files import check_format, encode_depth
+from ..outputs.depth_files import FORMATS as DEPTH_FORMATS
+from ..outputs.depth_files import check_format, encode_depth
 from ..errors import MidasOnnxError
-from ..exif import Camera
-from ..metric import Point, align, as_points, metric_depth
-from ..model_description import ModelDescription
-from ..outputs import IMAGE_FORMATS, output_suffixes, render
-from ..pointcloud import DEFAULT_FOV_DEG, Intrinsics, ply_bytes
-from ..postprocess import colormap_id
+from ..inputs.exif import Camera
+from ..depth.metric import Point, align, as_points, metric_depth
+from ..model.model_description import ModelDescription
+from ..outputs.render import IMAGE_FORMATS, output_suffixes, render
+from ..outputs.pointcloud import DEFAULT_FOV_DEG, Intrinsics, ply_bytes
+from ..outputs.postprocess import colormap_id
 
 VIDEO_SUFFIXES = {"heatmap": ".heatmap.mp4", "overlay": ".overlay.mp4", "depth": ".depth"}
 NORMALIZE = ("video", "frame")

@@ -7,11 +7,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..depth_files import encode_depth, png16_range
+from ..outputs.depth_files import encode_depth, png16_range
 from ..errors import ImageError
-from ..outputs import colour_range
-from ..postprocess import colorize, colormap_id, overlay
-from ..steady import SteadyNormalizer
+from ..outputs.render import colour_range
+from ..outputs.postprocess import colorize, colormap_id, overlay
+from ..depth.steady import SteadyNormalizer
 from .spec import OutputSpec, depth_frame_suffix
 
 FOURCC = "mp4v"
@@ -70,7 +70,7 @@ class VideoWriters:
     Depth frames hold the network's own output for every frame (a relative model's with its
     own scale and shift per frame; a metric model's metres); only a relative model's colours
     are steadied, so depth files never carry a smoothing the user did not ask for. A metric
-    model's colours span its fixed range of metres (``outputs.colour_range``) in every frame,
+    model's colours span its fixed range of metres (``render.colour_range``) in every frame,
     so they need no steadying and hold still by themselves."""
 
     def __init__(self, temps: dict[str, Path], spec: OutputSpec, fps: float = 25.0,

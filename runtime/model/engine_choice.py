@@ -29,8 +29,8 @@ import numpy as np
 
 from . import openvino_session
 from .cpu import cpu_name, int8_flags
-from .errors import ModelError
-from .files import write_atomic
+from ..errors import ModelError
+from ..files import write_atomic
 from .metadata import INPUT_NAME, ModelInfo
 from .preprocess import network_size
 from .session import create_session

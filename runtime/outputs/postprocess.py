@@ -8,7 +8,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .model_description import MIDAS_SMALL, OUTPUT_RESIZES
+from ..model.model_description import MIDAS_SMALL, OUTPUT_RESIZES
 
 DEFAULT_COLORMAP = "inferno"
 DEFAULT_ALPHA = 0.5  # an overlay's heatmap weight over the photo

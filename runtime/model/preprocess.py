@@ -27,7 +27,7 @@ import math
 import cv2
 import numpy as np
 
-from . import images
+from ..inputs import images
 from .metadata import ModelInfo
 from .model_description import InputRule
 

@@ -19,7 +19,7 @@ from files anyone may send, so every read is bounded and nothing in it raises:
   anything else (cut short, out of range, zero denominators, huge counts) is left out.
 
 ``camera(data)`` gives a ``Camera`` (None without EXIF or when nothing is readable); the
-intrinsics are worked out from it in ``runtime.pointcloud.Intrinsics.from_exif``.
+intrinsics are worked out from it in ``runtime.outputs.pointcloud.Intrinsics.from_exif``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ processed) and the latency from a frame's arrival to its output stays about one 
 processing time. Files are not live: by default every frame of a file is processed (the
 reader waits for the consumer) unless ``drop=True``.
 
-    from runtime.live import open_source, run_live, RawSink
+    from runtime.inputs.live import open_source, run_live, RawSink
     source = open_source("camera:0")                       # or rtsp://..., http://..., clip.mp4,
     sink = RawSink(sys.stdout.buffer)                       # or "-" with size="640x480" (stdin)
     def handle(frame):                                      # frame.image: uint8 BGR HxWx3
@@ -35,7 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import cv2
 import numpy as np
 
-from .errors import MidasOnnxError
+from ..errors import MidasOnnxError
 
 STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://")
 OPEN_TIMEOUT_S = 10.0  # a stream URL that does not answer within this ends with an error

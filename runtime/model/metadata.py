@@ -1,7 +1,7 @@
 """The contract between exporter, quantizer and runtime: ONNX ``metadata_props`` keys.
 
 The exporter writes these; the runtime configures itself from them, so a model file carries
-everything needed to use it. The model's whole description (``runtime.model_description``:
+everything needed to use it. The model's whole description (``runtime.model.model_description``:
 input and output rules, licence, checkpoint) is one JSON entry, ``midas_onnx.description``;
 the older flat entries (``model``, ``input_size``, ``mean``, ``std``) are still written, from
 the description, so files stay readable by earlier releases, and a file without a
@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
-from .errors import ModelError
+from ..errors import ModelError
 from .model_description import MIDAS_SMALL, DescriptionError, ModelDescription
 
 PREFIX = "midas_onnx."

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from zlib_ng import zlib_ng
 
-from .errors import ImageError
+from ..errors import ImageError
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPE_PALETTE = 3

@@ -21,8 +21,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import MidasOnnxError
-from .exif import Camera
+from ..errors import MidasOnnxError
+from ..inputs.exif import Camera
 
 DEFAULT_FOV_DEG = 60.0
 RELATIVE_FLOOR = 0.01

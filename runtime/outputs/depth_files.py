@@ -24,8 +24,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import MidasOnnxError
-from .model_description import OutputRule
+from ..errors import MidasOnnxError
+from ..model.model_description import OutputRule
 from .png import encode_png, with_text
 from .postprocess import depth_png16, depth_range, to_levels
 

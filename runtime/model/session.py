@@ -1,8 +1,8 @@
 """The one place that opens inference sessions (as fastembed's ``onnx_model.py``): onnxruntime's,
-or OpenVINO's behind the same interface (``runtime.openvino_session``).
+or OpenVINO's behind the same interface (``runtime.model.openvino_session``).
 
 Exporter checks, quantizer reports, benchmarks, the server and bulk workers all come here,
-so threads, providers and memory settings are decided once; ``runtime.engine_choice`` picks
+so threads, providers and memory settings are decided once; ``runtime.model.engine_choice`` picks
 the engine when asked for ``auto``.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from .errors import ModelError
+from ..errors import ModelError
 
 PROVIDER = "CPUExecutionProvider"
 

@@ -4,7 +4,7 @@ MiDaS predicts relative inverse depth, so every frame comes with its own unknown
 shift. Colouring frames through a range smoothed over time (``postprocess.SteadyRange``)
 still shows every frame-wide change of that scale or shift as a colour jump. Here each frame
 is first mapped onto a running reference, ``aligned = scale * depth + shift``, by a robust
-fit (``runtime.align.fit_scale_shift``, iteratively reweighted with Tukey's biweight so
+fit (``runtime.depth.align.fit_scale_shift``, iteratively reweighted with Tukey's biweight so
 what moves does not pull it), and only then coloured through a smoothed percentile range.
 
 The fit uses a grid of about ``samples`` block means (4,800 by default; a 640x480 frame
@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 
 from .align import fit_scale_shift
-from .postprocess import colorize
+from ..outputs.postprocess import colorize
 
 # Tukey biweight cut-off in robust standard deviations: 95% efficiency on Gaussian residuals.
 _TUKEY_C = 4.685

@@ -26,14 +26,14 @@ import numpy as np
 from . import png, postprocess
 from .depth_files import FORMATS as DEPTH_FORMATS
 from .depth_files import encode_depth
-from .errors import ImageError
-from .files import write_atomic
-from .model_description import OutputRule
+from ..errors import ImageError
+from ..files import write_atomic
+from ..model.model_description import OutputRule
 from .png import encode_png  # noqa: F401 - public here too (the server and benchmarks encode through this module)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm"}
-SUFFIXES = {"heatmap": ".heatmap.png", "overlay": ".overlay.png"}  # depth: runtime.depth_files.FORMATS
+SUFFIXES = {"heatmap": ".heatmap.png", "overlay": ".overlay.png"}  # depth: runtime.outputs.depth_files.FORMATS
 LEGEND_TEXT_KEY = "midas-onnx:legend"  # the tEXt chunk of a metric model's PNG heatmaps and overlays
 
 

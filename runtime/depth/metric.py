@@ -19,7 +19,7 @@ from glass) is a gross outlier: with few points an M-estimator can still be pull
 of them, while a consensus of at least 3 points rejects them outright.
 
     from runtime import DepthHeatmapper
-    from runtime.metric import align, metric_depth
+    from runtime.depth.metric import align, metric_depth
     result = DepthHeatmapper("models/midas_small.int8.onnx").predict("room.jpg")
     fit = align(result.depth, [(120, 340, 2.5), (610, 300, 4.1), (330, 80, 7.9)])
     metres = metric_depth(result.depth, fit)        # NaN where the fit gives no distance
@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .align import fit_scale_shift
-from .errors import MidasOnnxError
+from ..errors import MidasOnnxError
 
 MIN_POINTS = 3
 MAX_POINTS = 1000  # far beyond any hand-measured set; bounds memory and time per image

@@ -18,7 +18,7 @@ from typing import NamedTuple, Union
 
 import numpy as np
 
-from .errors import ImageError, ImageTooLarge
+from ..errors import ImageError, ImageTooLarge
 from .image_bytes import jpeg_segments
 from .image_header import FLOAT_FORMATS, HeaderError, header_size
 from .image_header import FORMATS as HEADER_FORMATS
@@ -133,7 +133,7 @@ def check_header(data: bytes | bytearray | memoryview, name: str, max_pixels: in
     """The pixels decoding the file allocates for, as its header declares them; refuses,
     from the header alone, a file above ``max_pixels`` (its image, or one tile of it), of a
     floating-point format, or of a format whose header is not read (so no format reaches the
-    decoder unchecked). Costs at most a few hundred microseconds (runtime.image_header), no
+    decoder unchecked). Costs at most a few hundred microseconds (runtime.inputs.image_header), no
     pixels."""
     try:
         found = header_size(data)
