@@ -5,6 +5,7 @@ of both model families also run on every installed engine (the ``engine`` fixtur
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -65,6 +66,18 @@ def test_one_openvino_session_serves_threads_at_once(dynamic_model, photo_set):
         together = list(pool.map(lambda c: ov.predict(c, "rgb").depth, crops))
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_one_thread_openvino_session_runs_one_call_per_cpu_at_once(dynamic_model):
+    """``threads=1`` shared by ``heatmap``'s workers: one stream per CPU, each of one thread, as
+    onnxruntime runs concurrent calls (on one stream they would queue, using one core)."""
+    cpus = os.cpu_count()
+    assert cpus >= 2, "needs two CPUs (CI's machines have them)"
+    compiled = DepthHeatmapper(dynamic_model, threads=1, engine="openvino").session._compiled
+    assert int(compiled.get_property("NUM_STREAMS")) == cpus
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == cpus
+    alone = DepthHeatmapper(dynamic_model, threads=cpus, engine="openvino").session._compiled
+    assert int(alone.get_property("NUM_STREAMS")) == 1
 
 
 def test_auto_measures_once_then_reads_its_cache(dynamic_model, cache_home):
