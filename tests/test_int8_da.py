@@ -102,8 +102,11 @@ def test_matrix_work_is_int8_and_the_rest_float(da_int8):
     quantized = quantized_nodes(model)
     ops = {n.op_type for n in quantized}
     assert ops == {"MatMul", "Conv", "ConvTranspose"}, ops
-    # every projection, MLP and attention product of the 12 blocks, the patch embedding, the head
-    assert sum(n.op_type == "MatMul" for n in quantized) == 12 * 6
+    # the qkv and output projections and both MLP layers of the 12 blocks; the two activation
+    # products of attention (scores, x values) stay float, as the description says
+    assert sum(n.op_type == "MatMul" for n in quantized) == 12 * 4
+    assert not any("/attn/MatMul" in n.name for n in quantized)
+    assert sum("/attn/MatMul" in name for name in report["kept_float_nodes"]) == 12 * 2
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     fed = [(n.op_type, n.name) for n in model.graph.node if n.op_type in FLOAT_INPUT_OPS
            and any(producers.get(i) == "DequantizeLinear" for i in n.input)]
@@ -126,11 +129,10 @@ def test_layer_report_ranks_the_vit_layers(da_int8):
     rows = table["layers"]
     assert {r["name"] for r in rows} == {n.name for n in quantized_nodes(onnx.load(str(out)))}
     roles = {r["role"] for r in rows}
-    assert "backbone block 11: MLP fc2" in roles and "backbone block 0: attention scores" in roles
-    assert "other" not in roles
+    assert "backbone block 11: MLP fc2" in roles and "backbone block 0: attention qkv" in roles
+    assert "other" not in roles and not any("attention scores" in role for role in roles)
     assert sum("delta1_gain_if_float" in r for r in rows) == 2
-    scores = next(r for r in rows if r["role"] == "backbone block 0: attention scores")
-    assert np.isnan(scores["weight_sqnr_db"]) and scores["op"] == "MatMul"  # two activations: no weights
+    assert all(np.isfinite(r["weight_sqnr_db"]) for r in rows)  # every quantized product has weights
     assert "quantized layers" in describe(report) and "nandB" not in describe(report)
 
 
@@ -146,7 +148,7 @@ def test_target_delta_works_on_the_vit(da_proxy_model, tmp_path):
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="emulates an x86 CPU's integer path")
 def test_default_int8_computes_the_same_depth_on_a_cpu_without_vnni(da_proxy_model, da_int8):
-    """7-bit weights (the default layout): the AVX2-only path gives this CPU's depth."""
+    """7-bit weights (the default layout): the AVX2-only path gives this CPU's depth, up to float rounding."""
     assert emulator(), "install Debian's qemu-user (bash .ci/run does): this test emulates an AVX2-only CPU"
     out, report = da_int8
     assert report["int8_layout"]["layout"] == "u8s8-w7"
@@ -155,8 +157,12 @@ def test_default_int8_computes_the_same_depth_on_a_cpu_without_vnni(da_proxy_mod
     here = outputs(create_session(out, threads=2), xs)
     there, features = run_emulated(out, xs)
     assert features["AVX512VNNI"] is False and features["AVX2"] is True
+    # Attention's two products run in float, whose last bits differ between the AVX-512 and
+    # AVX2 kernels; a value that lands on a rounding boundary of the next QuantizeLinear then
+    # moves one step, so pixels may differ by a few steps (measured: under 3% of the range),
+    # never the depth: delta and AbsRel below are the issue's bar.
     for a, b, r in zip(here, there, refs):
-        assert float(np.abs(a - b).max()) <= 1e-3 * float(r.max() - r.min())
+        assert float(np.abs(a - b).max()) <= 0.05 * float(r.max() - r.min())
     s_here, s_there = (summary([compare(p, r) for p, r in zip(preds, refs)]) for preds in (here, there))
     assert abs(s_here["worst_delta1"] - s_there["worst_delta1"]) <= 0.005
     assert abs(s_here["mean_absrel"] - s_there["mean_absrel"]) <= 0.005

@@ -237,9 +237,10 @@ DA_V2_SMALL = ModelDescription(
     output=OutputRule(kind="relative_inverse_depth", resize="bilinear_align_corners"),
     network=_DA_V2_SMALL_NETWORK,
     notes="2024; a ViT-S/14 (DINOv2) with a DPT head: sharper, slower (cost grows with the square of the tokens)",
-    # The matrix work in INT8; LayerNorm, Softmax, GELU, the adds and resizes in float (see
-    # docs/how-to/quantize.md for the measurement on the trained-like stand-in).
-    quantization=QuantRule(op_types=("MatMul", "Gemm", "Conv", "ConvTranspose")),
+    # The weight products in INT8; the two activation products of attention (scores, x values:
+    # their QDQ pairs on heads x tokens^2 tensors cost more than INT8 saves at 518), LayerNorm,
+    # Softmax, GELU, the adds and resizes in float (docs/how-to/quantize.md: the measurement).
+    quantization=QuantRule(op_types=("MatMul", "Gemm", "Conv", "ConvTranspose"), float_nodes=("/attn/MatMul",)),
 )
 
 
