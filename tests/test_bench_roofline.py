@@ -16,7 +16,7 @@ def test_more_threads_never_lower_the_floor(monkeypatch, fixed_model):
     variants = [bench.Variant("onnx-fp32", "onnxruntime", fixed_model, "fp32"),
                 bench.Variant("onnx-int8-static", "onnxruntime", fixed_model, "int8-static")]
     latency = {t: {"onnx-fp32": {"median_ms": 50.0}, "onnx-int8-static": {"median_ms": 20.0}} for t in ("1", "2")}
-    rf = bench.roofline(variants, latency)
+    rf = bench.roofline(variants, latency, (256, 256))
     one, two = rf["threads"]["1"], rf["threads"]["2"]
     assert two["sgemm_gflops"] == 240.0 and two["measured"]["sgemm_gflops"] == 227.0
     assert two["int8_gops"] == 1700.0
@@ -45,9 +45,9 @@ def test_op_groups_from_node_names():
 
 
 def test_int8_profile_covers_every_part(static_int8, fixed_model):
-    p = bench.op_profile(static_int8[0].model_path, fixed_model, threads=2, runs=3)
+    p = bench.op_profile(static_int8[0].model_path, fixed_model, threads=2, hw=(256, 256), runs=3)
     assert {"depthwise conv", "pointwise conv (expand, project)", "stem conv", "decoder and head conv",
             "decoder resize"} <= set(p["groups_ms"])
     assert all(ms > 0 for ms in p["groups_ms"].values()) and "QLinearConv" in p["op_types_ms"]
-    assert sum(p["groups_gop"].values()) == pytest.approx(bench.model_gflop(fixed_model))
+    assert sum(p["groups_gop"].values()) == pytest.approx(bench.model_gflop(fixed_model, (256, 256)))
     assert sum(p["groups_ms"].values()) == pytest.approx(sum(p["op_types_ms"].values()))

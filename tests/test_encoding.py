@@ -124,8 +124,8 @@ class _Result:
     def __init__(self, depth, image, colormap):
         self.depth, self.image, self.colormap = depth, image, colormap
 
-    def overlay(self):
-        return postprocess.overlay(self.image, postprocess.colorize(self.depth, self.colormap))
+    def overlay(self, alpha=postprocess.DEFAULT_ALPHA):
+        return postprocess.overlay(self.image, postprocess.colorize(self.depth, self.colormap), alpha)
 
     def depth_png16(self):
         return postprocess.depth_png16(self.depth)
