@@ -86,7 +86,7 @@ def test_kill_9_at_any_moment_redoes_at_most_the_inputs_in_flight(tmp_path, tiny
     recorded = {json.loads(d)["relative"] for (d,) in db.execute("SELECT data FROM rows WHERE status = 'done'")}
     db.close()
     written = {p.name.removesuffix(".heatmap.png") for p in out.glob("*.heatmap.png")}
-    assert 300 <= len(recorded) < total and recorded <= written
+    assert 300 - 2 * 2 <= len(recorded) < total and recorded <= written  # 300 written, some still in flight
     assert len(written - recorded) <= 2 * 2  # the window in flight: twice the workers
     resumed = subprocess.run([sys.executable, "-m", "midas_onnx", "heatmap", str(src), "-o", str(out), "--model",
                               str(tiny_model)], cwd=REPO, capture_output=True, text=True, timeout=GUARD_S)
