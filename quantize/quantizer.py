@@ -9,7 +9,7 @@ import logging
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from runtime.model.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
@@ -17,7 +17,7 @@ from runtime.errors import ModelError, one_line
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
 from runtime.model.metadata import PREFIX, ModelInfo, set_metadata
-from runtime.model.model_description import QuantRule
+from runtime.model.model_description import ModelDescription, QuantRule, quantization_rule
 from runtime.model.session import create_session
 
 from . import builtin_photos, layers, report
@@ -117,7 +117,7 @@ def _quantize(src: Path, tmp: Path, config: QuantConfig, info: ModelInfo, calibr
     # Resize on dynamic sizes ("Incomplete symbolic shape inference"); onnx's own shape
     # inference and the graph optimisation still run.
     _step("onnxruntime's quant_pre_process", quant_pre_process, str(src), str(pre), skip_symbolic_shape=True)
-    rule = info.description.quantization
+    rule = quantization_rule(info.description)
     exclude = keep_float_nodes(onnx.load(str(pre)), config.keep_float, rule)
     op_types = list(rule.op_types) or None  # None: every op type onnxruntime quantizes
     types = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
@@ -198,6 +198,9 @@ def _write_model(q_tmp: Path, out: Path, src: Path, source_props: dict[str, str]
     props[PREFIX + "int8_layout"] = int8_layout(config.to_dict())
     props[PREFIX + "quantized_on"] = machine_text()
     props[PREFIX + "source_model_sha256"] = sha256_file(src)
+    if PREFIX + "description" in props:  # the rule it was quantized by (this release's, for a model it knows)
+        own = ModelDescription.from_json(props[PREFIX + "description"])  # at its own size, not --input-size's
+        props[PREFIX + "description"] = replace(own, quantization=quantization_rule(own)).to_json()
     if config.mode == "static":
         props[PREFIX + "calibration"] = f"{len(sets.calibration)} images: {sets.calibration_source}"
         props[PREFIX + "calibration_input_size"] = info.input_size_text if info.input_hw else str(info.description.input.size)

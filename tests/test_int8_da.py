@@ -166,3 +166,20 @@ def test_default_int8_computes_the_same_depth_on_a_cpu_without_vnni(da_proxy_mod
     s_here, s_there = (summary([compare(p, r) for p, r in zip(preds, refs)]) for preds in (here, there))
     assert abs(s_here["worst_delta1"] - s_there["worst_delta1"]) <= 0.005
     assert abs(s_here["mean_absrel"] - s_there["mean_absrel"]) <= 0.005
+
+
+def test_a_file_from_an_earlier_release_is_quantized_by_this_releases_rule(da_int8):
+    """A Depth Anything file exported before attention's activation products were kept in
+    float carries an empty rule; `quantize` follows this release's rule for the same model
+    (measured on this release's kernels) and records it in the INT8 file's description."""
+    import dataclasses
+
+    from runtime.model.model_description import DA_V2_SMALL, QuantRule, quantization_rule
+
+    earlier = dataclasses.replace(DA_V2_SMALL, quantization=QuantRule(op_types=DA_V2_SMALL.quantization.op_types))
+    assert quantization_rule(earlier).float_nodes == ("/attn/MatMul",)
+    unknown = dataclasses.replace(earlier, id="someone-elses-vit")
+    assert quantization_rule(unknown) == unknown.quantization
+    out, _ = da_int8
+    written = read_model_info(create_session(out, threads=1), out).description
+    assert written.quantization.float_nodes == ("/attn/MatMul",) and written.input.size == DA_V2_SMALL.input.size

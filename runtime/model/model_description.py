@@ -276,6 +276,14 @@ NOT_OFFERED = {
 }
 
 
+def quantization_rule(description: ModelDescription) -> QuantRule:
+    """How this release quantizes the network ``description`` names: the rule this release
+    has for the same id (it was chosen by measuring this release's quantizer and kernels, and
+    a file exported by an earlier release carries that release's rule), else the file's own."""
+    known = MODELS.get(description.id)
+    return known.quantization if known is not None else description.quantization
+
+
 def describe(model_id: str) -> ModelDescription:
     """The description for an ``export --model`` id, or a one-line error listing the ids."""
     try:
