@@ -342,7 +342,7 @@ def measure_families(families: list[Family], settings: Settings, args) -> dict:
 
     threads = max(settings.threads)
     photos = [p for p in load().values() if p.ndim == 3][: max(2, min(settings.photos, 4))]
-    rows, paths = [], {}
+    rows, paths, floors = [], {}, {}
     for family in families:
         description = describe(family.model)
         variants = family_variants(family, args)
@@ -363,7 +363,19 @@ def measure_families(families: list[Family], settings: Settings, args) -> dict:
             small = min(family_sizes(description))
             xs = [network_input(p, ModelInfo(input_hw=(small, small), description=description), "rgb") for p in photos[:2]]
             paths[family.key] = {"size": small, **measure_int8_paths(int8, fp32, xs)}
-    return {"threads": threads, "rows": rows, "int8_paths": paths}
+        floors[family.key] = fp32_floor(fp32.path, description.input.size, threads)
+    return {"threads": threads, "rows": rows, "int8_paths": paths, "fp32_floor": floors}
+
+
+def fp32_floor(path: Path, size: int, threads: int) -> dict:
+    """The fastest an fp32 file could run on onnxruntime here: its multiply-adds (convs and
+    matrix products, attention's included) at this machine's own MatMul rate at ``threads``,
+    as if every other op were free. A speed-up over PyTorch above eager / floor cannot be
+    reached by any graph of the same arithmetic on this engine."""
+    gflop = model_gflop(path, (size, size))
+    rate = matmul_rates(threads)["sgemm_gflops"]
+    return {"size": size, "gflop": round(gflop, 2), "sgemm_gflops": round(rate, 1),
+            "floor_ms": round(gflop / rate * 1000, 1)}
 
 
 # --- roofline ------------------------------------------------------------------------------
@@ -659,6 +671,17 @@ def _family_lines(families: dict) -> list[str]:
                      f"{r['runs']} | " + " | ".join(fid) + " |")
     for key, p in families.get("int8_paths", {}).items():
         lines += _int8_path_lines(p, f"{key} at {p['size']}x{p['size']}")
+    floors = families.get("fp32_floor", {})
+    if floors:
+        lines += ["", "## fp32 floor: multiply-adds at onnxruntime's own MatMul rate here (every other op free)", "",
+                  "| model | input size | GFLOP | MatMul GFLOPS | floor ms | PyTorch eager ms | most ONNX fp32 speed-up "
+                  "over eager |", "|---|---|---|---|---|---|---|"]
+        for key, f in floors.items():
+            eager = next((r["median_ms"] for r in families["rows"] if r["family"] == key and r["size"] == f["size"]
+                          and r["variant"] == f"{key}-pytorch-eager"), None)
+            most = f"{eager / f['floor_ms']:.2f}x" if eager else "-"
+            lines.append(f"| {key} | {f['size']} | {f['gflop']} | {f['sgemm_gflops']} | {f['floor_ms']} | "
+                         f"{f'{eager:.1f}' if eager else '-'} | {most} |")
     return lines
 
 

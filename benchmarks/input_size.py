@@ -51,15 +51,13 @@ def latency_ms(models: dict[int, DepthHeatmapper], rounds: int) -> dict[int, flo
 
 def output_change(models: dict[int, DepthHeatmapper]) -> dict[int, dict]:
     """size -> AbsRel / delta1 of its depth against the first size's, per held-out photo."""
-    photos = [(name, rgb) for name, rgb in builtin_photos.load()
-              if builtin_photos.source(name) in builtin_photos.HELD_OUT]
+    photos = [(name, rgb[:, :, ::-1] if rgb.ndim == 3 else rgb)  # as decoded from a file: BGR
+              for name, rgb in builtin_photos.load() if builtin_photos.source(name) in builtin_photos.HELD_OUT]
     sizes = list(models)
-    reference = {name: models[sizes[0]].predict(rgb[:, :, ::-1] if rgb.ndim == 3 else rgb).depth
-                 for name, rgb in photos}
+    reference = {name: models[sizes[0]].predict(bgr).depth for name, bgr in photos}
     out = {}
     for size in sizes[1:]:
-        per_photo = [compare(models[size].predict(rgb[:, :, ::-1] if rgb.ndim == 3 else rgb).depth, reference[name])
-                     for name, rgb in photos]
+        per_photo = [compare(models[size].predict(bgr).depth, reference[name]) for name, bgr in photos]
         out[size] = summary(per_photo, [name for name, _ in photos])
     return out
 

@@ -342,8 +342,9 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     """One figure from a results file, as text: ``FILE:dotted.path[:format]``.
 
     ``FILE`` is a file's stem (``amd-epyc-2c-vnni``) or a kind (``bench``, ``bulk``, ``live``: that
-    kind's newest file). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
-    ``latency.2.onnx-int8-static.median_ms``). ``format`` is a Python format spec (``.1f``).
+    kind's newest file, a whole bench before a partial one of the same date). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
+    ``latency.2.onnx-int8-static.median_ms``), and picks the first row of a list whose fields
+    match (``rows.variant=da-onnx-fp32&size=364``). ``format`` is a Python format spec (``.1f``).
     ``cpu`` and ``date`` give the file's CPU and date.
     """
     parts = ref.split(":")
@@ -352,8 +353,9 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     which, path = parts[0], parts[1]
     fmt = parts[2] if len(parts) == 3 else ""
     results = load(folder)
+    # a kind: its newest file; on one date a whole bench before a partial one (``--models da``)
     matches = [r for r in results if r.name == which] or sorted(
-        (r for r in results if r.kind == which), key=lambda r: _neg_date(r.date))
+        (r for r in results if r.kind == which), key=lambda r: (_neg_date(r.date), "latency" not in r.data))
     if not matches:
         raise ReportError(f"figure reference {ref!r}: no results file or kind {which!r} in {folder}")
     r = matches[0]
@@ -361,9 +363,9 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
         return getattr(r, path)
     value: object = r.data
     for key in path.split("."):
-        if isinstance(value, list) and "=" in key:  # the first row whose field has this value
-            field_name, wanted = key.split("=", 1)
-            rows = [x for x in value if isinstance(x, dict) and _same(x.get(field_name), wanted)]
+        if isinstance(value, list) and "=" in key:  # the first row whose fields have these values
+            wanted = [cond.split("=", 1) for cond in key.split("&")]
+            rows = [x for x in value if isinstance(x, dict) and all(_same(x.get(f), v) for f, v in wanted)]
             if not rows:
                 raise ReportError(f"figure reference {ref!r}: no row with {key!r} in {r.name}.json")
             value = rows[0]

@@ -51,3 +51,17 @@ def test_int8_profile_covers_every_part(static_int8, fixed_model):
     assert all(ms > 0 for ms in p["groups_ms"].values()) and "QLinearConv" in p["op_types_ms"]
     assert sum(p["groups_gop"].values()) == pytest.approx(bench.model_gflop(fixed_model, (256, 256)))
     assert sum(p["groups_ms"].values()) == pytest.approx(sum(p["op_types_ms"].values()))
+
+
+def test_fp32_floor_bounds_the_speed_up_over_eager(monkeypatch, fixed_model):
+    """A family's fp32 floor is its multiply-adds at the measured MatMul rate, and the table
+    says the most any fp32 graph of that arithmetic could gain over PyTorch eager here."""
+    monkeypatch.setattr(bench, "matmul_rates", lambda threads: {"sgemm_gflops": 100.0, "int8_gops": 400.0})
+    floor = bench.fp32_floor(fixed_model, 256, 2)
+    assert floor["floor_ms"] == pytest.approx(bench.model_gflop(fixed_model, (256, 256)) / 100.0 * 1000, rel=1e-2)
+    eager_ms = 2 * floor["floor_ms"]
+    families = {"threads": 2, "rows": [{"model": "m", "family": "m", "variant": "m-pytorch-eager", "size": 256,
+                                        "median_ms": eager_ms, "p95_ms": eager_ms, "runs": 1}],
+                "fp32_floor": {"m": floor}}
+    md = "\n".join(bench._family_lines(families))
+    assert f"| {floor['floor_ms']} | {eager_ms:.1f} | 2.00x |" in md

@@ -168,3 +168,19 @@ def test_a_metric_models_points_that_agree_on_no_scale_are_refused():
     points = [(1, 1, 1.0), (10, 10, 50.0), (18, 3, 0.02)]
     with pytest.raises(AlignmentError, match="do not agree on one scale: at most 1 of 3"):
         align(metres, points, metric=True)
+
+
+@pytest.mark.parametrize("in_metres", [False, True])
+def test_metric_summary_is_the_metric_maps_own_min_max_median(in_metres):
+    """The summary a served answer carries equals the map's nanmin/nanmax/nanmedian exactly,
+    for a relative model's inverse-depth fit (with pixels of no distance) and a metric
+    model's scale-only fit in metres."""
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(-0.5, 4.0, (61, 83)).astype(np.float32)
+    fit = metric.Alignment(scale=1.7, shift=0.0 if in_metres else -0.3, used=(), rejected=(), residual_m=0.0,
+                           in_metres=in_metres)
+    metres = metric_depth(depth, fit)
+    got = metric.metric_summary(depth, fit)
+    assert np.isnan(metres).any()
+    assert got == {"min": float(np.nanmin(metres)), "max": float(np.nanmax(metres)),
+                   "median": float(np.nanmedian(metres.astype(np.float64)))}

@@ -224,31 +224,28 @@ def metric_depth(depth: np.ndarray, fit: Alignment) -> np.ndarray:
 
 
 def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
-    """min, max and median metres over the pixels with a finite distance, as ``metric_depth``
-    would give them, without making that map: metres are ``1 / inverse``, decreasing in the
-    fitted inverse depth, so the extremes and middle elements are the inverse's, flipped.
-    None when no pixel has a distance."""
-    inverse = _inverse(depth, fit)
-    values = inverse[inverse > 0]
-    if values.size and not np.isfinite(np.float32(1.0) / values.min()):  # metres past float32 (absurd points)
+    """min, max and median metres over the pixels with a finite distance, the values
+    ``metric_depth`` gives them, taken from those pixels alone (no NaN-filled map). None when
+    no pixel has a distance."""
+    if fit.in_metres:
+        metres = depth[depth > 0].astype(np.float32) * np.float32(fit.scale)
+    else:
+        inverse = _inverse(depth, fit)
         with np.errstate(divide="ignore", over="ignore"):
-            values = values[np.isfinite(np.float32(1.0) / values)]
-    if not values.size:
+            metres = np.float32(1.0) / inverse[inverse > 0]
+    metres = metres[np.isfinite(metres)]  # past float32 (absurd known points): no distance
+    if not metres.size:
         return None
-    n, k = values.size, values.size // 2
+    n, k = metres.size, metres.size // 2
     middle = [k] if n % 2 else [k - 1, k]
-    values.partition(middle)
-    metres = np.float32(1.0) / values[middle]
-    return {"min": float(np.float32(1.0) / values.max()), "max": float(np.float32(1.0) / values.min()),
-            "median": float(metres.mean(dtype=np.float64))}
+    metres.partition(middle)
+    return {"min": float(metres.min()), "max": float(metres.max()),
+            "median": float(metres[middle].mean(dtype=np.float64))}
 
 
 def _inverse(depth: np.ndarray, fit: Alignment) -> np.ndarray:
-    """The fitted inverse depth (float32), of which metres are the reciprocal (a metric
-    model's scaled metres, turned into their inverse, for the one path below)."""
-    if fit.in_metres:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.float32(1.0) / (depth.astype(np.float32) * np.float32(fit.scale))
+    """The fitted inverse depth (float32) of a relative model, of which metres are the
+    reciprocal."""
     return depth.astype(np.float32) * np.float32(fit.scale) + np.float32(fit.shift)
 
 
