@@ -110,7 +110,7 @@ def load(folder: Path = RESULTS) -> list[Result]:
         if not isinstance(data, dict):
             raise ReportError(f"{path}: expected a JSON object at the top")
         kind = _kind(data)
-        notes = []
+        notes = [data["note"]] if isinstance(data.get("note"), str) else []
         date = data.get("date") or (data.get("machine") or {}).get("date")
         if not date:
             date = _git_date(path)
@@ -179,7 +179,24 @@ def _families(f: dict) -> list[str]:
                      "δ<1.25 worst"], rows)
     for key, p in (f.get("int8_paths") or {}).items():
         lines += _int8_paths(p, f"{key} at {p['size']}x{p['size']}")
-    return lines
+    return lines + fp32_floor_lines(f)
+
+
+def fp32_floor_lines(families: dict) -> list[str]:
+    """Each family's fp32 floor estimate (bench.fp32_floor) beside its PyTorch eager time: the
+    most an fp32 graph of the same arithmetic would gain over eager at that MatMul rate."""
+    floors = families.get("fp32_floor") or {}
+    if not floors:
+        return []
+    rows = []
+    for key, f in floors.items():
+        eager = next((r["median_ms"] for r in families["rows"] if r["family"] == key and r["size"] == f["size"]
+                      and r["variant"] == f"{key}-pytorch-eager"), None)
+        rows.append([key, f["size"], f["gflop"], f["sgemm_gflops"], f["floor_ms"], _f(eager),
+                     f"{eager / f['floor_ms']:.2f}x" if eager else "-"])
+    return ["", "### fp32 floor, an estimate: multiply-adds at onnxruntime's large-MatMul rate here, every other "
+            "op free", ""] + _table(["model", "input size", "GFLOP", "MatMul GFLOPS", "floor ms", "PyTorch eager ms",
+                                     "estimated most ONNX fp32 speed-up over eager"], rows)
 
 
 def _bench_midas(d: dict) -> list[str]:
@@ -342,7 +359,7 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     """One figure from a results file, as text: ``FILE:dotted.path[:format]``.
 
     ``FILE`` is a file's stem (``amd-epyc-2c-vnni``) or a kind (``bench``, ``bulk``, ``live``: that
-    kind's newest file, a whole bench before a partial one of the same date). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
+    kind's newest file that holds the figure; on one date a whole bench before a partial one). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
     ``latency.2.onnx-int8-static.median_ms``), and picks the first row of a list whose fields
     match (``rows.variant=da-onnx-fp32&size=364``). ``format`` is a Python format spec (``.1f``).
     ``cpu`` and ``date`` give the file's CPU and date.
@@ -353,9 +370,11 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     which, path = parts[0], parts[1]
     fmt = parts[2] if len(parts) == 3 else ""
     results = load(folder)
-    # a kind: its newest file; on one date a whole bench before a partial one (``--models da``)
+    # a kind: its newest file that holds the figure (a ``--models da`` bench has no MiDaS rows)
+    top = path.split(".")[0]
     matches = [r for r in results if r.name == which] or sorted(
-        (r for r in results if r.kind == which), key=lambda r: (_neg_date(r.date), "latency" not in r.data))
+        (r for r in results if r.kind == which and (path in ("cpu", "date", "command") or top in r.data)),
+        key=lambda r: (_neg_date(r.date), "latency" not in r.data))
     if not matches:
         raise ReportError(f"figure reference {ref!r}: no results file or kind {which!r} in {folder}")
     r = matches[0]
@@ -365,6 +384,8 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     for key in path.split("."):
         if isinstance(value, list) and "=" in key:  # the first row whose fields have these values
             wanted = [cond.split("=", 1) for cond in key.split("&")]
+            if any(len(cond) != 2 for cond in wanted):
+                raise ReportError(f"figure reference {ref!r}: {key!r} must be field=value[&field=value]")
             rows = [x for x in value if isinstance(x, dict) and all(_same(x.get(f), v) for f, v in wanted)]
             if not rows:
                 raise ReportError(f"figure reference {ref!r}: no row with {key!r} in {r.name}.json")

@@ -9,7 +9,7 @@ import logging
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runtime.model.cpu import PATH_TEXT, cpu_name, dot_product_flags, int8_flags, int8_layout, int8_path, layout_on_cpu
@@ -17,7 +17,7 @@ from runtime.errors import ModelError, one_line
 from runtime.files import sha256_file, write_atomic
 from runtime.heatmapper import read_model_info
 from runtime.model.metadata import PREFIX, ModelInfo, set_metadata
-from runtime.model.model_description import ModelDescription, QuantRule, quantization_rule
+from runtime.model.model_description import QuantRule, quantization_rule
 from runtime.model.session import create_session
 
 from . import builtin_photos, layers, report
@@ -198,9 +198,10 @@ def _write_model(q_tmp: Path, out: Path, src: Path, source_props: dict[str, str]
     props[PREFIX + "int8_layout"] = int8_layout(config.to_dict())
     props[PREFIX + "quantized_on"] = machine_text()
     props[PREFIX + "source_model_sha256"] = sha256_file(src)
-    if PREFIX + "description" in props:  # the rule it was quantized by (this release's, for a model it knows)
-        own = ModelDescription.from_json(props[PREFIX + "description"])  # at its own size, not --input-size's
-        props[PREFIX + "description"] = replace(own, quantization=quantization_rule(own)).to_json()
+    if PREFIX + "description" in props:  # the rule it was quantized by; every other field as the source wrote it
+        description = json.loads(props[PREFIX + "description"])
+        description["quantization"] = asdict(quantization_rule(info.description))
+        props[PREFIX + "description"] = json.dumps(description, sort_keys=True)
     if config.mode == "static":
         props[PREFIX + "calibration"] = f"{len(sets.calibration)} images: {sets.calibration_source}"
         props[PREFIX + "calibration_input_size"] = info.input_size_text if info.input_hw else str(info.description.input.size)
@@ -373,6 +374,10 @@ def keep_float_nodes(proto, roles: tuple[str, ...], rule: QuantRule = QuantRule(
     convs = [n.name for n in proto.graph.node if n.op_type == "Conv"]
     names = [n.name for n in proto.graph.node
              if n.op_type in work_types and any(re.search(p, n.name) for p in rule.float_nodes)]
+    for pattern in rule.float_nodes:  # a graph whose names differ would be quantized whole, silently
+        if not any(re.search(pattern, n.name) for n in proto.graph.node if n.op_type in work_types):
+            log.warning("the model's rule keeps %r in float, but no %s node's name matches it",
+                        pattern, "/".join(work_types))
     if "stem" in roles:
         names += convs[:1]
     if "head" in roles:

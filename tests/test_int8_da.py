@@ -168,18 +168,26 @@ def test_default_int8_computes_the_same_depth_on_a_cpu_without_vnni(da_proxy_mod
     assert abs(s_here["mean_absrel"] - s_there["mean_absrel"]) <= 0.005
 
 
-def test_a_file_from_an_earlier_release_is_quantized_by_this_releases_rule(da_int8):
-    """A Depth Anything file exported before attention's activation products were kept in
-    float carries an empty rule; `quantize` follows this release's rule for the same model
-    (measured on this release's kernels) and records it in the INT8 file's description."""
+def test_a_file_with_another_rule_is_quantized_by_this_releases_rule(da_proxy_model, tmp_path):
+    """A Depth Anything file whose description carries an empty rule (as files exported before
+    attention's activation products were kept float do) is quantized by this release's rule
+    for the same model, which the INT8 file's description then records; a model this release
+    does not know keeps its own rule."""
     import dataclasses
+    import json
 
     from runtime.model.model_description import DA_V2_SMALL, QuantRule, quantization_rule
 
-    earlier = dataclasses.replace(DA_V2_SMALL, quantization=QuantRule(op_types=DA_V2_SMALL.quantization.op_types))
-    assert quantization_rule(earlier).float_nodes == ("/attn/MatMul",)
-    unknown = dataclasses.replace(earlier, id="someone-elses-vit")
-    assert quantization_rule(unknown) == unknown.quantization
-    out, _ = da_int8
+    model = onnx.load(str(da_proxy_model))
+    prop = next(p for p in model.metadata_props if p.key == "midas_onnx.description")
+    description = json.loads(prop.value)
+    description["quantization"]["float_nodes"] = []
+    prop.value = json.dumps(description, sort_keys=True)
+    onnx.save(model, str(tmp_path / "other_rule.onnx"))
+    report = quantize(tmp_path / "other_rule.onnx", tmp_path / "other_rule.int8.onnx")
+    assert sum("/attn/MatMul" in name for name in report["kept_float_nodes"]) == 12 * 2
+    out = tmp_path / "other_rule.int8.onnx"
     written = read_model_info(create_session(out, threads=1), out).description
     assert written.quantization.float_nodes == ("/attn/MatMul",) and written.input.size == DA_V2_SMALL.input.size
+    unknown = dataclasses.replace(DA_V2_SMALL, id="someone-elses-vit", quantization=QuantRule())
+    assert quantization_rule(unknown) == unknown.quantization

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -184,3 +185,10 @@ def test_metric_summary_is_the_metric_maps_own_min_max_median(in_metres):
     assert np.isnan(metres).any()
     assert got == {"min": float(np.nanmin(metres)), "max": float(np.nanmax(metres)),
                    "median": float(np.nanmedian(metres.astype(np.float64)))}
+    assert metric.metric_summary(np.full((4, 4), -1.0, np.float32), fit) is None  # no pixel has a distance
+    if in_metres:  # metres past float32 count as no distance, without a warning
+        huge = metric.Alignment(scale=3e38, shift=0.0, used=(), rejected=(), residual_m=0.0, in_metres=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = metric.metric_summary(np.array([[2.0, 0.5]], np.float32), huge)
+        assert got == dict.fromkeys(("min", "max", "median"), float(np.float32(0.5) * np.float32(3e38)))

@@ -21,6 +21,8 @@ def test_a_row_is_picked_by_several_fields(tmp_path):
     assert report.figure("cpu-da:families.rows.variant=da-onnx-fp32.median_ms:.0f", tmp_path) == "986"
     with pytest.raises(report.ReportError, match="no row"):
         report.figure("cpu-da:families.rows.variant=da-onnx-int8-static&size=518.median_ms", tmp_path)
+    with pytest.raises(report.ReportError, match="field=value"):
+        report.figure("cpu-da:families.rows.variant=da-onnx-fp32&size.median_ms", tmp_path)
 
 
 def test_the_bench_kind_is_the_whole_bench_not_a_partial_one_of_the_same_day(tmp_path):
@@ -32,3 +34,6 @@ def test_the_bench_kind_is_the_whole_bench_not_a_partial_one_of_the_same_day(tmp
     (tmp_path / "x-vnni-da.json").write_text(json.dumps({"machine": machine, "command": "c", "bars": [],
                                                          "families": {"rows": []}}))
     assert report.figure("bench:latency.@all.onnx-fp32.median_ms", tmp_path) == "69.3"
+    (tmp_path / "x-vnni-da-later.json").write_text(json.dumps({"machine": machine | {"date": "2026-12-24"},
+                                                               "command": "c", "bars": [], "families": {"rows": []}}))
+    assert report.figure("bench:latency.@all.onnx-fp32.median_ms", tmp_path) == "69.3"  # a later partial one

@@ -225,22 +225,31 @@ def metric_depth(depth: np.ndarray, fit: Alignment) -> np.ndarray:
 
 def metric_summary(depth: np.ndarray, fit: Alignment) -> dict | None:
     """min, max and median metres over the pixels with a finite distance, the values
-    ``metric_depth`` gives them, taken from those pixels alone (no NaN-filled map). None when
-    no pixel has a distance."""
+    ``metric_depth`` gives them, without making that map. A relative fit's metres are
+    ``1 / inverse``, decreasing in the inverse, so its extremes and middle elements are the
+    inverse's, flipped: one reciprocal per figure, not per pixel. None when no pixel has a
+    distance."""
+    one = np.float32(1.0)
     if fit.in_metres:
-        metres = depth[depth > 0].astype(np.float32) * np.float32(fit.scale)
+        with np.errstate(over="ignore"):
+            values = depth[depth > 0].astype(np.float32) * np.float32(fit.scale)
+        values = values[np.isfinite(values)]  # past float32 (absurd points): no distance
     else:
         inverse = _inverse(depth, fit)
-        with np.errstate(divide="ignore", over="ignore"):
-            metres = np.float32(1.0) / inverse[inverse > 0]
-    metres = metres[np.isfinite(metres)]  # past float32 (absurd known points): no distance
-    if not metres.size:
+        values = inverse[inverse > 0]
+        if values.size and not np.isfinite(one / values.min()):  # metres past float32 (absurd points)
+            with np.errstate(divide="ignore", over="ignore"):
+                values = values[np.isfinite(one / values)]
+    if not values.size:
         return None
-    n, k = metres.size, metres.size // 2
+    n, k = values.size, values.size // 2
     middle = [k] if n % 2 else [k - 1, k]
-    metres.partition(middle)
-    return {"min": float(metres.min()), "max": float(metres.max()),
-            "median": float(metres[middle].mean(dtype=np.float64))}
+    values.partition(middle)
+    if fit.in_metres:
+        return {"min": float(values.min()), "max": float(values.max()),
+                "median": float(values[middle].mean(dtype=np.float64))}
+    return {"min": float(one / values.max()), "max": float(one / values.min()),
+            "median": float((one / values[middle]).mean(dtype=np.float64))}
 
 
 def _inverse(depth: np.ndarray, fit: Alignment) -> np.ndarray:

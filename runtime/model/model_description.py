@@ -278,8 +278,9 @@ NOT_OFFERED = {
 
 def quantization_rule(description: ModelDescription) -> QuantRule:
     """How this release quantizes the network ``description`` names: the rule this release
-    has for the same id (it was chosen by measuring this release's quantizer and kernels, and
-    a file exported by an earlier release carries that release's rule), else the file's own."""
+    has for the same id, else the file's own. The rule is a measurement of this release's
+    quantizer and kernels, not a fact of the network, so the release's wins over the copy a
+    file was exported with."""
     known = MODELS.get(description.id)
     return known.quantization if known is not None else description.quantization
 
