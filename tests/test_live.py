@@ -284,7 +284,9 @@ def test_ctrl_c_ends_a_live_run_cleanly_with_a_summary():
         assert proc.stdout.readline() == b"frame\n"
     time.sleep(0.5)  # the run now waits for a 4th frame
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    proc.wait(timeout=10)  # stdin stays open until it has ended: closing it first could end the run as EOF
+    out, err = proc.stdout.read(), proc.stderr.read()
+    proc.stdin.close()
     assert proc.returncode == 0, err.decode()
     assert b"3 frames in, 3 processed, 0 dropped" in out and b"stopped: interrupted" in out, out
 

@@ -25,6 +25,7 @@ open and read timeouts so a dead stream ends instead of hanging).
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -100,10 +101,10 @@ class RawSource(FrameSource):
     stream such as ``sys.stdin.buffer``. A trailing piece shorter than a frame is not a
     frame: it ends the stream and is reported in ``note``."""
 
-    def __init__(self, stream: BinaryIO, width: int, height: int, name: str = "pipe") -> None:
+    def __init__(self, stream: BinaryIO, width: int, height: int, name: str = "pipe", owned: bool = False) -> None:
         if width <= 0 or height <= 0:
             raise LiveError(f"frame size must be positive, got {width}x{height}")
-        self.stream, self.width, self.height, self.name = stream, width, height, name
+        self.stream, self.width, self.height, self.name, self.owned = stream, width, height, name, owned
         self.frame_bytes = width * height * 3
         self.trailing = 0
 
@@ -117,6 +118,10 @@ class RawSource(FrameSource):
                 return None
             got += n
         return image
+
+    def close(self) -> None:
+        if self.owned:
+            self.stream.close()
 
     @property
     def note(self) -> str:
@@ -157,7 +162,13 @@ def open_source(spec: str, size: str | None = None, *, stdin: BinaryIO | None = 
         import sys
 
         width, height = parse_frame_size(size)
-        return RawSource(stdin if stdin is not None else sys.stdin.buffer, width, height, "stdin")
+        if stdin is not None:
+            return RawSource(stdin, width, height, "stdin")
+        # An unbuffered reader of its own on a copy of fd 0: a reader thread blocked in
+        # sys.stdin.buffer holds that object's lock, and Python's shutdown (Ctrl-C with the pipe
+        # still open) aborts on it ("could not acquire lock ... at interpreter shutdown").
+        own = open(os.dup(sys.stdin.fileno()), "rb", buffering=0)  # noqa: SIM115 - closed by the source
+        return RawSource(own, width, height, "stdin", owned=True)
     if spec.startswith("camera:"):
         index = spec[len("camera:"):]
         if not index.isdigit():
