@@ -359,7 +359,8 @@ def figure(ref: str, folder: Path = RESULTS) -> str:
     """One figure from a results file, as text: ``FILE:dotted.path[:format]``.
 
     ``FILE`` is a file's stem (``amd-epyc-2c-vnni``) or a kind (``bench``, ``bulk``, ``live``: that
-    kind's newest file that holds the figure; on one date a whole bench before a partial one). ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
+    kind's newest file that holds the figure; on one date a whole bench before a partial one).
+    ``dotted.path`` walks dict keys and list indexes (``bars.0.value``,
     ``latency.2.onnx-int8-static.median_ms``), and picks the first row of a list whose fields
     match (``rows.variant=da-onnx-fp32&size=364``). ``format`` is a Python format spec (``.1f``).
     ``cpu`` and ``date`` give the file's CPU and date.
